@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The one header whose layouts the BPF programs and the Python control plane share.
+ *
+ * Python reads the region between the cdef markers with cffi and compiles a check
+ * module against this same file, so a layout that drifts is a build error, never a
+ * silently wrong offset. Keep that region in the C subset cffi understands: fixed-width
+ * types, plain structs, integer #defines. No expressions in #defines.
+ */
+#ifndef SHIELDWALL_H
+#define SHIELDWALL_H
+
+/* cdef-begin */
+
+/* Verdicts use the kernel's XDP action numbers so a program can return them as is. */
+#define SW_ACT_ABORTED 0
+#define SW_ACT_DROP 1
+#define SW_ACT_PASS 2
+#define SW_ACT_TX 3
+#define SW_ACT_REDIRECT 4
+#define SW_ACT_MAX 5
+
+/* Why a packet got its verdict. The names are stable API (reasons.py maps them). */
+#define SW_R_NONE 0
+#define SW_R_END_OF_CHAIN 1
+#define SW_R_NON_IP 2
+#define SW_R_TRUNCATED_ETH 3
+#define SW_R_TRUNCATED_VLAN 4
+#define SW_R_VLAN_TOO_DEEP 5
+#define SW_R_TRUNCATED_IPV4 6
+#define SW_R_BAD_IPV4_HEADER 7
+#define SW_R_BAD_IPV4_LENGTH 8
+#define SW_R_TRUNCATED_IPV6 9
+#define SW_R_BAD_IPV6_LENGTH 10
+#define SW_R_BAD_IPV6_HEADER 21
+#define SW_R_TRUNCATED_IPV6_EXT 11
+#define SW_R_IPV6_EXT_TOO_DEEP 12
+#define SW_R_TRUNCATED_L4 13
+#define SW_R_BAD_TCP_HEADER 14
+#define SW_R_MISSED_STAGE 15
+#define SW_R_ALLOWLISTED 16
+#define SW_R_BLOCKLISTED 17
+#define SW_R_RULE 18
+#define SW_R_DEFAULT 19
+#define SW_R_ND_PROTECTED 20
+#define SW_R_MAX 32
+
+/* Which stage decided. Stage ids are fixed; their order in the chain is configuration. */
+#define SW_MOD_ROOT 0
+#define SW_MOD_FASTPATH 1
+#define SW_MOD_POLICY 2
+#define SW_MOD_MAX 16
+
+/* Slots in the stage PROG_ARRAY: the chain is the first chain_len of them, in order. */
+#define SW_MAX_STAGES 8
+
+/* How far the parser walks before it calls a packet malformed. */
+#define SW_MAX_VLAN_DEPTH 2
+#define SW_MAX_IPV6_EXT 6
+
+/* sw_pkt.family */
+#define SW_FAMILY_NONE 0
+#define SW_FAMILY_IPV4 4
+#define SW_FAMILY_IPV6 6
+
+/* sw_pkt.frag bits */
+#define SW_FRAG_IS 1
+#define SW_FRAG_MORE 2
+
+/* sw_pkt.flags bits */
+#define SW_PKT_HAS_L4 1
+
+/* TCP flag bits as on the wire (byte 13 of the TCP header). */
+#define SW_TCP_FIN 1
+#define SW_TCP_SYN 2
+#define SW_TCP_RST 4
+#define SW_TCP_PSH 8
+#define SW_TCP_ACK 16
+#define SW_TCP_URG 32
+#define SW_TCP_ECE 64
+#define SW_TCP_CWR 128
+
+/* No rule decided (rule ids start at 1). */
+#define SW_RULE_NONE 0
+
+/*
+ * The parse result: the root program fills it once per packet and every stage reads it
+ * from the per-CPU scratch map instead of parsing again. Addresses are 16 bytes; IPv4
+ * is stored IPv4-mapped (::ffff:a.b.c.d) so one LPM trie serves both families.
+ * Multi-byte numbers are host order.
+ */
+struct sw_pkt {
+	__u64 seq;		/* per-CPU packet count: userspace finds the newest decision */
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 frame_len;	/* bytes in the frame as received */
+	__u32 rule;		/* deciding rule id, SW_RULE_NONE if none */
+	__u16 l3_off;
+	__u16 l4_off;
+	__u16 eth_proto;	/* innermost EtherType */
+	__u16 vlan_id;		/* innermost tag's id (valid when vlan_depth > 0) */
+	__u16 l3_len;		/* IPv4 total length, or IPv6 payload length + 40 */
+	__u16 frag_off;		/* fragment offset in 8-byte units */
+	__u16 sport;
+	__u16 dport;
+	__u16 reason;		/* SW_R_* of the decision */
+	__u16 module;		/* SW_MOD_* of the stage that decided */
+	__u8 vlan_depth;
+	__u8 family;		/* SW_FAMILY_* */
+	__u8 l4_proto;		/* upper-layer protocol, after any IPv6 extension headers */
+	__u8 ttl;		/* TTL or hop limit */
+	__u8 frag;		/* SW_FRAG_* bits */
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 flags;		/* SW_PKT_* bits */
+	__u8 next_slot;		/* chain position of the next stage to run */
+	__u8 action;		/* SW_ACT_* of the decision */
+	__u8 pad0;
+};
+
+/* Per-CPU counter cell, one per (action, reason) pair. */
+struct sw_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* The pipeline's own configuration (array map, one entry). */
+struct sw_config {
+	__u32 chain_len;	/* stages in the chain; slot chain_len ends it */
+	__u32 missed_action;	/* verdict when a chain slot is empty: SW_ACT_PASS or SW_ACT_DROP */
+	__u32 end_action;	/* verdict when the chain runs out without a decision */
+	__u32 pad0;
+};
+
+/* Key of every address LPM trie: IPv4 prefixes are stored IPv4-mapped (prefixlen + 96). */
+struct sw_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Value of the fastpath trie. */
+struct sw_fastpath_entry {
+	__u32 action;		/* SW_ACT_PASS (allowlisted) or SW_ACT_DROP (blocklisted) */
+};
+
+/* Traffic generator settings (array map, one entry). */
+struct sw_gen_config {
+	__u32 ifindex;		/* where the template goes out */
+	__u32 src_spread;	/* distinct sources to cycle through; 0 keeps the template's */
+	__u32 src_offset;	/* frame offset of the source address' last 4 bytes */
+	__u32 pad0;
+};
+
+/* cdef-end */
+
+#endif /* SHIELDWALL_H */

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The maps every stage shares with the root program. Each object declares them; the
+ * loader makes every stage reuse the root's instances, so there is one of each per
+ * pipeline.
+ */
+#ifndef SW_MAPS_H
+#define SW_MAPS_H
+
+#include "common.h"
+
+/* The parse result and the decision of the packet being processed on this CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_pkt);
+} sw_scratch SEC(".maps");
+
+/* Verdict counters, indexed by action * SW_R_MAX + reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_ACT_MAX * SW_R_MAX);
+	__type(key, __u32);
+	__type(value, struct sw_counter);
+} sw_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sw_config);
+} sw_config SEC(".maps");
+
+/* The stage chain: slot i holds the i-th stage. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SW_MAX_STAGES);
+	__type(key, __u32);
+	__type(value, __u32);
+} sw_stages SEC(".maps");
+
+#endif /* SW_MAPS_H */

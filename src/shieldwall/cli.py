@@ -1,0 +1,162 @@
+"""The shieldwall command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+from .kernel.errors import BpfError, VerifierError
+
+
+def _netns(args: argparse.Namespace):
+    if getattr(args, "netns", None):
+        from .lab.netns import enter_netns
+        return enter_netns(args.netns)
+    return nullcontext()
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+    return load_config(Path(args.config) if args.config else None)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .engine import lifecycle
+    config = _config(args)
+    with _netns(args):
+        result = lifecycle.up(args.iface, config.pipeline, mode=args.mode, force=args.force)
+    verb = "reloaded on" if result.reloaded else "attached to"
+    print(f"shieldwall {verb} {result.iface} in {result.mode} mode (program id {result.prog_id})")
+    print(f"  why: {result.why}")
+    print(f"  pins: {result.pins}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from .engine import lifecycle
+    config = _config(args)
+    with _netns(args):
+        result = lifecycle.reload(args.iface, config.pipeline)
+    print(f"shieldwall reloaded on {result.iface} ({result.mode} mode, program id {result.prog_id})")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .engine import lifecycle
+    with _netns(args):
+        removed = lifecycle.down(args.iface)
+    print(f"shieldwall detached from {args.iface}" if removed else f"shieldwall was not attached to {args.iface}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .engine import lifecycle
+    with _netns(args):
+        reports = lifecycle.status(args.iface)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return 0
+    if not reports:
+        print("shieldwall is not attached to any interface")
+    for r in reports:
+        print(f"{r['iface']}: " + (f"attached, {r['mode']} mode, program id {r.get('prog_id')}"
+                                   if r["attached"] else f"NOT attached ({r.get('problem', 'stale pins')})"))
+        if "chain" in r:
+            chain = " -> ".join(c["stage"] for c in r["chain"]) or "(empty)"
+            print(f"  chain: root -> {chain}; a missing stage means {r['on_missing_stage']}")
+            for c in r["counters"]:
+                print(f"  {c['action']:>8} {c['reason']:<22} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+    return 0 if all(r["attached"] for r in reports) or not args.iface else 1
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    from .verdicts import verdicts
+    config = _config(args)
+    for line in verdicts(Path(args.pcap), config):
+        print(json.dumps(line) if args.json else
+              f"{line['index']:>6} {line['action']:<8} {line['reason']:<22} {line['module']:<9} {line['rule'] or '-'}")
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import topology
+    if args.lab_cmd == "up":
+        topo = topology.lab_up()
+        print(json.dumps(topo.to_dict(), indent=2))
+    elif args.lab_cmd == "down":
+        topology.lab_down()
+        print("lab removed")
+    else:
+        print(json.dumps(topology.lab_status(), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .lab.demo import run_demo
+    return run_demo()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    config = _config(args)
+    report = run_bench(config, Path(args.pcap) if args.pcap else None, packets=args.packets)
+    print(json.dumps(report, indent=2) if args.json else report["summary"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shieldwall", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help: str,
+                iface: bool | None = None, config: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(fn=fn)
+        if iface is not None:
+            p.add_argument("--iface", required=iface, help="network interface")
+            p.add_argument("--netns", help="named network namespace the interface lives in")
+        if config:
+            p.add_argument("--config", help="policy file (YAML); built-in defaults without it")
+        return p
+
+    p = command("up", cmd_up, "attach shieldwall to an interface", iface=True, config=True)
+    p.add_argument("--mode", choices=["auto", "native", "generic"], default="auto")
+    p.add_argument("--force", action="store_true", help="replace a foreign XDP program")
+    command("reload", cmd_reload, "apply a new policy to an attached interface", iface=True, config=True)
+    command("down", cmd_down, "detach shieldwall from an interface", iface=True)
+    p = command("status", cmd_status, "what is attached, and its counters", iface=False)
+    p.add_argument("--json", action="store_true")
+    p = command("verdict", cmd_verdict, "run a capture through the real pipeline offline", config=True)
+    p.add_argument("--pcap", required=True)
+    p.add_argument("--json", action="store_true")
+    p = command("lab", cmd_lab, "the namespace lab")
+    p.add_argument("lab_cmd", choices=["up", "down", "status"])
+    command("demo", cmd_demo, "build the lab, attack it, show shieldwall at work, clean up")
+    p = command("bench", cmd_bench, "measure the pipeline against bare XDP_DROP", config=True)
+    p.add_argument("--pcap")
+    p.add_argument("--packets", type=int, default=2_000_000, help="frames per generator run")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except VerifierError as exc:
+        print(f"shieldwall: {exc.what}: {exc.strerror.splitlines()[0]}", file=sys.stderr)
+        print("verifier log (end):\n" + exc.detail, file=sys.stderr)
+        return 3
+    except (BpfError, OSError, ValueError) as exc:
+        print(f"shieldwall: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

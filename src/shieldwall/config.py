@@ -1,0 +1,36 @@
+"""From a policy file to what the data plane is configured with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dataplane.pipeline import PipelineConfig
+from .policy.load import load_policy
+from .policy.model import Policy, expand
+
+
+@dataclass(frozen=True)
+class Config:
+    policy: Policy | None
+    pipeline: PipelineConfig
+
+    def rule_name(self, rule_id: int) -> str | None:
+        if not rule_id or self.policy is None:
+            return None
+        for rule in self.policy.rules:
+            if rule.id == rule_id:
+                return rule.name
+        return f"#{rule_id}"
+
+
+def load_config(path: Path | None) -> Config:
+    """The built-in defaults without a file; otherwise the validated policy."""
+    if path is None:
+        return Config(None, PipelineConfig())
+    policy = load_policy(path)
+    return Config(policy, PipelineConfig(
+        missed_action=policy.pipeline.on_missing_stage,
+        fastpath_allow=tuple(expand(policy.fastpath.allow)),
+        fastpath_deny=tuple(expand(policy.fastpath.deny)),
+    ))

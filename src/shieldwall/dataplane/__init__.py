@@ -1,0 +1,1 @@
+"""The data plane as the control plane sees it: objects, the stage chain, pins."""

@@ -1,0 +1,71 @@
+"""The bpffs root where an attached pipeline keeps its pins, one directory per interface."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from ..kernel.errors import BpfError
+
+BPFFS = Path(os.environ.get("SHIELDWALL_BPFFS", "/sys/fs/bpf"))
+BPF_FS_MAGIC = 0xCAFE4A11
+
+
+class EnvironmentProblem(BpfError):
+    """The host cannot do what was asked: no privileges, no bpffs."""
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(1, "shieldwall needs root (CAP_BPF and CAP_NET_ADMIN) for this",
+                                 "run it with sudo, or as root")
+
+
+def _is_bpffs(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as mounts:
+            return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
+    except OSError:
+        return False
+
+
+def ensure_bpffs() -> Path:
+    """bpffs mounted at BPFFS, mounting it when it is missing (as systemd would)."""
+    if _is_bpffs(BPFFS):
+        return BPFFS
+    require_root()
+    BPFFS.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], capture_output=True, text=True)
+    if proc.returncode != 0 or not _is_bpffs(BPFFS):
+        raise EnvironmentProblem(19, f"no bpffs at {BPFFS} and it could not be mounted",
+                                 proc.stderr.strip() or "mount it: mount -t bpf bpf /sys/fs/bpf")
+    return BPFFS
+
+
+def netns_scope() -> str:
+    """Pins are per network namespace as well as per interface: names repeat across them."""
+    try:
+        host = os.stat("/proc/1/ns/net").st_ino
+        mine = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return "host"
+    return "host" if host == mine else f"netns-{mine}"
+
+
+def pin_dir(iface: str) -> Path:
+    return BPFFS / "shieldwall" / netns_scope() / iface
+
+
+def remove_pins(directory: Path) -> None:
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        entry.unlink()
+    directory.rmdir()
+    # Leave no empty scope directories behind.
+    for parent in (directory.parent, directory.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break

@@ -1,0 +1,1 @@
+"""Attach, reload, detach and inspect pipelines on interfaces."""

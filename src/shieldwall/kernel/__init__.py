@@ -1,0 +1,1 @@
+"""A thin, typed layer over the system libbpf (libbpf.so.1)."""

@@ -1,0 +1,189 @@
+"""Builds shieldwall.kernel._libbpf, the cffi (API mode) module over libbpf.
+
+API mode means a C compiler sees both libbpf's headers and shieldwall.h: every struct
+declared here, and every struct of the shared header, is checked against the real
+layout when the module is built, so Python never uses a hand-copied offset.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+_HERE = Path(__file__).resolve().parent
+_HEADER_DIR = _HERE.parents[2] / "bpf" / "include"
+
+LIBBPF_CDEF = r"""
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+typedef int32_t __s32;
+
+struct bpf_object;
+struct bpf_program;
+struct bpf_map;
+struct ring_buffer;
+
+struct bpf_object *bpf_object__open_file(const char *path, const void *opts);
+int bpf_object__load(struct bpf_object *obj);
+void bpf_object__close(struct bpf_object *obj);
+struct bpf_program *bpf_object__find_program_by_name(const struct bpf_object *obj, const char *name);
+struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const char *name);
+struct bpf_map *bpf_object__next_map(const struct bpf_object *obj, const struct bpf_map *map);
+struct bpf_program *bpf_object__next_program(const struct bpf_object *obj, struct bpf_program *prog);
+
+int bpf_program__fd(const struct bpf_program *prog);
+const char *bpf_program__name(const struct bpf_program *prog);
+
+const char *bpf_map__name(const struct bpf_map *map);
+int bpf_map__fd(const struct bpf_map *map);
+int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+__u32 bpf_map__max_entries(const struct bpf_map *map);
+__u32 bpf_map__key_size(const struct bpf_map *map);
+__u32 bpf_map__value_size(const struct bpf_map *map);
+int bpf_map__type(const struct bpf_map *map);
+int bpf_map__reuse_fd(struct bpf_map *map, int fd);
+int bpf_map__set_inner_map_fd(struct bpf_map *map, int fd);
+
+
+struct bpf_map_batch_opts { size_t sz; __u64 elem_flags; __u64 flags; };
+struct bpf_map_create_opts { size_t sz; __u32 map_flags; __u32 inner_map_fd; ...; };
+struct bpf_test_run_opts {
+    size_t sz;
+    const void *data_in;
+    void *data_out;
+    __u32 data_size_in;
+    __u32 data_size_out;
+    const void *ctx_in;
+    void *ctx_out;
+    __u32 ctx_size_in;
+    __u32 ctx_size_out;
+    __u32 retval;
+    int repeat;
+    __u32 duration;
+    __u32 flags;
+    __u32 cpu;
+    __u32 batch_size;
+};
+struct bpf_xdp_attach_opts { size_t sz; int old_prog_fd; };
+struct bpf_xdp_query_opts {
+    size_t sz;
+    __u32 prog_id;
+    __u32 drv_prog_id;
+    __u32 hw_prog_id;
+    __u32 skb_prog_id;
+    __u8 attach_mode;
+};
+struct bpf_prog_info { __u32 type; __u32 id; char name[16]; ...; };
+struct bpf_map_info { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries; char name[16]; ...; };
+struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; ...; };
+
+int bpf_map_create(int map_type, const char *map_name, __u32 key_size, __u32 value_size,
+                   __u32 max_entries, const struct bpf_map_create_opts *opts);
+int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         __u32 *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_obj_pin(int fd, const char *pathname);
+int bpf_obj_get(const char *pathname);
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
+int bpf_prog_get_fd_by_id(__u32 id);
+int bpf_map_get_fd_by_id(__u32 id);
+int bpf_link_get_fd_by_id(__u32 id);
+int bpf_link_detach(int link_fd);
+enum bpf_attach_type { BPF_XDP, ... };
+struct bpf_link_create_opts { size_t sz; __u32 flags; ...; };
+int bpf_link_create(int prog_fd, int target_fd, enum bpf_attach_type attach_type,
+                    const struct bpf_link_create_opts *opts);
+int bpf_link_update(int link_fd, int new_prog_fd, const void *opts);
+int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
+int bpf_xdp_attach(int ifindex, int prog_fd, __u32 flags, const struct bpf_xdp_attach_opts *opts);
+int bpf_xdp_detach(int ifindex, __u32 flags, const struct bpf_xdp_attach_opts *opts);
+int bpf_xdp_query(int ifindex, int flags, struct bpf_xdp_query_opts *opts);
+int libbpf_strerror(int err, char *buf, size_t size);
+
+typedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size);
+struct ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx,
+                                     const void *opts);
+int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
+int ring_buffer__consume(struct ring_buffer *rb);
+void ring_buffer__free(struct ring_buffer *rb);
+
+extern "Python" int sw_ringbuf_sample(void *ctx, void *data, size_t size);
+extern "Python" void sw_libbpf_message(int level, const char *msg);
+void sw_capture_libbpf_output(void);
+
+#define BPF_F_TEST_XDP_LIVE_FRAMES 2
+#define XDP_FLAGS_UPDATE_IF_NOEXIST 1
+#define XDP_FLAGS_SKB_MODE 2
+#define XDP_FLAGS_DRV_MODE 4
+#define XDP_FLAGS_HW_MODE 8
+#define XDP_FLAGS_REPLACE 16
+#define XDP_ATTACHED_NONE 0
+#define XDP_ATTACHED_DRV 1
+#define XDP_ATTACHED_SKB 2
+#define XDP_ATTACHED_HW 3
+#define XDP_ATTACHED_MULTI 4
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+#define BPF_EXIST 2
+#define BPF_F_NO_PREALLOC 1
+"""
+
+# libbpf hands its messages (the verifier log among them) to a printf-style callback;
+# formatting them in C spares Python from va_list.
+LIBBPF_SOURCE = r"""
+#include <stdarg.h>
+#include <stdio.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_link.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include "shieldwall.h"
+
+static void sw_libbpf_message(int level, const char *msg);
+
+static int sw_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+    char buf[4096];
+    vsnprintf(buf, sizeof(buf), fmt, args);
+    sw_libbpf_message((int)level, buf);
+    return 0;
+}
+
+static void sw_capture_libbpf_output(void)
+{
+    libbpf_set_print(sw_print);
+}
+"""
+
+
+def shared_header_cdef() -> str:
+    """The shared header's cdef region, as cffi's parser accepts it."""
+    text = (_HEADER_DIR / "shieldwall.h").read_text()
+    region = text[text.index("/* cdef-begin */"):text.index("/* cdef-end */")]
+    return re.sub(r"/\*.*?\*/", "", region, flags=re.S)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(LIBBPF_CDEF + shared_header_cdef())
+ffibuilder.set_source(
+    "shieldwall.kernel._libbpf",
+    LIBBPF_SOURCE,
+    libraries=["bpf"],
+    include_dirs=[str(_HEADER_DIR)],
+    extra_compile_args=["-Werror=incompatible-pointer-types"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=str(_HERE.parents[1]), verbose=False)

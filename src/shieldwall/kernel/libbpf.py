@@ -1,0 +1,403 @@
+"""Objects, programs, maps and links over libbpf, with typed keys and values.
+
+Key and value types are cffi type names ("struct sw_pkt", "__u32") from the shared header,
+so their layouts are the compiler's, not ours.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ._libbpf import ffi, lib
+from .errors import BpfError, VerifierError
+
+MAP_TYPE_HASH = 1
+MAP_TYPE_ARRAY = 2
+MAP_TYPE_PROG_ARRAY = 3
+MAP_TYPE_PERCPU_HASH = 5
+MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_ARRAY_OF_MAPS = 12
+MAP_TYPE_HASH_OF_MAPS = 13
+MAP_TYPE_RINGBUF = 27
+PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, 10, 21}
+
+
+# libbpf prints through one process-wide callback; collect per thread while a call that
+# may fail (open, load) runs, so its error carries the log.
+_capture = threading.local()
+
+
+@ffi.def_extern()
+def sw_libbpf_message(level: int, msg: Any) -> None:
+    buf = getattr(_capture, "lines", None)
+    if buf is not None:
+        buf.append(ffi.string(msg).decode(errors="replace"))
+
+
+lib.sw_capture_libbpf_output()
+
+
+class _CapturedLog:
+    def __enter__(self) -> "_CapturedLog":
+        _capture.lines = []
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.text = "".join(_capture.lines)
+        _capture.lines = None
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise BpfError(-ret, what)
+    return ret
+
+
+def _check_ptr(ptr: Any, what: str) -> Any:
+    if ptr == ffi.NULL:
+        raise BpfError(ffi.errno, what)
+    return ptr
+
+
+def possible_cpus() -> int:
+    """How many per-CPU slots the kernel uses: the possible CPUs, not the online ones."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+class Map:
+    """A kernel map with typed keys and values (cffi type names)."""
+
+    def __init__(self, fd: int, name: str, key_type: str, value_type: str, map_type: int,
+                 max_entries: int, owned: bool = False):
+        self.fd = fd
+        self.name = name
+        self.key_type = key_type
+        self.value_type = value_type
+        self.map_type = map_type
+        self.max_entries = max_entries
+        self._owned = owned
+        self.ncpus = possible_cpus() if map_type in PERCPU_TYPES else 1
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, map_type: int, name: str, key_type: str, value_type: str,
+               max_entries: int, flags: int = 0, inner_fd: int = 0) -> "Map":
+        opts = ffi.new("struct bpf_map_create_opts *")
+        opts.sz = ffi.sizeof("struct bpf_map_create_opts")
+        opts.map_flags = flags
+        opts.inner_map_fd = inner_fd
+        value_size = 4 if map_type in (MAP_TYPE_ARRAY_OF_MAPS, MAP_TYPE_HASH_OF_MAPS) \
+            else ffi.sizeof(value_type)
+        fd = _check(lib.bpf_map_create(map_type, name.encode()[:15], ffi.sizeof(key_type),
+                                       value_size, max_entries, opts), f"creating map {name}")
+        return cls(fd, name, key_type, value_type, map_type, max_entries, owned=True)
+
+    @classmethod
+    def open_pinned(cls, path: str | Path, key_type: str, value_type: str) -> "Map":
+        fd = _check(lib.bpf_obj_get(str(path).encode()), f"opening pinned map {path}")
+        info = map_info(fd)
+        return cls(fd, info.name, key_type, value_type, info.type, info.max_entries, owned=True)
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # -- pins -------------------------------------------------------------------------
+    def pin(self, path: str | Path) -> None:
+        _check(lib.bpf_obj_pin(self.fd, str(path).encode()), f"pinning map {self.name} at {path}")
+
+    # -- single elements -------------------------------------------------------------
+    def _key(self, key: Any) -> Any:
+        return ffi.new(f"{self.key_type} *", key)
+
+    def _value_buf(self) -> Any:
+        return ffi.new(f"{self.value_type}[{self.ncpus}]")
+
+    def _value_in(self, value: Any) -> Any:
+        if self.ncpus > 1:
+            values = value if isinstance(value, (list, tuple)) else [value] * self.ncpus
+            return ffi.new(f"{self.value_type}[{self.ncpus}]", list(values))
+        return ffi.new(f"{self.value_type} *", value)
+
+    def lookup(self, key: Any) -> Any:
+        """The value (a cffi object), a list per CPU for per-CPU maps, or None."""
+        buf = self._value_buf()
+        ret = lib.bpf_map_lookup_elem(self.fd, self._key(key), buf)
+        if ret < 0:
+            if -ret == 2:  # ENOENT: not there is an answer, not an error
+                return None
+            raise BpfError(-ret, f"looking up in map {self.name}")
+        return list(buf) if self.ncpus > 1 else buf[0]
+
+    def update(self, key: Any, value: Any, flags: int = 0) -> None:
+        _check(lib.bpf_map_update_elem(self.fd, self._key(key), self._value_in(value), flags),
+               f"updating map {self.name}")
+
+    def set_fd(self, key: int, fd: int) -> None:
+        """Stores a program or map fd (prog arrays, map-of-maps): the swap is atomic."""
+        _check(lib.bpf_map_update_elem(self.fd, ffi.new("__u32 *", key),
+                                       ffi.new("__u32 *", fd), 0),
+               f"setting slot {key} of map {self.name}")
+
+    def delete(self, key: Any, missing_ok: bool = True) -> None:
+        ret = lib.bpf_map_delete_elem(self.fd, self._key(key))
+        if ret < 0 and not (missing_ok and -ret == 2):
+            raise BpfError(-ret, f"deleting from map {self.name}")
+
+    def keys(self) -> Iterator[Any]:
+        cur = ffi.NULL
+        nxt = ffi.new(f"{self.key_type} *")
+        while lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
+            yield ffi.new(f"{self.key_type} *", nxt[0])[0]
+            cur = ffi.new(f"{self.key_type} *", nxt[0])
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    # -- batches ------------------------------------------------------------------------
+    def update_batch(self, keys: list[Any], values: list[Any], flags: int = 0) -> int:
+        """Writes many elements in one syscall; returns how many were written."""
+        if not keys:
+            return 0
+        if self.ncpus > 1:
+            raise ValueError("batch updates of per-CPU maps take one value per CPU; use update()")
+        kbuf = ffi.new(f"{self.key_type}[]", keys)
+        vbuf = ffi.new(f"{self.value_type}[]", values)
+        count = ffi.new("__u32 *", len(keys))
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts"),
+                                                        "elem_flags": flags})
+        ret = lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts)
+        if ret < 0:
+            raise BpfError(-ret, f"batch update of map {self.name} ({count[0]} of {len(keys)} written)")
+        return count[0]
+
+    def lookup_batch(self, chunk: int = 4096) -> list[tuple[Any, Any]]:
+        """All elements, read in chunks (hash and array maps)."""
+        out: list[tuple[Any, Any]] = []
+        in_batch = ffi.NULL
+        out_batch = ffi.new(f"{self.key_type} *")
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        while True:
+            kbuf = ffi.new(f"{self.key_type}[{chunk}]")
+            vbuf = ffi.new(f"{self.value_type}[{chunk * self.ncpus}]")
+            count = ffi.new("__u32 *", chunk)
+            ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf, count, opts)
+            if ret < 0 and -ret != 2:
+                raise BpfError(-ret, f"batch lookup of map {self.name}")
+            for i in range(count[0]):
+                if self.ncpus > 1:
+                    value: Any = list(vbuf[i * self.ncpus:(i + 1) * self.ncpus])
+                else:
+                    value = vbuf[i]
+                out.append((kbuf[i], value))
+            if ret < 0:  # ENOENT: that was the last chunk
+                return out
+            in_batch = ffi.new(f"{self.key_type} *", out_batch[0])
+
+    def delete_batch(self, keys: list[Any]) -> int:
+        if not keys:
+            return 0
+        kbuf = ffi.new(f"{self.key_type}[]", keys)
+        count = ffi.new("__u32 *", len(keys))
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        _check(lib.bpf_map_delete_batch(self.fd, kbuf, count, opts), f"batch delete from map {self.name}")
+        return count[0]
+
+
+@dataclass
+class Program:
+    fd: int
+    name: str
+
+    @classmethod
+    def open_pinned(cls, path: str | Path) -> "Program":
+        fd = _check(lib.bpf_obj_get(str(path).encode()), f"opening pinned program {path}")
+        return cls(fd, prog_info(fd).name)
+
+    def pin(self, path: str | Path) -> None:
+        _check(lib.bpf_obj_pin(self.fd, str(path).encode()), f"pinning program {self.name} at {path}")
+
+    @property
+    def id(self) -> int:
+        return prog_info(self.fd).id
+
+
+class BpfObject:
+    """One compiled .bpf.o: open, size and share its maps, load, then use."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BpfError(2, f"BPF object {self.path} not found",
+                           "build it with `make build` (the objects are compiled from bpf/)")
+        with _CapturedLog() as log:
+            obj = lib.bpf_object__open_file(str(self.path).encode(), ffi.NULL)
+        if obj == ffi.NULL:
+            raise BpfError(ffi.errno, f"opening BPF object {self.path}", log.text.strip())
+        self._obj = obj
+        self.loaded = False
+        self._types: dict[str, tuple[str, str]] = {}
+
+    def close(self) -> None:
+        if self._obj is not None:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _raw_map(self, name: str) -> Any:
+        m = lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if m == ffi.NULL:
+            raise KeyError(f"{self.path.name} has no map {name}")
+        return m
+
+    def map_names(self) -> list[str]:
+        names, m = [], lib.bpf_object__next_map(self._obj, ffi.NULL)
+        while m != ffi.NULL:
+            names.append(ffi.string(lib.bpf_map__name(m)).decode())
+            m = lib.bpf_object__next_map(self._obj, m)
+        return names
+
+    def declare(self, name: str, key_type: str, value_type: str) -> None:
+        """Names the C types of a map so map() returns it typed; sizes are checked."""
+        m = self._raw_map(name)
+        ksz, vsz = lib.bpf_map__key_size(m), lib.bpf_map__value_size(m)
+        if lib.bpf_map__type(m) not in (MAP_TYPE_PROG_ARRAY, MAP_TYPE_ARRAY_OF_MAPS,
+                                         MAP_TYPE_HASH_OF_MAPS, MAP_TYPE_RINGBUF):
+            if ffi.sizeof(key_type) != ksz or ffi.sizeof(value_type) != vsz:
+                raise BpfError(22, f"map {name} of {self.path.name} has key/value sizes "
+                                   f"{ksz}/{vsz}, not those of {key_type}/{value_type}")
+        self._types[name] = (key_type, value_type)
+
+    # -- before load ------------------------------------------------------------------
+    def set_max_entries(self, name: str, n: int) -> None:
+        _check(lib.bpf_map__set_max_entries(self._raw_map(name), n), f"sizing map {name}")
+
+    def reuse_map(self, name: str, fd: int) -> None:
+        """Makes this object use an existing map (a shared or pinned one) instead of its own."""
+        _check(lib.bpf_map__reuse_fd(self._raw_map(name), fd), f"reusing map {name}")
+
+    def set_inner_map(self, name: str, fd: int) -> None:
+        _check(lib.bpf_map__set_inner_map_fd(self._raw_map(name), fd), f"inner map of {name}")
+
+    def load(self) -> None:
+        with _CapturedLog() as log:
+            ret = lib.bpf_object__load(self._obj)
+        if ret < 0:
+            text = log.text
+            if "processed" in text or "R0" in text or "invalid" in text or "verifier" in text.lower():
+                raise VerifierError(-ret, f"the verifier rejected {self.path.name}", text)
+            raise BpfError(-ret, f"loading {self.path.name}", text.strip()[-3000:])
+        self.loaded = True
+
+    # -- after load -----------------------------------------------------------------
+    def program(self, name: str) -> Program:
+        p = lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if p == ffi.NULL:
+            raise KeyError(f"{self.path.name} has no program {name}")
+        return Program(lib.bpf_program__fd(p), name)
+
+    def map(self, name: str) -> Map:
+        m = self._raw_map(name)
+        key_type, value_type = self._types.get(name, ("__u32", "__u32"))
+        return Map(lib.bpf_map__fd(m), name, key_type, value_type, lib.bpf_map__type(m),
+                   lib.bpf_map__max_entries(m))
+
+
+def obj_get(path: str | Path) -> int:
+    return _check(lib.bpf_obj_get(str(path).encode()), f"opening pin {path}")
+
+
+def xdp_link_create(prog_fd: int, ifindex: int, mode_flags: int) -> int:
+    """An XDP bpf_link (an fd): it detaches when its last holder, fd or pin, goes away."""
+    opts = ffi.new("struct bpf_link_create_opts *")
+    opts.sz = ffi.sizeof("struct bpf_link_create_opts")
+    opts.flags = mode_flags
+    return _check(lib.bpf_link_create(prog_fd, ifindex, lib.BPF_XDP, opts),
+                  f"attaching XDP to ifindex {ifindex} with a bpf_link")
+
+
+def pin_fd(fd: int, path: str | Path) -> None:
+    _check(lib.bpf_obj_pin(fd, str(path).encode()), f"pinning at {path}")
+
+
+def link_detach(fd: int) -> None:
+    _check(lib.bpf_link_detach(fd), "detaching link")
+
+
+def link_update(fd: int, new_prog_fd: int) -> None:
+    _check(lib.bpf_link_update(fd, new_prog_fd, ffi.NULL), "replacing the program of a link")
+
+
+def prog_info(fd: int) -> Any:
+    info = ffi.new("struct bpf_prog_info *")
+    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_prog_info"))
+    _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading program info")
+    return _Info(id=info.id, type=info.type, name=ffi.string(info.name).decode())
+
+
+def map_info(fd: int) -> Any:
+    info = ffi.new("struct bpf_map_info *")
+    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
+    _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading map info")
+    return _Info(id=info.id, type=info.type, name=ffi.string(info.name).decode(),
+                 max_entries=info.max_entries)
+
+
+def link_info(fd: int) -> Any:
+    info = ffi.new("struct bpf_link_info *")
+    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_link_info"))
+    _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading link info")
+    return _Info(id=info.id, type=info.type, prog_id=info.prog_id)
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _check(lib.bpf_prog_get_fd_by_id(prog_id), f"opening program id {prog_id}")
+
+
+class _Info(dict):
+    __getattr__ = dict.__getitem__
+
+
+class RingBuffer:
+    """Consumes a BPF ring buffer; `callback(bytes)` runs for every record."""
+
+    def __init__(self, map_fd: int, callback: Callable[[bytes], None]):
+        self._handle = ffi.new_handle(callback)
+        self._rb = _check_ptr(lib.ring_buffer__new(map_fd, lib.sw_ringbuf_sample, self._handle,
+                                                   ffi.NULL), "opening ring buffer")
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        return _check(lib.ring_buffer__poll(self._rb, timeout_ms), "polling ring buffer")
+
+    def consume(self) -> int:
+        return _check(lib.ring_buffer__consume(self._rb), "consuming ring buffer")
+
+    def close(self) -> None:
+        if self._rb is not None:
+            lib.ring_buffer__free(self._rb)
+            self._rb = None
+
+
+@ffi.def_extern()
+def sw_ringbuf_sample(ctx: Any, data: Any, size: int) -> int:
+    ffi.from_handle(ctx)(bytes(ffi.buffer(data, size)))
+    return 0

@@ -1,0 +1,1 @@
+"""Pure-Python reference models of the data plane, used to check the BPF programs."""
