@@ -41,7 +41,7 @@ int sw_trafgen(struct xdp_md *ctx)
 			return XDP_ABORTED;
 		/* Only the low 16 bits change: the receiver's parser never verifies
 		 * checksums, and a spoofed flood does not bother either. */
-		host = (__u16)(*sent % cfg->src_spread);
+		host = (__u16)(cfg->src_base + *sent % cfg->src_spread);
 		p[2] = host >> 8;
 		p[3] = host & 0xff;
 	}

@@ -3,7 +3,7 @@
 # when something is missing.
 set -euo pipefail
 
-PACKAGES=(clang-19 llvm-19 libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 nftables
+PACKAGES=(clang-19 llvm-19 libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 ethtool nftables
           iptables xdp-tools make gcc pkg-config)
 
 missing=()

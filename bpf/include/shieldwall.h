@@ -149,7 +149,7 @@ struct sw_gen_config {
 	__u32 ifindex;		/* where the template goes out */
 	__u32 src_spread;	/* distinct sources to cycle through; 0 keeps the template's */
 	__u32 src_offset;	/* frame offset of the source address' last 4 bytes */
-	__u32 pad0;
+	__u32 src_base;		/* the template's low 16 source bits: sources are base + n */
 };
 
 /* cdef-end */

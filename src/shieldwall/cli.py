@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .kernel.errors import BpfError, VerifierError
+from .lab.netns import LabError
+from .pcapio import PcapError
+from .policy.errors import PolicyError
 
 
 def _netns(args: argparse.Namespace):
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shieldwall: {exc.what}: {exc.strerror.splitlines()[0]}", file=sys.stderr)
         print("verifier log (end):\n" + exc.detail, file=sys.stderr)
         return 3
-    except (BpfError, OSError, ValueError) as exc:
+    except (BpfError, OSError, ValueError, PcapError, PolicyError, LabError) as exc:
         print(f"shieldwall: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -44,17 +44,33 @@ def ensure_bpffs() -> Path:
 
 
 def netns_scope() -> str:
-    """Pins are per network namespace as well as per interface: names repeat across them."""
+    """Pins are per network namespace as well as per interface: names repeat across them.
+    A named namespace (ip netns) is known by its name; any other is "host"."""
     try:
-        host = os.stat("/proc/1/ns/net").st_ino
-        mine = os.stat("/proc/self/ns/net").st_ino
+        # thread-self: a thread may have entered a namespace on its own (setns).
+        mine = os.stat("/proc/thread-self/ns/net").st_ino
     except OSError:
         return "host"
-    return "host" if host == mine else f"netns-{mine}"
+    named = Path("/run/netns")
+    for entry in sorted(named.iterdir()) if named.is_dir() else []:
+        try:
+            if entry.stat().st_ino == mine:
+                return f"netns-{entry.name}"
+        except OSError:
+            continue
+    return "host"
 
 
 def pin_dir(iface: str) -> Path:
     return BPFFS / "shieldwall" / netns_scope() / iface
+
+
+def remove_netns_pins(netns: str) -> None:
+    """Drops every pipeline pinned for a named namespace (one that is going away)."""
+    scope = BPFFS / "shieldwall" / f"netns-{netns}"
+    if scope.is_dir():
+        for iface in list(scope.iterdir()):
+            remove_pins(iface)
 
 
 def remove_pins(directory: Path) -> None:
