@@ -1,0 +1,322 @@
+"""Checks of a valid policy for things that are legal but almost certainly mistakes.
+
+- A rule that can never match: it contradicts itself (a port on a non-TCP/UDP protocol,
+  a field whose list excludes every value, ...), or an earlier deciding rule matches
+  every packet it would match.
+- A set that is empty, or holds prefixes inside other prefixes, or is never used.
+
+The checks are sound but incomplete: a warning is always right, but not every dead
+rule is found. Shadowing is judged field by field: an earlier rule covers a later one
+when each of its fields also appears in the later rule and allows a superset of the
+values there. Field values are compared exactly, as sets of intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+from weakref import WeakKeyDictionary
+
+from .errors import Issue
+from .load import DOMAINS, PROTOCOLS
+from .model import (
+    AddrValue,
+    Family,
+    Fragment,
+    Items,
+    Match,
+    Network,
+    Policy,
+    PrefixSet,
+    Range,
+    TcpFlags,
+    expand,
+)
+
+# Inclusive (lo, hi) pairs, sorted, disjoint and not adjacent: a set of integers.
+Intervals = tuple[tuple[int, int], ...]
+
+# Addresses of both families on one line: IPv4 first, then IPv6, so no IPv6 prefix
+# (not even ::/0) covers an IPv4 address.
+_V6_BASE = 1 << 32
+_ADDRESS_SPACE: Intervals = ((0, _V6_BASE + (1 << 128) - 1),)
+_IPV4_PART: Intervals = ((0, _V6_BASE - 1),)
+_IPV6_PART: Intervals = ((_V6_BASE, _ADDRESS_SPACE[0][1]),)
+
+
+@dataclass(frozen=True)
+class SetSummary:
+    ipv4: int
+    ipv6: int
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    rules: int
+    rules_by_action: dict[str, int]
+    sets: dict[str, SetSummary]
+    fastpath_allow: int
+    fastpath_deny: int
+
+
+@dataclass(frozen=True)
+class Report:
+    warnings: tuple[Issue, ...]
+    summary: Summary
+
+
+def analyze(policy: Policy) -> Report:
+    warnings = [*_rule_warnings(policy), *_set_warnings(policy)]
+    return Report(tuple(warnings), _summary(policy))
+
+
+# --- interval sets ------------------------------------------------------------------
+
+
+def normalize(pairs: Iterable[tuple[int, int]]) -> Intervals:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(pairs):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in merged)
+
+
+def subtract(a: Intervals, b: Intervals) -> Intervals:
+    result = []
+    j = 0
+    for lo, hi in a:
+        while j < len(b) and b[j][1] < lo:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] <= hi:
+            if b[k][0] > lo:
+                result.append((lo, b[k][0] - 1))
+            lo = max(lo, b[k][1] + 1)
+            k += 1
+        if lo <= hi:
+            result.append((lo, hi))
+    return tuple(result)
+
+
+def within(a: Intervals, b: Intervals) -> bool:
+    """a is a subset of b."""
+    return not subtract(a, b)
+
+
+def _overlaps(a: Intervals, b: Intervals) -> bool:
+    return subtract(a, b) != a
+
+
+def _network_interval(net: Network) -> tuple[int, int]:
+    base = 0 if net.version == 4 else _V6_BASE
+    return base + int(net.network_address), base + int(net.broadcast_address)
+
+
+# Sets can hold a million prefixes and are compared once per rule pair: convert each
+# once, and forget it with the set.
+_SET_SPACES: WeakKeyDictionary[PrefixSet, Intervals] = WeakKeyDictionary()
+
+
+def _set_space(prefix_set: PrefixSet) -> Intervals:
+    space = _SET_SPACES.get(prefix_set)
+    if space is None:
+        space = normalize(_network_interval(net) for net in prefix_set.prefixes)
+        _SET_SPACES[prefix_set] = space
+    return space
+
+
+def _value_space(value: AddrValue | Range) -> Intervals:
+    if isinstance(value, Range):
+        return ((value.lo, value.hi),)
+    if isinstance(value, PrefixSet):
+        return _set_space(value)
+    return (_network_interval(value),)
+
+
+def field_space(name: str, items: Items) -> Intervals:
+    """The values a list field accepts, by the list rule of Items.holds."""
+    if name in DOMAINS:
+        full: Intervals = ((DOMAINS[name].lo, DOMAINS[name].hi),)
+    else:
+        full = _ADDRESS_SPACE
+
+    def union(values: tuple) -> Intervals:
+        if len(values) == 1:
+            return _value_space(values[0])  # already normalized; a set may be large
+        return normalize(pair for value in values for pair in _value_space(value))
+
+    plain = union(items.plain) if items.plain else full
+    return subtract(plain, union(items.negated))
+
+
+SpaceOf = Callable[[str, Items], Intervals]
+
+
+def _memoized(space: SpaceOf) -> SpaceOf:
+    """field_space remembered per list for one analysis: rules are compared pairwise."""
+    cache: dict[tuple[str, int], Intervals] = {}
+
+    def memo(name: str, items: Items) -> Intervals:
+        key = (name, id(items))
+        if key not in cache:
+            cache[key] = space(name, items)
+        return cache[key]
+
+    return memo
+
+
+# --- rules --------------------------------------------------------------------------
+
+
+def _describe(policy: Policy, index: int) -> str:
+    return f"rules[{index}] ({policy.rules[index].name})"
+
+
+def _rule_warnings(policy: Policy) -> Iterable[Issue]:
+    # The policy holds every list for the whole analysis, so their ids stay unique.
+    space = _memoized(field_space)
+    deciding: list[int] = []
+    for index, rule in enumerate(policy.rules):
+        path = f"rules[{index}]"
+        reason = contradiction(rule.match, space)
+        if reason is not None:
+            yield Issue(policy.source, path, f"never matches: {reason}")
+        else:
+            for earlier in deciding:
+                if covers(policy.rules[earlier].match, rule.match, space):
+                    by = _describe(policy, earlier)
+                    problem = f"never matches: {by} decides every packet it would match"
+                    yield Issue(policy.source, path, problem)
+                    break
+        if rule.action.decides:
+            deciding.append(index)
+
+
+def covers(outer: Match, inner: Match, space: SpaceOf = field_space) -> bool:
+    """Every packet that inner matches, outer matches too (sound, not complete)."""
+    inner_fields = inner.fields()
+    for name, value in outer.fields().items():
+        if name not in inner_fields:
+            return False
+        if not _field_covers(name, value, inner_fields[name], space):
+            return False
+    return True
+
+
+def _field_covers(name: str, outer: object, inner: object, space: SpaceOf) -> bool:
+    if isinstance(outer, Items):
+        return within(space(name, inner), space(name, outer))  # type: ignore[arg-type]
+    if isinstance(outer, TcpFlags):
+        assert isinstance(inner, TcpFlags)
+        # inner must pin every flag outer pins, to the same value.
+        return outer.mask & ~inner.mask == 0 and inner.value & outer.mask == outer.value
+    if outer is Fragment.ANY:
+        return True
+    return outer == inner
+
+
+# Fields that only hold for some protocols, with the protocols (as `proto` names them).
+_NEEDS_PROTO = {
+    "sport": ("tcp", "udp"),
+    "dport": ("tcp", "udp"),
+    "tcp_flags": ("tcp",),
+    "icmp_type": ("icmp", "icmpv6"),
+    "icmp_code": ("icmp", "icmpv6"),
+}
+
+
+def contradiction(match: Match, space: SpaceOf = field_space) -> str | None:
+    """Why no packet can satisfy match, or None when one might."""
+    fields = match.fields()
+    for name, value in fields.items():
+        if isinstance(value, Items) and not space(name, value):
+            return f"{name} matches no value"
+    proto = space("proto", match.proto) if match.proto else None
+    for name, needs in _NEEDS_PROTO.items():
+        if name not in fields:
+            continue
+        needed = normalize((PROTOCOLS[p], PROTOCOLS[p]) for p in needs)
+        if proto is not None and not _overlaps(proto, needed):
+            return f"{name} needs proto {' or '.join(needs)}"
+        if match.fragment is Fragment.NON_FIRST:
+            return f"{name} needs a layer-4 header, which non-first fragments lack"
+    if match.family is not None:
+        part = _IPV4_PART if match.family is Family.IPV4 else _IPV6_PART
+        for name in ("src", "dst"):
+            if name in fields and not _overlaps(space(name, fields[name]), part):
+                return f"{name} has no {match.family.value} address"
+    return None
+
+
+# --- sets ---------------------------------------------------------------------------
+
+
+def _used_sets(policy: Policy) -> set[str]:
+    values: list[AddrValue] = [*policy.fastpath.allow, *policy.fastpath.deny]
+    for rule in policy.rules:
+        for items in (rule.match.src, rule.match.dst):
+            if items is not None:
+                values.extend(item.value for item in items.items)
+    return {value.name for value in values if isinstance(value, PrefixSet)}
+
+
+def nested_prefixes(prefixes: Iterable[Network]) -> list[tuple[Network, Network]]:
+    """(inner, outer) for each prefix inside another; prefixes sorted as PrefixSet keeps them."""
+    found = []
+    outer: Network | None = None
+    for net in prefixes:
+        if (
+            outer is not None
+            and outer.version == net.version
+            and int(net.network_address) <= int(outer.broadcast_address)
+        ):
+            found.append((net, outer))
+        else:
+            outer = net
+    return found
+
+
+def _set_warnings(policy: Policy) -> Iterable[Issue]:
+    used = _used_sets(policy)
+    for name, prefix_set in policy.sets.items():
+        path = f"sets.{name}"
+        if not prefix_set.prefixes:
+            yield Issue(policy.source, path, "the set is empty: nothing matches it")
+        nested = nested_prefixes(prefix_set.prefixes)
+        if nested:
+            examples = ", ".join(f"{inner} in {outer}" for inner, outer in nested[:3])
+            more = f" and {len(nested) - 3} more" if len(nested) > 3 else ""
+            yield Issue(
+                policy.source,
+                path,
+                f"{len(nested)} prefixes lie inside other prefixes of the set: {examples}{more}",
+            )
+        if name not in used:
+            yield Issue(policy.source, path, "the set is not used by any rule or the fastpath")
+
+
+# --- summary ------------------------------------------------------------------------
+
+
+def _summary(policy: Policy) -> Summary:
+    by_action: dict[str, int] = {}
+    for rule in policy.rules:
+        by_action[rule.action.name] = by_action.get(rule.action.name, 0) + 1
+    sets = {
+        name: SetSummary(
+            ipv4=sum(1 for net in s.prefixes if net.version == 4),
+            ipv6=sum(1 for net in s.prefixes if net.version == 6),
+            files=s.files,
+        )
+        for name, s in policy.sets.items()
+    }
+    return Summary(
+        rules=len(policy.rules),
+        rules_by_action=by_action,
+        sets=sets,
+        fastpath_allow=len(set(expand(policy.fastpath.allow))),
+        fastpath_deny=len(set(expand(policy.fastpath.deny))),
+    )

@@ -1,0 +1,161 @@
+"""The reference model of policy semantics: what the data plane must decide for a packet.
+
+It takes the parse result of the root program (shieldwall.model.parse.ParsedPacket) and
+the validated policy, and is written for clarity, not speed; the kernel tests compare the
+BPF stages with it.
+
+- Non-IP frames are never subject to the policy: they pass (reason non_ip).
+- The fastpath lists are looked up first by source address; the longest matching prefix
+  of allow and deny decides (allowlisted / blocklisted).
+- Then the rules, in order. pass and drop decide; count and monitor record the hit and
+  go on. When no rule decides, default_action applies (reason default), except that
+  default_action: drop never drops IPv6 neighbor discovery (reason nd_protected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import abi
+from ..model.parse import ICMP_PROTO, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
+from .model import Fastpath, Fragment, Items, Match, Policy, Range, TcpFlags, Verdict
+
+# Router/neighbor solicitation and advertisement, redirect: without them IPv6 stops
+# working on the link, so a drop-by-default policy must not cut the host off.
+ND_TYPES = range(133, 138)
+
+
+@dataclass
+class Decision:
+    """The verdict for one packet.
+
+    reason is an abi reason name: rule, default, nd_protected, allowlisted, blocklisted or
+    non_ip. rule and rule_id name the deciding rule (None and 0 otherwise). counted lists
+    the count and monitor rules that matched, in order; would_drop the monitor rules
+    among them, which would have dropped the packet.
+    """
+
+    action: Verdict
+    reason: str
+    rule: str | None = None
+    rule_id: int = abi.SW_RULE_NONE
+    counted: list[str] = field(default_factory=list)
+    would_drop: list[str] = field(default_factory=list)
+
+
+def evaluate(policy: Policy, pkt: ParsedPacket) -> Decision:
+    """The decision for a packet the root parsed without error: fastpath, then rules."""
+    if pkt.family == abi.SW_FAMILY_NONE:
+        return Decision("pass", "non_ip")
+    return evaluate_fastpath(policy.fastpath, pkt) or evaluate_rules(policy, pkt)
+
+
+def evaluate_fastpath(fastpath: Fastpath, pkt: ParsedPacket) -> Decision | None:
+    """allowlisted / blocklisted by the longest matching prefix, or None for neither."""
+    allow = fastpath.allow_table.longest_match(pkt.src_ip)
+    deny = fastpath.deny_table.longest_match(pkt.src_ip)
+    if allow is None and deny is None:
+        return None
+    # The loader refuses a prefix in both lists, so the lengths never tie.
+    if deny is None or (allow is not None and allow > deny):
+        return Decision("pass", "allowlisted")
+    return Decision("drop", "blocklisted")
+
+
+def evaluate_rules(policy: Policy, pkt: ParsedPacket) -> Decision:
+    """The rules and default_action alone, as the policy stage applies them."""
+    counted: list[str] = []
+    would_drop: list[str] = []
+    for rule in policy.rules:
+        if not matches(rule.match, pkt):
+            continue
+        kind = rule.action
+        if kind.counts:
+            counted.append(rule.name)
+        if kind.would == "drop":
+            would_drop.append(rule.name)
+        if kind.verdict is not None:
+            return Decision(kind.verdict, "rule", rule.name, rule.id, counted, would_drop)
+    if policy.default_action == "drop" and is_neighbor_discovery(pkt):
+        return Decision("pass", "nd_protected", counted=counted, would_drop=would_drop)
+    return Decision(policy.default_action, "default", counted=counted, would_drop=would_drop)
+
+
+def is_neighbor_discovery(pkt: ParsedPacket) -> bool:
+    return (
+        pkt.family == abi.SW_FAMILY_IPV6
+        and has_l4(pkt)
+        and pkt.l4_proto == IPPROTO_ICMPV6
+        and pkt.icmp_type in ND_TYPES
+    )
+
+
+def matches(match: Match, pkt: ParsedPacket) -> bool:
+    """Every field of the match holds (an empty match holds for every IP packet)."""
+    return all(_FIELD_TESTS[name](value, pkt) for name, value in match.fields().items())
+
+
+def has_l4(pkt: ParsedPacket) -> bool:
+    """The parser read a TCP, UDP or ICMP header (never for a non-first fragment)."""
+    return bool(pkt.flags & abi.SW_PKT_HAS_L4)
+
+
+def has_ports(pkt: ParsedPacket) -> bool:
+    return has_l4(pkt) and pkt.l4_proto in (IPPROTO_TCP, IPPROTO_UDP)
+
+
+def has_tcp(pkt: ParsedPacket) -> bool:
+    return has_l4(pkt) and pkt.l4_proto == IPPROTO_TCP
+
+
+def has_icmp(pkt: ParsedPacket) -> bool:
+    """ICMP in IPv4 or ICMPv6 in IPv6: only then are type and code read."""
+    return has_l4(pkt) and pkt.l4_proto == ICMP_PROTO[pkt.family]
+
+
+def is_fragment_of(kind: Fragment, pkt: ParsedPacket) -> bool:
+    if not pkt.frag & abi.SW_FRAG_IS:
+        return False
+    if kind is Fragment.FIRST:
+        return pkt.frag_off == 0 and bool(pkt.frag & abi.SW_FRAG_MORE)
+    if kind is Fragment.NON_FIRST:
+        return pkt.frag_off > 0
+    return True
+
+
+def _numbers(applies: Callable[[ParsedPacket], bool], value: Callable[[ParsedPacket], int]):
+    """The test of a numeric list field: it must apply to the packet, then hold."""
+
+    def test(items: Items[Range], pkt: ParsedPacket) -> bool:
+        if not applies(pkt):
+            return False
+        number = value(pkt)
+        return items.holds(lambda r: number in r)
+
+    return test
+
+
+def _always(pkt: ParsedPacket) -> bool:
+    return True
+
+
+def _tcp_flags(flags: TcpFlags, pkt: ParsedPacket) -> bool:
+    return has_tcp(pkt) and pkt.tcp_flags & flags.mask == flags.value
+
+
+_FIELD_TESTS: dict[str, Callable[[Any, ParsedPacket], bool]] = {
+    "src": lambda items, pkt: items.holds(lambda v: pkt.src_ip in v),
+    "dst": lambda items, pkt: items.holds(lambda v: pkt.dst_ip in v),
+    "proto": _numbers(_always, lambda pkt: pkt.l4_proto),
+    "sport": _numbers(has_ports, lambda pkt: pkt.sport),
+    "dport": _numbers(has_ports, lambda pkt: pkt.dport),
+    "tcp_flags": _tcp_flags,
+    "icmp_type": _numbers(has_icmp, lambda pkt: pkt.icmp_type),
+    "icmp_code": _numbers(has_icmp, lambda pkt: pkt.icmp_code),
+    "length": _numbers(_always, lambda pkt: pkt.l3_len),
+    "ttl": _numbers(_always, lambda pkt: pkt.ttl),
+    "vlan": _numbers(lambda pkt: pkt.vlan_depth > 0, lambda pkt: pkt.vlan_id),
+    "fragment": is_fragment_of,
+    "family": lambda family, pkt: pkt.family == family.code,
+}

@@ -1,0 +1,113 @@
+"""Prefixes as written in a policy, and the files prefix sets are read from.
+
+A set file is either a plain list (one address or prefix per line; `#` starts a comment;
+blank lines are ignored) or a Tor network-status consensus document, recognised by its
+`network-status-version 3` line, from which the relays' addresses are taken. Problems in
+a file are reported as `file:line: problem`, with the file as the policy names it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from .errors import Invalid
+from .model import Network
+
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def parse_prefix(text: str) -> Network:
+    """An IPv4 or IPv6 prefix, or an address (a /32 or /128).
+
+    Host bits must be clear: `192.0.2.1/24` is almost always a typo for either the
+    address or the network, and guessing would silently widen or narrow a rule.
+    IPv4-mapped IPv6 prefixes are refused because the data plane stores IPv4 addresses
+    in exactly that form and could not tell them from the IPv4 prefix.
+    """
+    text = text.strip()
+    if "%" in text:
+        raise Invalid(f"{text!r}: scoped addresses (with %zone) are not supported")
+    try:
+        net = ipaddress.ip_network(text)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise Invalid(f"{text!r} is not an IPv4 or IPv6 address or prefix") from None
+        raise Invalid(f"{text} has host bits set: the network is {loose}") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_V4_MAPPED):
+        v4 = ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+        raise Invalid(f"{text} is IPv4-mapped: write it as {v4}")
+    return net
+
+
+def read_set_file(path: Path, shown: str) -> list[Network]:
+    """The prefixes in a set file; `shown` is the file's name as the policy gives it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise Invalid(f"cannot read {shown}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise Invalid(f"{shown}:{line}: not UTF-8 text") from None
+    lines = text.splitlines()
+    flavor = _consensus_flavor(lines)
+    if flavor is not None:
+        return _consensus_addresses(lines, shown, flavor)
+    return _listed_prefixes(lines, shown)
+
+
+def _listed_prefixes(lines: list[str], shown: str) -> list[Network]:
+    prefixes = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        try:
+            prefixes.append(parse_prefix(entry))
+        except Invalid as err:
+            raise Invalid(f"{shown}:{number}: {err.problem}") from None
+    return prefixes
+
+
+def _consensus_flavor(lines: list[str]) -> str | None:
+    """'ns' or 'microdesc' for a version 3 consensus, None for anything else."""
+    for line in lines:
+        words = line.split()
+        if words[:2] == ["network-status-version", "3"]:
+            return words[2] if len(words) > 2 else "ns"
+    return None
+
+
+# "r" line fields: the full consensus has a descriptor digest that the microdescriptor
+# flavor leaves out; the address is followed by ORPort and DirPort in both.
+_R_FIELDS = {"ns": 9, "microdesc": 8}
+_OR_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^]]+)\]|(?P<v4>[^:]+)):[0-9]+$")
+
+
+def _consensus_addresses(lines: list[str], shown: str, flavor: str) -> list[Network]:
+    """Relay addresses: the IPv4 address of each `r` line and each `a` line's address."""
+    if flavor not in _R_FIELDS:
+        raise Invalid(f"{shown}: unsupported consensus flavor {flavor!r}")
+    addresses: list[Network] = []
+    for number, line in enumerate(lines, start=1):
+        words = line.split()
+        if not words or words[0] not in ("r", "a"):
+            continue
+        if words[0] == "r":
+            expected = _R_FIELDS[flavor]
+            if len(words) != expected:
+                raise Invalid(f"{shown}:{number}: malformed r line: expected {expected} fields")
+            host = words[-3]
+        else:
+            found = _OR_ADDRESS.match(words[1]) if len(words) == 2 else None
+            if found is None:
+                raise Invalid(f"{shown}:{number}: malformed a line: expected 'a [address]:port'")
+            host = found["v6"] or found["v4"]
+        try:
+            addresses.append(parse_prefix(host))
+        except Invalid as err:
+            raise Invalid(f"{shown}:{number}: {err.problem}") from None
+    return addresses
