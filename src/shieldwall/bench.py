@@ -20,7 +20,7 @@ from .dataplane.pipeline import Pipeline, PipelineConfig
 from .engine import lifecycle
 from .kernel import libbpf, xdp
 from .kernel.libbpf import BpfObject
-from .kernel.testrun import test_run, test_run_live
+from .kernel.testrun import prog_test_run, prog_test_run_live
 from .lab import topology
 from .lab.netns import enter_netns
 from .lab.traffic import IPV4_SRC_OFFSET, SPOOFED_V4, SPOOFED_V6, builtin_mix, syn_flood_v4
@@ -44,9 +44,9 @@ def _per_packet_ns(prog_fd: int, packets: list[bytes], live: bool) -> float:
     runs = []
     for pkt in packets:
         if live:
-            runs.append(test_run_live(prog_fd, pkt, repeat=LIVE_REPEAT, batch_size=64).duration_ns)
+            runs.append(prog_test_run_live(prog_fd, pkt, repeat=LIVE_REPEAT, batch_size=64).duration_ns)
         else:
-            runs.append(test_run(prog_fd, pkt, repeat=PROGRAM_REPEAT).duration_ns)
+            runs.append(prog_test_run(prog_fd, pkt, repeat=PROGRAM_REPEAT).duration_ns)
     return mean(runs)
 
 

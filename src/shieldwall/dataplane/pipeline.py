@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from .. import abi
 from ..kernel.libbpf import BpfObject, Map, Program
-from ..kernel.testrun import test_run
+from ..kernel.testrun import prog_test_run
 from ..paths import object_path
 from .addresses import IPNetwork, lpm_key
 from .stages import DEFAULT_CHAIN, SHARED_MAPS, STAGES, map_types
@@ -158,7 +158,7 @@ class Pipeline:
 
         The decision is read back from the per-CPU scratch of the CPU the run used, so the
         caller holds the thread on that CPU (see one_cpu())."""
-        result = test_run(self.root_program.fd, packet)
+        result = prog_test_run(self.root_program.fd, packet)
         pkt = self.maps["sw_scratch"].lookup(0)[cpu]
         if pkt.action != result.retval:
             raise RuntimeError("the scratch does not hold this packet's decision; "

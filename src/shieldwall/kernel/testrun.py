@@ -15,7 +15,7 @@ class RunResult:
     data: bytes          # the packet after the program (empty in live-frames mode)
 
 
-def test_run(prog_fd: int, packet: bytes, repeat: int = 1, *, out_size: int | None = None) -> RunResult:
+def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, *, out_size: int | None = None) -> RunResult:
     """Runs the program on the packet `repeat` times and returns what it did."""
     out = ffi.new("char[]", out_size or max(len(packet) + 256, 64))
     opts = ffi.new("struct bpf_test_run_opts *")
@@ -32,7 +32,7 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1, *, out_size: int | No
     return RunResult(opts.retval, opts.duration, bytes(ffi.buffer(out, opts.data_size_out)))
 
 
-def test_run_live(prog_fd: int, packet: bytes, repeat: int, batch_size: int = 0) -> RunResult:
+def prog_test_run_live(prog_fd: int, packet: bytes, repeat: int, batch_size: int = 0) -> RunResult:
     """Live-frames mode: the verdict is carried out for real (XDP_TX and XDP_REDIRECT
     send the frame), `repeat` times, in batches. The kernel reports no retval here."""
     opts = ffi.new("struct bpf_test_run_opts *")

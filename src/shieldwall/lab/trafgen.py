@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from ..kernel.libbpf import BpfObject
-from ..kernel.testrun import test_run_live
+from ..kernel.testrun import prog_test_run_live
 from ..kernel.xdp import ifindex
 from ..paths import object_path
 from .netns import enter_netns
@@ -71,7 +71,7 @@ class TrafficGenerator:
         # is looked up there.
         with enter_netns(self.netns):
             start = time.perf_counter()
-            test_run_live(prog.fd, template, repeat=count, batch_size=64)
+            prog_test_run_live(prog.fd, template, repeat=count, batch_size=64)
             seconds = time.perf_counter() - start
         return SendResult(count, seconds)
 
