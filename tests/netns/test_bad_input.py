@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,13 @@ def _tiny_pcap(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.pcap"
     write_pcap(path, [b"\x02" * 12 + b"\x08\x06" + b"\x00" * 28])
     return path
+
+
+def test_missing_privileges_are_named():
+    # The same command as an unprivileged user: refused before anything is loaded.
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-m", "shieldwall", "up", "--iface", "lo"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert out.returncode == 2
+    assert "needs root" in out.stderr
