@@ -136,3 +136,22 @@ def test_foreign_program_is_refused_without_force(lab):
     assert forced.returncode == 0, forced.stderr
     assert server_status(topo)["attached"]
     assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_netlink_replace_checks_the_program_it_replaces(lab):
+    topo = lab
+    with BpfObject(object_path("bare_drop")) as a, BpfObject(object_path("bare_drop")) as b, \
+            enter_netns(topo.server_ns):
+        a.load()
+        b.load()
+        fd_a, fd_b = a.program("sw_bare_drop").fd, b.program("sw_bare_drop").fd
+        xdp.attach(topo.server_ifindex, fd_a, "native")
+        with pytest.raises(Exception) as busy:
+            xdp.attach(topo.server_ifindex, fd_b, "native")  # no displacing without REPLACE
+        assert busy.value.errno == 16
+        xdp.attach(topo.server_ifindex, fd_b, "native", replace_fd=fd_a)
+        with pytest.raises(Exception) as stale:
+            xdp.attach(topo.server_ifindex, fd_a, "native", replace_fd=fd_a)  # a is gone
+        assert stale.value.errno == 17
+        xdp.detach(topo.server_ifindex, "native", expected_fd=fd_b)
+        assert xdp.query(topo.server_ifindex).mode is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from ._libbpf import ffi, lib
 from .errors import BpfError
@@ -46,32 +47,30 @@ def query(index: int) -> XdpState:
     return XdpState(mode, opts.prog_id, opts.drv_prog_id, opts.skb_prog_id, opts.hw_prog_id)
 
 
+def _replace_opts(flags: int, replace_fd: int | None) -> tuple[int, Any]:
+    opts = ffi.new("struct bpf_xdp_attach_opts *")
+    opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
+    if replace_fd is not None:
+        flags |= lib.XDP_FLAGS_REPLACE
+        opts.old_prog_fd = replace_fd
+    return flags, opts
+
+
 def attach(index: int, prog_fd: int, mode: str, replace_fd: int | None = None) -> None:
     """Netlink attach, the fallback where bpf_link is not available.
 
     With replace_fd the kernel swaps atomically and refuses if the current program is not
     that one (XDP_FLAGS_REPLACE); without it, it refuses to displace any program.
     """
-    flags = MODE_FLAGS[mode]
-    opts = ffi.new("struct bpf_xdp_attach_opts *")
-    opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
-    if replace_fd is not None:
-        flags |= lib.XDP_FLAGS_REPLACE
-        opts.old_prog_fd = replace_fd
-    else:
-        flags |= lib.XDP_FLAGS_UPDATE_IF_NOEXIST
+    flags = MODE_FLAGS[mode] | (0 if replace_fd is not None else lib.XDP_FLAGS_UPDATE_IF_NOEXIST)
+    flags, opts = _replace_opts(flags, replace_fd)
     ret = lib.bpf_xdp_attach(index, prog_fd, flags, opts)
     if ret < 0:
         raise BpfError(-ret, f"attaching XDP in {mode} mode to ifindex {index}")
 
 
 def detach(index: int, mode: str, expected_fd: int | None = None) -> None:
-    flags = MODE_FLAGS[mode]
-    opts = ffi.new("struct bpf_xdp_attach_opts *")
-    opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
-    if expected_fd is not None:
-        flags |= lib.XDP_FLAGS_REPLACE
-        opts.old_prog_fd = expected_fd
+    flags, opts = _replace_opts(MODE_FLAGS[mode], expected_fd)
     ret = lib.bpf_xdp_detach(index, flags, opts)
     if ret < 0:
         raise BpfError(-ret, f"detaching XDP ({mode}) from ifindex {index}")
