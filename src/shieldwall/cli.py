@@ -24,6 +24,8 @@ def _netns(args: argparse.Namespace):
 
 def _config(args: argparse.Namespace):
     from .config import load_config
+    if getattr(args, "config_required", False) and not args.config:
+        raise ValueError("--config FILE is required")
     return load_config(Path(args.config) if args.config else None)
 
 
@@ -74,6 +76,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             for c in r["counters"]:
                 print(f"  {c['action']:>8} {c['reason']:<22} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
     return 0 if all(r["attached"] for r in reports) or not args.iface else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .policy.analysis import analyze
+    config = _config(args)
+    report = analyze(config.policy)
+    summary = report.summary
+    print(f"{args.config}: valid")
+    actions = ", ".join(f"{n} {a}" for a, n in sorted(summary.rules_by_action.items())) or "none"
+    print(f"  rules: {summary.rules} ({actions}); default action: {config.policy.default_action}")
+    for name, s in summary.sets.items():
+        print(f"  set {name}: {s.ipv4} IPv4 and {s.ipv6} IPv6 prefixes")
+    print(f"  fastpath: {summary.fastpath_allow} allowed, {summary.fastpath_deny} denied prefixes")
+    for line in config.map_summary():
+        print(f"  map {line}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return 0
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
@@ -133,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("down", cmd_down, "detach shieldwall from an interface", iface=True)
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")
+    p = command("check", cmd_check, "validate a policy and summarize it", config=True)
+    p.set_defaults(config_required=True)
     p = command("verdict", cmd_verdict, "run a capture through the real pipeline offline", config=True)
     p.add_argument("--pcap", required=True)
     p.add_argument("--json", action="store_true")

@@ -9,6 +9,9 @@ from .dataplane.pipeline import PipelineConfig
 from .policy.load import load_policy
 from .policy.model import Policy, expand
 
+# An LPM trie node holding a 20-byte key and a 4-byte value, with the kernel's overhead.
+LPM_ENTRY_BYTES = 96
+
 
 @dataclass(frozen=True)
 class Config:
@@ -22,6 +25,12 @@ class Config:
             if rule.id == rule_id:
                 return rule.name
         return f"#{rule_id}"
+
+
+    def map_summary(self) -> list[str]:
+        """The kernel maps this configuration fills, with entries and memory."""
+        fastpath = len(self.pipeline.fastpath_allow) + len(self.pipeline.fastpath_deny)
+        return [f"sw_fastpath: {fastpath} prefixes, ~{fastpath * LPM_ENTRY_BYTES // 1024} KiB"]
 
 
 def load_config(path: Path | None) -> Config:
