@@ -14,7 +14,7 @@ values there. Field values are compared exactly, as sets of intervals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 from weakref import WeakKeyDictionary
 
 from .errors import Issue
@@ -66,8 +66,10 @@ class Report:
     summary: Summary
 
 
-def analyze(policy: Policy) -> Report:
-    warnings = [*_rule_warnings(policy), *_set_warnings(policy)]
+def analyze(policy: Policy, max_comparisons: int = 2_000_000) -> Report:
+    """Warnings and a summary. The shadowing check compares pairs of rules, so it stops
+    after max_comparisons of them (and says so) to stay quick on very large policies."""
+    warnings = [*_rule_warnings(policy, max_comparisons), *_set_warnings(policy)]
     return Report(tuple(warnings), _summary(policy))
 
 
@@ -103,6 +105,9 @@ def subtract(a: Intervals, b: Intervals) -> Intervals:
 
 def within(a: Intervals, b: Intervals) -> bool:
     """a is a subset of b."""
+    if len(b) == 1:  # the common case, and the hot path of the pairwise check
+        lo, hi = b[0]
+        return all(lo <= a_lo and a_hi <= hi for a_lo, a_hi in a)
     return not subtract(a, b)
 
 
@@ -110,9 +115,16 @@ def _overlaps(a: Intervals, b: Intervals) -> bool:
     return subtract(a, b) != a
 
 
+def _bounds(net: Network) -> tuple[int, int]:
+    """First and last address as integers (broadcast_address is slow on a million)."""
+    first = int(net.network_address)
+    return first, first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
+
+
 def _network_interval(net: Network) -> tuple[int, int]:
     base = 0 if net.version == 4 else _V6_BASE
-    return base + int(net.network_address), base + int(net.broadcast_address)
+    first, last = _bounds(net)
+    return base + first, base + last
 
 
 # Sets can hold a million prefixes and are compared once per rule pair: convert each
@@ -152,63 +164,70 @@ def field_space(name: str, items: Items) -> Intervals:
     return subtract(plain, union(items.negated))
 
 
-SpaceOf = Callable[[str, Items], Intervals]
-
-
-def _memoized(space: SpaceOf) -> SpaceOf:
-    """field_space remembered per list for one analysis: rules are compared pairwise."""
-    cache: dict[tuple[str, int], Intervals] = {}
-
-    def memo(name: str, items: Items) -> Intervals:
-        key = (name, id(items))
-        if key not in cache:
-            cache[key] = space(name, items)
-        return cache[key]
-
-    return memo
-
-
 # --- rules --------------------------------------------------------------------------
+
+# A match as the checks compare it: list fields as the intervals they accept, the other
+# fields as they are. Addresses come last: most pairs of rules already differ in a
+# cheaper field.
+Profile = dict[str, object]
+_COMPARE_LAST = ("src", "dst")
+
+
+def profile(match: Match) -> Profile:
+    fields = {
+        name: field_space(name, value) if isinstance(value, Items) else value
+        for name, value in match.fields().items()
+    }
+    return dict(sorted(fields.items(), key=lambda item: item[0] in _COMPARE_LAST))
 
 
 def _describe(policy: Policy, index: int) -> str:
     return f"rules[{index}] ({policy.rules[index].name})"
 
 
-def _rule_warnings(policy: Policy) -> Iterable[Issue]:
-    # The policy holds every list for the whole analysis, so their ids stay unique.
-    space = _memoized(field_space)
-    deciding: list[int] = []
+def _rule_warnings(policy: Policy, max_comparisons: int) -> Iterable[Issue]:
+    deciding: list[tuple[int, Profile]] = []
+    budget = max_comparisons
     for index, rule in enumerate(policy.rules):
         path = f"rules[{index}]"
-        reason = contradiction(rule.match, space)
+        fields = profile(rule.match)
+        reason = _contradiction(fields)
         if reason is not None:
             yield Issue(policy.source, path, f"never matches: {reason}")
-        else:
-            for earlier in deciding:
-                if covers(policy.rules[earlier].match, rule.match, space):
+        elif budget > 0:
+            for earlier, earlier_fields in deciding:
+                budget -= 1
+                if _profile_covers(earlier_fields, fields):
                     by = _describe(policy, earlier)
                     problem = f"never matches: {by} decides every packet it would match"
                     yield Issue(policy.source, path, problem)
                     break
+                if budget == 0:
+                    problem = (
+                        f"rules after rules[{index}] were not checked for shadowing "
+                        f"(stopped after {max_comparisons} comparisons)"
+                    )
+                    yield Issue(policy.source, "rules", problem)
+                    break
         if rule.action.decides:
-            deciding.append(index)
+            deciding.append((index, fields))
 
 
-def covers(outer: Match, inner: Match, space: SpaceOf = field_space) -> bool:
+def covers(outer: Match, inner: Match) -> bool:
     """Every packet that inner matches, outer matches too (sound, not complete)."""
-    inner_fields = inner.fields()
-    for name, value in outer.fields().items():
-        if name not in inner_fields:
-            return False
-        if not _field_covers(name, value, inner_fields[name], space):
-            return False
-    return True
+    return _profile_covers(profile(outer), profile(inner))
 
 
-def _field_covers(name: str, outer: object, inner: object, space: SpaceOf) -> bool:
-    if isinstance(outer, Items):
-        return within(space(name, inner), space(name, outer))  # type: ignore[arg-type]
+def _profile_covers(outer: Profile, inner: Profile) -> bool:
+    # A field outer has and inner lacks restricts outer alone: inner may match more.
+    if not outer.keys() <= inner.keys():
+        return False
+    return all(_field_covers(value, inner[name]) for name, value in outer.items())
+
+
+def _field_covers(outer: object, inner: object) -> bool:
+    if isinstance(outer, tuple):
+        return within(inner, outer)  # type: ignore[arg-type]
     if isinstance(outer, TcpFlags):
         assert isinstance(inner, TcpFlags)
         # inner must pin every flag outer pins, to the same value.
@@ -228,26 +247,30 @@ _NEEDS_PROTO = {
 }
 
 
-def contradiction(match: Match, space: SpaceOf = field_space) -> str | None:
+def contradiction(match: Match) -> str | None:
     """Why no packet can satisfy match, or None when one might."""
-    fields = match.fields()
+    return _contradiction(profile(match))
+
+
+def _contradiction(fields: Profile) -> str | None:
     for name, value in fields.items():
-        if isinstance(value, Items) and not space(name, value):
+        if isinstance(value, tuple) and not value:
             return f"{name} matches no value"
-    proto = space("proto", match.proto) if match.proto else None
+    proto = fields.get("proto")
     for name, needs in _NEEDS_PROTO.items():
         if name not in fields:
             continue
         needed = normalize((PROTOCOLS[p], PROTOCOLS[p]) for p in needs)
-        if proto is not None and not _overlaps(proto, needed):
+        if proto is not None and not _overlaps(proto, needed):  # type: ignore[arg-type]
             return f"{name} needs proto {' or '.join(needs)}"
-        if match.fragment is Fragment.NON_FIRST:
+        if fields.get("fragment") is Fragment.NON_FIRST:
             return f"{name} needs a layer-4 header, which non-first fragments lack"
-    if match.family is not None:
-        part = _IPV4_PART if match.family is Family.IPV4 else _IPV6_PART
+    family = fields.get("family")
+    if isinstance(family, Family):
+        part = _IPV4_PART if family is Family.IPV4 else _IPV6_PART
         for name in ("src", "dst"):
-            if name in fields and not _overlaps(space(name, fields[name]), part):
-                return f"{name} has no {match.family.value} address"
+            if name in fields and not _overlaps(fields[name], part):  # type: ignore[arg-type]
+                return f"{name} has no {family.value} address"
     return None
 
 
@@ -267,15 +290,13 @@ def nested_prefixes(prefixes: Iterable[Network]) -> list[tuple[Network, Network]
     """(inner, outer) for each prefix inside another; prefixes sorted as PrefixSet keeps them."""
     found = []
     outer: Network | None = None
+    outer_last = 0
     for net in prefixes:
-        if (
-            outer is not None
-            and outer.version == net.version
-            and int(net.network_address) <= int(outer.broadcast_address)
-        ):
+        inside = outer is not None and outer.version == net.version
+        if inside and int(net.network_address) <= outer_last:
             found.append((net, outer))
         else:
-            outer = net
+            outer, outer_last = net, _bounds(net)[1]
     return found
 
 

@@ -15,9 +15,6 @@ from pathlib import Path
 from .errors import Invalid
 from .model import Network
 
-_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
 def parse_prefix(text: str) -> Network:
     """An IPv4 or IPv6 prefix, or an address (a /32 or /128).
 
@@ -37,7 +34,7 @@ def parse_prefix(text: str) -> Network:
         except ValueError:
             raise Invalid(f"{text!r} is not an IPv4 or IPv6 address or prefix") from None
         raise Invalid(f"{text} has host bits set: the network is {loose}") from None
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_V4_MAPPED):
+    if net.version == 6 and net.prefixlen >= 96 and int(net.network_address) >> 32 == 0xFFFF:
         v4 = ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
         raise Invalid(f"{text} is IPv4-mapped: write it as {v4}")
     return net
