@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataplane.pipeline import PipelineConfig
+from .dataplane.stages import STAGES
 from .policy.load import load_policy
 from .policy.model import Policy, expand
 
@@ -33,11 +34,16 @@ class Config:
         return [f"sw_fastpath: {fastpath} prefixes, ~{fastpath * LPM_ENTRY_BYTES // 1024} KiB"]
 
 
-def load_config(path: Path | None) -> Config:
+def load_config(path: Path | None, for_kernel: bool = True) -> Config:
     """The built-in defaults without a file; otherwise the validated policy."""
     if path is None:
         return Config(None, PipelineConfig())
     policy = load_policy(path)
+    if for_kernel and policy.rules and "policy" not in STAGES:
+        # Never let an operator believe rules protect a host when nothing enforces them.
+        raise ValueError(f"{path}: this data plane has no policy stage yet; only the "
+                         "fastpath lists and the pipeline settings can be applied, so "
+                         "remove the rules or use a build with the policy stage")
     return Config(policy, PipelineConfig(
         missed_action=policy.pipeline.on_missing_stage,
         fastpath_allow=tuple(expand(policy.fastpath.allow)),
