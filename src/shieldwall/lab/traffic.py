@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
@@ -12,8 +14,17 @@ ETH_HLEN = 14
 IPV4_SRC_OFFSET = ETH_HLEN + 12  # where an untagged IPv4 source address starts
 
 
+FLOOD_SOURCES = 250  # spoofed sources a flood cycles through: 198.51.100.1 and up
+FLOOD_FIRST_SOURCE = "198.51.100.1"
+
+
+def flood_sources() -> list[str]:
+    first = ipaddress.ip_address(FLOOD_FIRST_SOURCE)
+    return [str(first + i) for i in range(FLOOD_SOURCES)]
+
+
 def syn_flood_v4(dst_mac: str, src_mac: str, dst: str) -> bytes:
-    return bytes(Ether(dst=dst_mac, src=src_mac) / IP(src="198.51.100.1", dst=dst)
+    return bytes(Ether(dst=dst_mac, src=src_mac) / IP(src=FLOOD_FIRST_SOURCE, dst=dst)
                  / TCP(sport=40000, dport=80, flags="S"))
 
 
