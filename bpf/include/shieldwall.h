@@ -152,6 +152,103 @@ struct sw_gen_config {
 	__u32 src_base;		/* the template's low 16 source bits: sources are base + n */
 };
 
+/*
+ * The policy stage's classifier (docs/classifier.md). Every match field maps a packet to
+ * a class; a class has a bitvector of the rules the field admits; the AND of the
+ * packet's vectors holds the rules that match it, in policy order.
+ */
+#define SW_POL_F_SRC 0
+#define SW_POL_F_DST 1
+#define SW_POL_F_PROTO 2
+#define SW_POL_F_SPORT 3
+#define SW_POL_F_DPORT 4
+#define SW_POL_F_TCP_FLAGS 5
+#define SW_POL_F_ICMP_TYPE 6
+#define SW_POL_F_ICMP_CODE 7
+#define SW_POL_F_LENGTH 8
+#define SW_POL_F_TTL 9
+#define SW_POL_F_VLAN 10
+#define SW_POL_F_FRAGMENT 11
+#define SW_POL_F_FAMILY 12
+#define SW_POL_FIELDS 13
+
+/* Keys of the fragment field: what kind of fragment a packet is. */
+#define SW_POL_FRAG_NONE 0
+#define SW_POL_FRAG_FIRST 1
+#define SW_POL_FRAG_LATER 2
+#define SW_POL_FRAG_OTHER 3
+#define SW_POL_FRAG_KEYS 4
+
+/* Vectors that are no field's: which rules decide, drop, or would drop (monitor). */
+#define SW_POL_V_DECIDES 0
+#define SW_POL_V_DROPS 1
+#define SW_POL_V_WOULD_DROP 2
+#define SW_POL_KINDS 3
+
+/* Vectors are read in blocks of 8 words (512 rules); the most rules take 20 blocks. A
+ * cached decision replays at most 8 non-deciding hits. */
+#define SW_POL_MAX_RULES 10240
+#define SW_POL_BLOCK_WORDS 8
+#define SW_POL_MAX_BLOCKS 20
+#define SW_POL_CACHE_COUNTED 8
+
+/* One field of the active ruleset. */
+struct sw_pol_field {
+	__u32 used;		/* some rule matches on it; otherwise it is not looked up */
+	__u32 key_base;		/* index of value 0 in the key map (scalar fields) */
+	__u32 na_class;		/* class of a value no lookup can key: the field does not apply
+				 * (no ports without TCP/UDP...), or for src/dst an IPv4-mapped
+				 * address in an IPv6 packet */
+	__u32 vec_base;		/* block index of class 0's vector */
+};
+
+/* A ruleset (array map: one per generation slot). */
+struct sw_pol_meta {
+	__u32 enabled;		/* 0: no policy, the stage hands packets on */
+	__u32 nrules;
+	__u32 nblocks;		/* vector length in blocks */
+	__u32 default_action;	/* SW_ACT_PASS or SW_ACT_DROP */
+	__u32 kinds_base;	/* block index of the SW_POL_V_* vectors */
+	__u32 pad0;
+	struct sw_pol_field field[SW_POL_FIELDS];
+};
+
+/* Which ruleset is active: slot gen % 2. Bumping gen is the one write that switches. */
+struct sw_pol_state {
+	__u32 gen;
+	__u32 pad0;
+};
+
+/* Per-CPU, per rule id of the active ruleset. */
+struct sw_rule_counter {
+	__u64 packets;		/* matched and evaluated (rules after the deciding one are not) */
+	__u64 bytes;
+	__u64 last_hit_ns;	/* bpf_ktime_get_ns() of the last hit */
+	__u64 would_drop;	/* hits of a monitor rule: packets it would have dropped */
+};
+
+/* Decision cache: the classes of a packet decide everything but ND protection. */
+struct sw_pol_cache_key {
+	__u32 gen;
+	__u32 cls[SW_POL_FIELDS];	/* 0 for fields no rule uses */
+};
+
+struct sw_pol_cache_entry {
+	__u16 rule;		/* deciding rule id, SW_RULE_NONE for the default */
+	__u8 action;		/* its verdict */
+	__u8 ncounted;
+	__u16 counted[SW_POL_CACHE_COUNTED];	/* non-deciding rules that matched, by id */
+	__u8 would_drop;	/* bit i: counted[i] would have dropped */
+	__u8 pad0;
+};
+
 /* cdef-end */
+
+/* A vector block: bit i of word j is rule 64 * j + i of the block. Outside the cdef
+ * region because cffi's __u64 is not the kernel's type, which an array makes an error;
+ * Python handles blocks as __u64[SW_POL_BLOCK_WORDS]. */
+struct sw_pol_block {
+	__u64 w[SW_POL_BLOCK_WORDS];
+};
 
 #endif /* SHIELDWALL_H */

@@ -37,22 +37,37 @@ static __always_inline int sw_finish(struct sw_pkt *pkt, __u32 action, __u32 rea
 	return action;
 }
 
+static __always_inline struct sw_config *sw_get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sw_config, &zero);
+}
+
+/* The configured failure outcome, for a stage that is missing or cannot do its job. */
+static __always_inline int sw_missed(struct sw_pkt *pkt)
+{
+	struct sw_config *cfg = sw_get_config();
+	__u32 action = cfg ? cfg->missed_action : SW_ACT_PASS;
+
+	return sw_finish(pkt, action, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
+}
+
 /* Runs the next stage of the chain. Returns only if there is none: the end of the
  * chain, or a slot that should hold a stage and does not (the configured failure
  * outcome). */
 static __always_inline int sw_next(struct xdp_md *ctx, struct sw_pkt *pkt)
 {
-	__u32 zero = 0;
-	struct sw_config *cfg = bpf_map_lookup_elem(&sw_config, &zero);
+	struct sw_config *cfg = sw_get_config();
 	__u32 slot = pkt->next_slot;
 
 	if (!cfg)
-		return sw_finish(pkt, SW_ACT_PASS, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
+		return sw_missed(pkt);
 	if (slot >= cfg->chain_len)
 		return sw_finish(pkt, cfg->end_action, SW_R_END_OF_CHAIN, SW_MOD_ROOT, SW_RULE_NONE);
 	pkt->next_slot = slot + 1;
 	bpf_tail_call(ctx, &sw_stages, slot);
-	return sw_finish(pkt, cfg->missed_action, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
+	return sw_missed(pkt);
 }
 
 /* Entry of every stage: the scratch always exists once the root ran, but the verifier

@@ -22,11 +22,11 @@ def _netns(args: argparse.Namespace):
     return nullcontext()
 
 
-def _config(args: argparse.Namespace, for_kernel: bool = True):
+def _config(args: argparse.Namespace):
     from .config import load_config
     if getattr(args, "config_required", False) and not args.config:
         raise ValueError("--config FILE is required")
-    return load_config(Path(args.config) if args.config else None, for_kernel)
+    return load_config(Path(args.config) if args.config else None)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .policy.analysis import analyze
-    config = _config(args, for_kernel=False)
+    config = _config(args)
     report = analyze(config.policy)
     summary = report.summary
     print(f"{args.config}: valid")

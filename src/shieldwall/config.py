@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataplane.pipeline import PipelineConfig
-from .dataplane.stages import STAGES
+from .policy.compile import compile_policy
 from .policy.load import load_policy
 from .policy.model import Policy, expand
 
@@ -31,21 +31,25 @@ class Config:
     def map_summary(self) -> list[str]:
         """The kernel maps this configuration fills, with entries and memory."""
         fastpath = len(self.pipeline.fastpath_allow) + len(self.pipeline.fastpath_deny)
-        return [f"sw_fastpath: {fastpath} prefixes, ~{fastpath * LPM_ENTRY_BYTES // 1024} KiB"]
+        lines = [f"sw_fastpath: {fastpath} prefixes, ~{fastpath * LPM_ENTRY_BYTES // 1024} KiB"]
+        image = self.pipeline.policy_image
+        if image is not None:
+            prefixes = sum(len(trie) for trie in image.tries.values())
+            classes = sum(f.classes for f in image.fields)
+            size = image.array_bytes + prefixes * LPM_ENTRY_BYTES
+            lines.append(f"sw_pol_*: {image.rules} rules, {classes} classes, {prefixes} "
+                         f"prefixes, ~{size // 1024} KiB")
+        return lines
 
 
-def load_config(path: Path | None, for_kernel: bool = True) -> Config:
+def load_config(path: Path | None) -> Config:
     """The built-in defaults without a file; otherwise the validated policy."""
     if path is None:
         return Config(None, PipelineConfig())
     policy = load_policy(path)
-    if for_kernel and policy.rules and "policy" not in STAGES:
-        # Never let an operator believe rules protect a host when nothing enforces them.
-        raise ValueError(f"{path}: this data plane has no policy stage yet; only the "
-                         "fastpath lists and the pipeline settings can be applied, so "
-                         "remove the rules or use a build with the policy stage")
     return Config(policy, PipelineConfig(
         missed_action=policy.pipeline.on_missing_stage,
         fastpath_allow=tuple(expand(policy.fastpath.allow)),
         fastpath_deny=tuple(expand(policy.fastpath.deny)),
+        policy_image=compile_policy(policy),
     ))

@@ -105,3 +105,19 @@ def test_errors_carry_errno_and_message():
 def test_declared_types_must_match_the_object():
     with BpfObject(object_path("root")) as obj, pytest.raises(BpfError, match="key/value sizes"):
         obj.declare("sw_scratch", "__u32", "struct sw_counter")
+
+
+def test_batches_of_bytes_fill_per_cpu_maps_and_values_outlive_their_buffers():
+    m = Map.create(libbpf.MAP_TYPE_PERCPU_ARRAY, "t_percpu", "__u32", "struct sw_counter", 40)
+    try:
+        keys = struct.pack("40I", *range(40))
+        values = b"".join(struct.pack("QQ", k, cpu) for k in range(40) for cpu in range(m.ncpus))
+        assert m.update_batch(keys, values) == 40
+        with pytest.raises(ValueError):
+            m.update_batch(keys, values[:-1])
+        # Read in chunks: each chunk's buffer is gone before the values are looked at.
+        cells = dict(m.lookup_batch(chunk=16))
+        assert [c.packets for c in cells[33]] == [33] * m.ncpus
+        assert [c.bytes for c in m.lookup(39)] == list(range(m.ncpus))
+    finally:
+        m.close()

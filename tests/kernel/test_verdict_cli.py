@@ -26,14 +26,14 @@ fastpath:
 
 # (frame, action, reason, module)
 CAPTURE = [
-    (eth() / v4(src="192.0.2.9") / TCP(dport=443), "pass", "end_of_chain", "root"),
+    (eth() / v4(src="192.0.2.9") / TCP(dport=443), "pass", "default", "policy"),
     (eth() / v4() / TCP(dport=22, flags="S"), "drop", "blocklisted", "fastpath"),
     (eth() / v4(src="203.0.113.7") / UDP(), "pass", "allowlisted", "fastpath"),
     (eth() / v6(src="2001:db8:bad::1") / UDP(dport=53), "drop", "blocklisted", "fastpath"),
-    (eth() / v6(src="2001:db8:1::1") / IPv6ExtHdrHopByHop() / TCP(), "pass", "end_of_chain", "root"),
+    (eth() / v6(src="2001:db8:1::1") / IPv6ExtHdrHopByHop() / TCP(), "pass", "default", "policy"),
     (eth(("q", 7)) / v4(src="198.51.100.3") / UDP(), "drop", "blocklisted", "fastpath"),
-    (eth(("ad", 100), ("q", 7)) / v6(src="2001:db8:1::5") / UDP(), "pass", "end_of_chain", "root"),
-    (eth() / v4(src="192.0.2.9", frag=50) / (b"x" * 100), "pass", "end_of_chain", "root"),
+    (eth(("ad", 100), ("q", 7)) / v6(src="2001:db8:1::5") / UDP(), "pass", "default", "policy"),
+    (eth() / v4(src="192.0.2.9", frag=50) / (b"x" * 100), "pass", "default", "policy"),
     (eth() / v6(src="2001:db8:bad::9") / IPv6ExtHdrFragment(offset=30) / (b"y" * 80),
      "drop", "blocklisted", "fastpath"),
     (eth() / ARP(), "pass", "non_ip", "root"),
@@ -41,7 +41,7 @@ CAPTURE = [
     (bytes(eth() / v6() / TCP())[:40], "drop", "truncated_ipv6", "root"),
     (bytes(eth() / v6() / TCP())[:60], "drop", "bad_ipv6_length", "root"),
     (b"\x02" * 9, "drop", "truncated_eth", "root"),  # a runt
-    (eth() / v4(src="192.0.2.9") / UDP() / (b"j" * 8950), "pass", "end_of_chain", "root"),  # jumbo
+    (eth() / v4(src="192.0.2.9") / UDP() / (b"j" * 8950), "pass", "default", "policy"),  # jumbo
     (eth() / v4(src="192.0.2.9", ihl=4) / TCP(), "drop", "bad_ipv4_header", "root"),
 ]
 

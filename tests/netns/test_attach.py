@@ -81,7 +81,7 @@ def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
     assert report["attached"] and report["mode"] == "native"
     assert [c["stage"] for c in report["chain"]][0] == "fastpath"
     assert counter(report, "drop", "blocklisted") >= 100_000
-    assert counter(report, "pass", "end_of_chain") > 0
+    assert counter(report, "pass", "default") > 0  # the policy has no rules
 
     down = shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if)
     assert down.returncode == 0, down.stderr

@@ -11,14 +11,18 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import abi
 from ..kernel.libbpf import BpfObject, Map, Program
 from ..kernel.testrun import prog_test_run
 from ..paths import object_path
+from . import classifier
 from .addresses import IPNetwork, lpm_key
 from .stages import DEFAULT_CHAIN, SHARED_MAPS, STAGES, map_types
+
+if TYPE_CHECKING:
+    from ..policy.compile import PolicyImage
 
 ROOT_OBJECT = "root"
 ROOT_PROGRAM = "sw_root"
@@ -32,6 +36,7 @@ class PipelineConfig:
     missed_action: str = "pass"          # fail-open; "drop" is fail-closed
     fastpath_allow: tuple[IPNetwork, ...] = ()
     fastpath_deny: tuple[IPNetwork, ...] = ()
+    policy_image: PolicyImage | None = None  # policy.compile_policy(); None: no rules
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.chain if s not in STAGES]
@@ -57,6 +62,8 @@ class Pipeline:
     stages: dict[str, BpfObject]
     config: PipelineConfig
     maps: dict[str, Map] = field(default_factory=dict)
+    # Installing a ruleset starts its counters over: only a new one is installed.
+    _installed: object = field(default=object(), repr=False)
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -121,6 +128,9 @@ class Pipeline:
         """Writes the configuration into the maps. Slots fill before chain_len grows and
         after it shrinks, so a running packet never meets a slot it should not use."""
         fill_fastpath(self.maps["sw_fastpath"], config) if "sw_fastpath" in self.maps else None
+        if classifier.STATE in self.maps and config.policy_image is not self._installed:
+            classifier.install(self.maps, config.policy_image)
+            self._installed = config.policy_image
         slots = self.maps["sw_stages"]
         for slot, name in enumerate(config.chain):
             if name in self.stages:
@@ -167,6 +177,9 @@ class Pipeline:
 
     def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         return read_counters(self.maps["sw_counters"])
+
+    def rule_counters(self) -> dict[int, classifier.RuleCounter]:
+        return classifier.rule_counters(self.maps)
 
 
 def fill_fastpath(m: Map, config: PipelineConfig) -> None:

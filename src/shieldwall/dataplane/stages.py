@@ -19,9 +19,20 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     "fastpath": StageSpec("fastpath", "fastpath", "sw_stage_fastpath", abi.SW_MOD_FASTPATH,
                           {"sw_fastpath": ("struct sw_lpm_key", "struct sw_fastpath_entry")}),
+    "policy": StageSpec("policy", "policy", "sw_stage_policy", abi.SW_MOD_POLICY, {
+        # Generation slots of the ruleset's inner maps (dataplane.classifier).
+        "sw_pol_keys": ("__u32", "__u32"),
+        "sw_pol_src": ("__u32", "__u32"),
+        "sw_pol_dst": ("__u32", "__u32"),
+        "sw_pol_vecs": ("__u32", "__u32"),
+        "sw_pol_meta": ("__u32", "struct sw_pol_meta"),
+        "sw_pol_state": ("__u32", "struct sw_pol_state"),
+        "sw_pol_hits": ("__u32", "struct sw_rule_counter"),
+        "sw_pol_cache": ("struct sw_pol_cache_key", "struct sw_pol_cache_entry"),
+    }),
 }
 
-DEFAULT_CHAIN = ("fastpath",)
+DEFAULT_CHAIN = ("fastpath", "policy")
 
 # The maps of the root that every stage shares.
 SHARED_MAPS: dict[str, tuple[str, str]] = {

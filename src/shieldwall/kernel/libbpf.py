@@ -24,6 +24,8 @@ MAP_TYPE_LPM_TRIE = 11
 MAP_TYPE_ARRAY_OF_MAPS = 12
 MAP_TYPE_HASH_OF_MAPS = 13
 MAP_TYPE_RINGBUF = 27
+MAP_F_NO_PREALLOC = 1
+MAP_F_INNER_MAP = 1 << 12  # an inner array map of any size
 PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, 10, 21}
 
 
@@ -86,7 +88,9 @@ class Map:
         self.map_type = map_type
         self.max_entries = max_entries
         self._owned = owned
-        self.ncpus = possible_cpus() if map_type in PERCPU_TYPES else 1
+        # Per-CPU maps hold a list of values, one per CPU, even on a single CPU.
+        self.percpu = map_type in PERCPU_TYPES
+        self.ncpus = possible_cpus() if self.percpu else 1
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -105,6 +109,16 @@ class Map:
     @classmethod
     def open_pinned(cls, path: str | Path, key_type: str, value_type: str) -> "Map":
         fd = _check(lib.bpf_obj_get(str(path).encode()), f"opening pinned map {path}")
+        return cls._from_fd(fd, key_type, value_type)
+
+    @classmethod
+    def open_id(cls, map_id: int, key_type: str, value_type: str) -> "Map":
+        """A map by id, as a map-of-maps lookup returns it."""
+        fd = _check(lib.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id}")
+        return cls._from_fd(fd, key_type, value_type)
+
+    @classmethod
+    def _from_fd(cls, fd: int, key_type: str, value_type: str) -> "Map":
         info = map_info(fd)
         return cls(fd, info.name, key_type, value_type, info.type, info.max_entries, owned=True)
 
@@ -125,10 +139,18 @@ class Map:
         return ffi.new(f"{self.value_type}[{self.ncpus}]")
 
     def _value_in(self, value: Any) -> Any:
-        if self.ncpus > 1:
+        if self.percpu:
             values = value if isinstance(value, (list, tuple)) else [value] * self.ncpus
             return ffi.new(f"{self.value_type}[{self.ncpus}]", list(values))
         return ffi.new(f"{self.value_type} *", value)
+
+    @staticmethod
+    def _own(ctype: str, cell: Any) -> Any:
+        """A copy that owns its memory: cffi's items and slices of an array do not keep
+        the array alive, so a struct read into a temporary buffer must be copied out."""
+        if isinstance(cell, (int, float)):
+            return cell
+        return ffi.new(f"{ctype} *", cell)
 
     def lookup(self, key: Any) -> Any:
         """The value (a cffi object), a list per CPU for per-CPU maps, or None."""
@@ -138,7 +160,8 @@ class Map:
             if -ret == 2:  # ENOENT: not there is an answer, not an error
                 return None
             raise BpfError(-ret, f"looking up in map {self.name}")
-        return list(buf) if self.ncpus > 1 else buf[0]
+        cells = [self._own(self.value_type, cell) for cell in buf]
+        return cells if self.percpu else cells[0]
 
     def update(self, key: Any, value: Any, flags: int = 0) -> None:
         _check(lib.bpf_map_update_elem(self.fd, self._key(key), self._value_in(value), flags),
@@ -159,7 +182,7 @@ class Map:
         cur = ffi.NULL
         nxt = ffi.new(f"{self.key_type} *")
         while lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
-            yield ffi.new(f"{self.key_type} *", nxt[0])[0]
+            yield self._own(self.key_type, nxt[0])
             cur = ffi.new(f"{self.key_type} *", nxt[0])
 
     def items(self) -> Iterator[tuple[Any, Any]]:
@@ -169,20 +192,32 @@ class Map:
                 yield key, value
 
     # -- batches ------------------------------------------------------------------------
-    def update_batch(self, keys: list[Any], values: list[Any], flags: int = 0) -> int:
-        """Writes many elements in one syscall; returns how many were written."""
+    def update_batch(self, keys: list[Any] | bytes, values: list[Any] | bytes, flags: int = 0) -> int:
+        """Writes many elements in one syscall; returns how many were written.
+
+        keys and values are lists of elements, or bytes laid out as C arrays of the key
+        and value types (for a million elements, building cdata one by one is the slow
+        part). Only bytes can fill a per-CPU map: one value per CPU, element after element.
+        """
         if not keys:
             return 0
-        if self.ncpus > 1:
-            raise ValueError("batch updates of per-CPU maps take one value per CPU; use update()")
-        kbuf = ffi.new(f"{self.key_type}[]", keys)
-        vbuf = ffi.new(f"{self.value_type}[]", values)
-        count = ffi.new("__u32 *", len(keys))
+        if isinstance(keys, (bytes, bytearray, memoryview)):
+            n = len(keys) // ffi.sizeof(self.key_type)
+            if len(values) != n * ffi.sizeof(self.value_type) * self.ncpus:
+                raise ValueError(f"{n} keys but {len(values)} bytes of values for map {self.name}")
+            kbuf, vbuf = ffi.from_buffer(keys), ffi.from_buffer(values)
+        elif self.percpu:
+            raise ValueError("batch updates of per-CPU maps take one value per CPU, as bytes")
+        else:
+            n = len(keys)
+            kbuf = ffi.new(f"{self.key_type}[]", keys)
+            vbuf = ffi.new(f"{self.value_type}[]", values)
+        count = ffi.new("__u32 *", n)
         opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts"),
                                                         "elem_flags": flags})
         ret = lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts)
         if ret < 0:
-            raise BpfError(-ret, f"batch update of map {self.name} ({count[0]} of {len(keys)} written)")
+            raise BpfError(-ret, f"batch update of map {self.name} ({count[0]} of {n} written)")
         return count[0]
 
     def lookup_batch(self, chunk: int = 4096) -> list[tuple[Any, Any]]:
@@ -199,11 +234,10 @@ class Map:
             if ret < 0 and -ret != 2:
                 raise BpfError(-ret, f"batch lookup of map {self.name}")
             for i in range(count[0]):
-                if self.ncpus > 1:
-                    value: Any = list(vbuf[i * self.ncpus:(i + 1) * self.ncpus])
-                else:
-                    value = vbuf[i]
-                out.append((kbuf[i], value))
+                cells = [self._own(self.value_type, vbuf[j])
+                         for j in range(i * self.ncpus, (i + 1) * self.ncpus)]
+                out.append((self._own(self.key_type, kbuf[i]),
+                            cells if self.percpu else cells[0]))
             if ret < 0:  # ENOENT: that was the last chunk
                 return out
             in_batch = ffi.new(f"{self.key_type} *", out_batch[0])

@@ -1,0 +1,47 @@
+"""A real policy attached in native mode on the lab: real traffic is passed or dropped
+exactly as the policy says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shieldwall.lab import topology
+
+from .test_attach import counter, lab, server_status, shieldwall  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.netns
+
+WEB, OTHER = 8082, 8083
+POLICY = f"""\
+version: 1
+default_action: drop
+rules:
+  - name: web-from-client
+    match: {{src: [192.0.2.2, "2001:db8:0:1::2"], proto: tcp, dport: {WEB}}}
+    action: pass
+  - name: watch-attacker
+    match: {{src: [192.0.2.66]}}
+    action: count
+"""
+
+
+def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
+    topo = lab
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    up = shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if,
+                    "--mode", "native", "--config", str(policy))
+    assert up.returncode == 0, up.stderr
+    try:
+        with topology.start_tcp_server(topo, WEB), topology.start_tcp_server(topo, OTHER):
+            assert topology.tcp_connect(topo, WEB)
+            assert topology.tcp_connect(topo, WEB, dst=topo.server_v6)
+            assert not topology.tcp_connect(topo, OTHER, timeout=0.5)
+            assert not topology.tcp_connect(topo, WEB, src=topo.attacker_v4, timeout=0.5)
+        report = server_status(topo)
+        assert counter(report, "pass", "rule") > 0
+        assert counter(report, "drop", "default") > 0
+    finally:
+        assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
