@@ -61,13 +61,22 @@ struct {
 
 /* Indexed by rule id; 0 counts the packets no rule decided. Not per generation: a
  * per-CPU array cannot be an inner map of another size, and every ruleset would pay
- * for the largest. The control plane zeroes it with each new ruleset. */
+ * for the largest. With each new ruleset the control plane moves every rule's counters
+ * to its new id by name (sw_pol_names), and zeroes those of new rules. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SW_POL_MAX_RULES + 1);
 	__type(key, __u32);
 	__type(value, struct sw_rule_counter);
 } sw_pol_hits SEC(".maps");
+
+/* Rule names by id of the active ruleset: for the control plane only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_POL_MAX_RULES + 1);
+	__type(key, __u32);
+	__type(value, struct sw_rule_name);
+} sw_pol_names SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -227,6 +227,14 @@ struct sw_rule_counter {
 	__u64 would_drop;	/* hits of a monitor rule: packets it would have dropped */
 };
 
+/* The name of the rule with that id in the active ruleset. Only the control plane reads
+ * it: counters follow a rule's name from one ruleset to the next. Not NUL-terminated
+ * when a name takes all 64 bytes. */
+#define SW_RULE_NAME_LEN 64
+struct sw_rule_name {
+	char name[64];
+};
+
 /* Decision cache: the classes of a packet decide everything but ND protection. */
 struct sw_pol_cache_key {
 	__u32 gen;

@@ -75,6 +75,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  chain: root -> {chain}; a missing stage means {r['on_missing_stage']}")
             for c in r["counters"]:
                 print(f"  {c['action']:>8} {c['reason']:<22} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+        if args.rules and r.get("rules"):
+            print(f"  {'rule':<32} {'packets':>12} {'bytes':>14} {'would drop':>10}  last hit")
+            for rule in r["rules"]:
+                ago = "never" if rule["last_hit_seconds_ago"] is None else f"{rule['last_hit_seconds_ago']} s ago"
+                print(f"  {rule['name'] or '(default action)':<32} {rule['packets']:>12} "
+                      f"{rule['bytes']:>14} {rule['would_drop']:>10}  {ago}")
     return 0 if all(r["attached"] for r in reports) or not args.iface else 1
 
 
@@ -153,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("down", cmd_down, "detach shieldwall from an interface", iface=True)
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
     p = command("check", cmd_check, "validate a policy and summarize it", config=True)
     p.set_defaults(config_required=True)
     p = command("verdict", cmd_verdict, "run a capture through the real pipeline offline", config=True)

@@ -39,12 +39,20 @@ def pipeline():
 
 
 _installed: dict[int, object] = {}
+_baseline: dict[int, dict] = {}
 
 
 def install(pipeline, pol) -> None:
     if _installed.get(id(pipeline)) is not pol:
         pipeline.apply(PipelineConfig(policy_image=compile_policy(pol)))
         _installed[id(pipeline)] = pol
+        # Counters follow rule names across rulesets; these tests count from here.
+        _baseline[id(pipeline)] = {i: c.packets for i, c in pipeline.rule_counters().items()}
+
+
+def hits_since_install(pipeline) -> dict[int, int]:
+    base = _baseline[id(pipeline)]
+    return {i: c.packets - base.get(i, 0) for i, c in pipeline.rule_counters().items()}
 
 
 def verdict(pipeline, cpu, pol, packet) -> tuple[str, str, str | None]:
@@ -169,7 +177,7 @@ def test_default_action_and_nd_protection(pipeline, cpu):
     assert verdict(pipeline, cpu, pol, nd) == ("drop", "rule", "proto")
     assert verdict(pipeline, cpu, pol, eth() / v6() / IPv6ExtHdrFragment(offset=9, nh=58)
                    / (b"x" * 8)) == ("drop", "rule", "proto")
-    assert pipeline.rule_counters()[0].packets == 0
+    assert hits_since_install(pipeline)[0] == 0
 
 
 def test_more_hits_than_a_cache_entry_holds(pipeline, cpu):
@@ -177,8 +185,8 @@ def test_more_hits_than_a_cache_entry_holds(pipeline, cpu):
     pol = policy(rules + "- {name: d, action: drop, match: {dport: 22}}\n")
     for _ in range(3):
         assert verdict(pipeline, cpu, pol, TCP_SYN) == ("drop", "rule", "d")
-    hits = pipeline.rule_counters()
-    assert [hits[i].packets for i in range(1, 14)] == [3] * 13
+    hits = hits_since_install(pipeline)
+    assert [hits[i] for i in range(1, 14)] == [3] * 13
 
 
 def test_rules_past_the_first_block(pipeline, cpu):
@@ -190,8 +198,8 @@ def test_rules_past_the_first_block(pipeline, cpu):
     assert verdict(pipeline, cpu, pol, eth() / v4() / TCP(dport=1101)) == ("drop", "rule", "r1100")
     assert verdict(pipeline, cpu, pol, eth() / v4() / TCP(dport=1008)) == ("pass", "default", None)
     assert verdict(pipeline, cpu, pol, eth() / v4() / TCP(dport=8)) == ("pass", "default", None)
-    hits = pipeline.rule_counters()
-    assert (hits[1008].packets, hits[8].packets, hits[1201].packets) == (1, 1, 1)
+    hits = hits_since_install(pipeline)
+    assert (hits[1008], hits[8], hits[1201]) == (1, 1, 1)
 
 
 def test_a_new_ruleset_replaces_the_old_one_and_its_cached_decisions(pipeline, cpu):
@@ -200,10 +208,28 @@ def test_a_new_ruleset_replaces_the_old_one_and_its_cached_decisions(pipeline, c
     for pol, expected in ((first, "drop"), (second, "pass"), (first, "drop")):
         for _ in range(2):
             assert verdict(pipeline, cpu, pol, TCP_SYN)[0] == expected
-        assert pipeline.rule_counters()[1].packets == 2
+        assert hits_since_install(pipeline)[1] == 2
     pipeline.apply(PipelineConfig())
     _installed.clear()
     assert pipeline.run(bytes(TCP_SYN), cpu).reason == "end_of_chain"
+
+
+def test_counters_follow_rule_names_across_rulesets(pipeline, cpu):
+    first = policy("- {name: carry-keep, action: drop, match: {dport: 22}}\n"
+                   "- {name: carry-gone, action: drop, match: {dport: 23}}\n")
+    second = policy("- {name: carry-new, action: drop, match: {dport: 80}}\n"
+                    "- {name: carry-keep, action: drop, match: {dport: 22}}\n")
+    for _ in range(2):
+        verdict(pipeline, cpu, first, TCP_SYN)
+    verdict(pipeline, cpu, first, eth() / v4() / TCP(dport=23))
+    kept = pipeline.rule_counters()[1]
+    assert kept.packets >= 2
+    install(pipeline, second)
+    after = pipeline.rule_counters()
+    assert after[2].packets == kept.packets and after[2].last_hit_ns == kept.last_hit_ns
+    assert after[1].packets == 0  # carry-new: its id held carry-keep's counts before
+    verdict(pipeline, cpu, second, TCP_SYN)
+    assert pipeline.rule_counters()[2].packets == kept.packets + 1
 
 
 def test_a_million_prefixes_load_in_seconds(pipeline, cpu, tmp_path):

@@ -43,5 +43,22 @@ def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
         report = server_status(topo)
         assert counter(report, "pass", "rule") > 0
         assert counter(report, "drop", "default") > 0
+        rules = {r["name"]: r for r in report["rules"]}
+        assert rules["web-from-client"]["packets"] > 0
+        assert rules["watch-attacker"]["packets"] > 0
+        assert rules["web-from-client"]["last_hit_seconds_ago"] < 60
+
+        # A changed policy from a new process: the rule that keeps its name keeps its counts.
+        policy.write_text(POLICY.replace("rules:\n", "rules:\n  - name: new-first\n"
+                                         "    match: {proto: udp, dport: 9}\n    action: drop\n"))
+        reload = shieldwall("reload", "--netns", topo.server_ns, "--iface", topo.server_if,
+                            "--config", str(policy))
+        assert reload.returncode == 0, reload.stderr
+        after = {r["name"]: r for r in server_status(topo)["rules"]}
+        assert after["web-from-client"]["packets"] == rules["web-from-client"]["packets"]
+        assert after["web-from-client"]["id"] == rules["web-from-client"]["id"] + 1
+        assert after["new-first"]["packets"] == 0
+        text = shieldwall("status", "--netns", topo.server_ns, "--iface", topo.server_if, "--rules")
+        assert "web-from-client" in text.stdout and "(default action)" in text.stdout
     finally:
         assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0

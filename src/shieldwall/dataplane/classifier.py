@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 STATE = "sw_pol_state"
 META = "sw_pol_meta"
 HITS = "sw_pol_hits"
+NAMES = "sw_pol_names"
 BLOCK = f"__u64[{abi.SW_POL_BLOCK_WORDS}]"  # struct sw_pol_block
 
 
@@ -34,12 +35,17 @@ class RuleCounter:
     would_drop: int
 
 
+_COUNTER_FIELDS = ("packets", "bytes", "last_hit_ns", "would_drop")
+
+
 def install(maps: dict[str, Map], image: PolicyImage | None) -> None:
-    """Makes `image` the active ruleset (None: no policy, the stage hands packets on)."""
+    """Makes `image` the active ruleset (None: no policy, the stage hands packets on).
+    Counters follow rule names: a rule that keeps its name keeps its counts."""
     state = maps[STATE]
     gen = state.lookup(0).gen + 1
     slot = gen & 1
     before = maps[META].lookup(slot ^ 1).nrules
+    carried = _counters_by_name(maps, before)
     meta: dict = {"enabled": 0}
     if image is not None:
         for outer, inner in _inner_maps(image):
@@ -50,7 +56,38 @@ def install(maps: dict[str, Map], image: PolicyImage | None) -> None:
         meta = image.meta()
     maps[META].update(slot, meta)
     state.update(0, {"gen": gen})
-    _zero(maps[HITS], max(before, meta.get("nrules", 0)) + 1)
+    # Counts of the old ids that land between the switch and these writes are lost.
+    names = image.rule_names if image is not None else ()
+    _zero(maps[HITS], max(before, len(names)) + 1)
+    _write_names(maps[NAMES], names)
+    for rule_id, name in enumerate(("",) + names):
+        if name in carried:
+            maps[HITS].update(rule_id, carried[name])
+
+
+def _counters_by_name(maps: dict[str, Map], nrules: int) -> dict[str, list]:
+    """Per-CPU counters of the active ruleset's rules by name ("" is id 0, the default)."""
+    names = rule_names(maps, nrules)
+    return {names.get(rule_id, ""): _cells(maps[HITS], rule_id) for rule_id in range(nrules + 1)
+            if rule_id == 0 or names.get(rule_id)}
+
+
+def rule_names(maps: dict[str, Map], nrules: int | None = None) -> dict[int, str]:
+    """Names of the active ruleset's rules by id."""
+    if nrules is None:
+        nrules = maps[META].lookup(maps[STATE].lookup(0).gen & 1).nrules
+    return {rule_id: ffi.string(maps[NAMES].lookup(rule_id).name, abi.SW_RULE_NAME_LEN).decode()
+            for rule_id in range(1, nrules + 1)}
+
+
+def _cells(hits: Map, rule_id: int) -> list[dict]:
+    return [{f: getattr(c, f) for f in _COUNTER_FIELDS} for c in hits.lookup(rule_id)]
+
+
+def _write_names(names: Map, rule_names: tuple[str, ...]) -> None:
+    if rule_names:
+        blob = b"".join(n.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for n in rule_names)
+        names.update_batch(array("I", range(1, len(rule_names) + 1)).tobytes(), blob)
 
 
 def _inner_maps(image: PolicyImage):
@@ -80,7 +117,7 @@ def _fill(m: Map, keys: bytes, values: bytes) -> None:
 
 
 def _zero(hits: Map, count: int) -> None:
-    """Counters start over with each ruleset: rule ids may now name other rules."""
+    """Rule ids may name other rules now: nothing may keep another rule's counts."""
     cell = ffi.sizeof("struct sw_rule_counter") * hits.ncpus
     hits.update_batch(array("I", range(count)).tobytes(), bytes(cell * count))
 

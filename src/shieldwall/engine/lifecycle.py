@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import abi
-from ..dataplane import bpffs
+from ..dataplane import bpffs, classifier
 from ..dataplane.pipeline import Pipeline, PipelineConfig, pinned_maps, read_counters
 from ..dataplane.stages import STAGES
 from ..kernel import libbpf, xdp
@@ -210,10 +211,22 @@ def _status_of(iface: str) -> dict:
             for (a, r), (p, b) in sorted(read_counters(maps["sw_counters"]).items())]
         if "sw_fastpath" in maps:
             report["fastpath_entries"] = sum(1 for _ in maps["sw_fastpath"].keys())
+        if classifier.STATE in maps:
+            report["rules"] = _rules(maps)
     finally:
         for m in maps.values():
             m.close()
     return report
+
+
+def _rules(maps: dict) -> list[dict]:
+    """Per-rule counters of the active ruleset; id 0 is what default_action decided."""
+    names = classifier.rule_names(maps)
+    now = time.monotonic_ns()
+    return [{"id": rule_id, "name": names.get(rule_id) if rule_id else None,
+             "packets": c.packets, "bytes": c.bytes, "would_drop": c.would_drop,
+             "last_hit_seconds_ago": round((now - c.last_hit_ns) / 1e9, 1) if c.last_hit_ns else None}
+            for rule_id, c in classifier.rule_counters(maps).items()]
 
 
 def _chain(directory: Path, maps: dict) -> list[dict]:

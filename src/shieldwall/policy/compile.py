@@ -71,6 +71,7 @@ class PolicyImage:
     """Everything the policy stage's maps hold for one ruleset. Compared by identity."""
 
     rules: int
+    rule_names: tuple[str, ...]  # by rule id - 1
     nblocks: int
     default_action: int  # SW_ACT_*
     fields: list[FieldImage]  # by SW_POL_F_* id
@@ -148,6 +149,7 @@ def compile_policy(policy: Policy) -> PolicyImage:
     ]
     return PolicyImage(
         rules=len(rules),
+        rule_names=tuple(r.name for r in rules),
         nblocks=nblocks,
         default_action=abi.ACTION_CODES[policy.default_action],
         fields=fields,
