@@ -130,6 +130,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.scaling:
+        from .scaling import run_scaling
+        report = run_scaling()
+        print(json.dumps(report, indent=2) if args.json else report["summary"])
+        return 0
     from .bench import run_bench
     config = _config(args)
     report = run_bench(config, Path(args.pcap) if args.pcap else None, packets=args.packets)
@@ -171,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", cmd_bench, "measure the pipeline against bare XDP_DROP", config=True)
     p.add_argument("--pcap")
     p.add_argument("--packets", type=int, default=2_000_000, help="frames per generator run")
+    p.add_argument("--scaling", action="store_true",
+                   help="cost as rules grow 10 -> 10k and sets 1 -> 1M prefixes")
     p.add_argument("--json", action="store_true")
     return parser
 
