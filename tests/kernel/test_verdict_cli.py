@@ -79,3 +79,43 @@ def test_pcapng_gives_the_same_verdicts(tmp_path: Path, policy: Path):
         for f in frames:
             writer.write(f)
     assert run_verdict(pcap, policy) == run_verdict(pcapng, policy)
+
+
+RULES = """\
+version: 1
+default_action: drop
+sets:
+  bad: {type: prefix, entries: ["2001:db8:bad::/48", 198.51.100.0/24]}
+rules:
+  - name: allow-admin
+    match: {src: [203.0.113.7], proto: tcp, dport: 22}
+    action: pass
+  - name: drop-bad
+    match: {src: "@bad"}
+    action: drop
+  - name: watch-dns
+    match: {proto: udp, sport: 53}
+    action: count
+  - name: web
+    match: {proto: tcp, dport: [80, 443]}
+    action: pass
+"""
+
+
+def test_verdict_names_the_deciding_rule(tmp_path: Path):
+    policy = tmp_path / "rules.yaml"
+    policy.write_text(RULES)
+    capture = [
+        (eth() / v4(src="203.0.113.7") / TCP(dport=22), "pass", "rule", "allow-admin"),
+        (eth() / v4(src="198.51.100.9") / TCP(dport=22), "drop", "rule", "drop-bad"),
+        (eth() / v6(src="2001:db8:bad::3") / UDP(sport=53), "drop", "rule", "drop-bad"),
+        (eth(("q", 5)) / v4(src="192.0.2.50") / TCP(dport=443), "pass", "rule", "web"),
+        (eth() / v4(src="192.0.2.50") / UDP(sport=53), "drop", "default", None),
+        (eth() / ARP(), "pass", "non_ip", None),
+    ]
+    pcap = tmp_path / "rules.pcap"
+    write_pcap(pcap, [bytes(frame) for frame, *_ in capture])
+    lines = run_verdict(pcap, policy)
+    assert [(l["action"], l["reason"], l["rule"]) for l in lines] == \
+        [(action, reason, rule) for _, action, reason, rule in capture]
+    assert {l["module"] for l in lines[:5]} == {"policy"}

@@ -62,3 +62,26 @@ def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
         assert "web-from-client" in text.stdout and "(default action)" in text.stdout
     finally:
         assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_an_invalid_policy_changes_nothing_that_runs(lab, tmp_path: Path):  # noqa: F811
+    topo = lab
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(POLICY)
+    bad.write_text(POLICY.replace(f"dport: {WEB}", "dport: 70000"))
+    assert shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if,
+                      "--config", str(good)).returncode == 0
+    try:
+        before = server_status(topo)
+        out = shieldwall("reload", "--netns", topo.server_ns, "--iface", topo.server_if,
+                         "--config", str(bad))
+        assert out.returncode == 2
+        assert "bad.yaml: rules[0].match.dport" in out.stderr and "70000" in out.stderr
+        after = server_status(topo)
+        assert after["prog_id"] == before["prog_id"]
+        assert [r["name"] for r in after["rules"]] == [r["name"] for r in before["rules"]]
+        with topology.start_tcp_server(topo, WEB):
+            assert topology.tcp_connect(topo, WEB)
+            assert not topology.tcp_connect(topo, WEB, src=topo.attacker_v4, timeout=0.5)
+    finally:
+        shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if)
