@@ -67,7 +67,8 @@ def run_scaling() -> dict:
     with one_cpu() as cpu, Pipeline.load(PipelineConfig()) as pipeline:
         for count in RULE_COUNTS:
             last = count - 1
-            frame = bytes(Ether(src=MAC_SRC, dst=MAC_DST) / IP(src=f"198.51.100.{last % 256}", dst="192.0.2.1")
+            frame = bytes(Ether(src=MAC_SRC, dst=MAC_DST)
+                          / IP(src=f"198.51.100.{last % 256}", dst="192.0.2.1")
                           / TCP(dport=last % 65536))
             point = {}
             for kind, uncacheable in (("cached", False), ("walked", True)):
@@ -84,8 +85,9 @@ def run_scaling() -> dict:
                 load = time.monotonic() - start
             install = _apply(pipeline, policy)
             last = size - 1
-            frame = bytes(Ether(src=MAC_SRC, dst=MAC_DST) / IPv6(src=f"2001:db8::{last >> 16:x}:{last & 0xffff:x}",
-                                         dst="2001:db8::1") / TCP(dport=80))
+            frame = bytes(Ether(src=MAC_SRC, dst=MAC_DST)
+                          / IPv6(src=f"2001:db8::{last >> 16:x}:{last & 0xffff:x}", dst="2001:db8::1")
+                          / TCP(dport=80))
             if pipeline.run(frame, cpu).action != "drop":
                 raise RuntimeError(f"{size}-prefix set: its last address was not dropped")
             sets[size] = {"ns": round(_ns(pipeline, frame), 1), "load_seconds": round(load, 2),

@@ -127,7 +127,8 @@ class Pipeline:
     def apply(self, config: PipelineConfig) -> None:
         """Writes the configuration into the maps. Slots fill before chain_len grows and
         after it shrinks, so a running packet never meets a slot it should not use."""
-        fill_fastpath(self.maps["sw_fastpath"], config) if "sw_fastpath" in self.maps else None
+        if "sw_fastpath" in self.maps:
+            fill_fastpath(self.maps["sw_fastpath"], config)
         if classifier.STATE in self.maps and config.policy_image is not self._installed:
             classifier.install(self.maps, config.policy_image)
             self._installed = config.policy_image
