@@ -381,13 +381,16 @@ int sw_stage_policy(struct xdp_md *ctx)
 	struct sw_pol_cache_key ck = {};
 	struct sw_pol_cache_entry dec = {}, *hit;
 	struct sw_pol_gen g;
-	__u64 now = bpf_ktime_get_ns();
 	__u32 action, reason = SW_R_RULE;
+	__u64 now;
 	int ret;
 
 	ret = sw_pol_active(&g, &ck.gen);
 	if (!ret)
 		return sw_next(ctx, pkt);
+	/* Last-hit times need no better than the coarse clock's few milliseconds, and the
+	 * precise one costs tens of nanoseconds on a VM. */
+	now = bpf_ktime_get_coarse_ns();
 	if (ret < 0 || sw_pol_classify(&g, pkt, &ck))
 		return sw_missed(pkt);
 

@@ -223,7 +223,7 @@ struct sw_pol_state {
 struct sw_rule_counter {
 	__u64 packets;		/* matched and evaluated (rules after the deciding one are not) */
 	__u64 bytes;
-	__u64 last_hit_ns;	/* bpf_ktime_get_ns() of the last hit */
+	__u64 last_hit_ns;	/* bpf_ktime_get_coarse_ns() of the last hit */
 	__u64 would_drop;	/* hits of a monitor rule: packets it would have dropped */
 };
 

@@ -31,7 +31,7 @@ BLOCK = f"__u64[{abi.SW_POL_BLOCK_WORDS}]"  # struct sw_pol_block
 class RuleCounter:
     packets: int
     bytes: int
-    last_hit_ns: int  # bpf_ktime_get_ns() clock (CLOCK_MONOTONIC); 0 if never hit
+    last_hit_ns: int  # bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE); 0 if never hit
     would_drop: int
 
 

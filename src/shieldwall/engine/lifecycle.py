@@ -225,7 +225,7 @@ def _rules(maps: dict) -> list[dict]:
     now = time.monotonic_ns()
     return [{"id": rule_id, "name": names.get(rule_id) if rule_id else None,
              "packets": c.packets, "bytes": c.bytes, "would_drop": c.would_drop,
-             "last_hit_seconds_ago": round((now - c.last_hit_ns) / 1e9, 1) if c.last_hit_ns else None}
+             "last_hit_seconds_ago": round(max(0, now - c.last_hit_ns) / 1e9, 1) if c.last_hit_ns else None}
             for rule_id, c in classifier.rule_counters(maps).items()]
 
 
