@@ -11,7 +11,6 @@
 #include "lib/parse.h"
 #include "lib/pipeline.h"
 
-#define SW_POL_CACHE_ENTRIES 65536
 
 struct sw_pol_classes {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -85,14 +84,13 @@ struct {
 	__type(value, struct sw_pol_state);
 } sw_pol_state SEC(".maps");
 
-/* Keys carry the generation: a new ruleset never meets an old decision. Per-CPU LRU
- * lists: a flood on every CPU contends on no shared list. */
+/* Keys carry the generation: a new ruleset never meets an old decision. Per CPU: a
+ * flood on every CPU shares nothing, and needs no lock. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, SW_POL_CACHE_ENTRIES);
-	__type(key, struct sw_pol_cache_key);
-	__type(value, struct sw_pol_cache_entry);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_POL_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sw_pol_cache_slot);
 } sw_pol_cache SEC(".maps");
 
 /* The inner maps of one generation. */
@@ -218,6 +216,26 @@ static __always_inline int sw_pol_classify(struct sw_pol_gen *g, struct sw_pkt *
 		ck->cls[f] = *cls;
 	}
 	return 0;
+}
+
+static __always_inline __u32 sw_pol_cache_index(const struct sw_pol_cache_key *ck)
+{
+	__u32 h = ck->gen;
+
+	for (int f = 0; f < SW_POL_FIELDS; f++)
+		h = (h ^ ck->cls[f]) * 0x9e3779b1;	/* Fibonacci hashing */
+	return (h ^ (h >> 15)) & (SW_POL_CACHE_SLOTS - 1);
+}
+
+static __always_inline int sw_pol_same_key(const struct sw_pol_cache_key *a,
+					   const struct sw_pol_cache_key *b)
+{
+	if (a->gen != b->gen)
+		return 0;
+	for (int f = 0; f < SW_POL_FIELDS; f++)
+		if (a->cls[f] != b->cls[f])
+			return 0;
+	return 1;
 }
 
 static __always_inline void sw_pol_count(__u32 rule, __u32 bytes, __u64 now, int would_drop)
@@ -379,9 +397,10 @@ int sw_stage_policy(struct xdp_md *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	struct sw_pol_cache_key ck = {};
-	struct sw_pol_cache_entry dec = {}, *hit;
+	struct sw_pol_cache_entry dec = {};
+	struct sw_pol_cache_slot *slot;
 	struct sw_pol_gen g;
-	__u32 action, reason = SW_R_RULE;
+	__u32 action, reason = SW_R_RULE, idx;
 	__u64 now;
 	int ret;
 
@@ -394,9 +413,12 @@ int sw_stage_policy(struct xdp_md *ctx)
 	if (ret < 0 || sw_pol_classify(&g, pkt, &ck))
 		return sw_missed(pkt);
 
-	hit = bpf_map_lookup_elem(&sw_pol_cache, &ck);
-	if (hit) {
-		dec = *hit;
+	idx = sw_pol_cache_index(&ck);
+	slot = bpf_map_lookup_elem(&sw_pol_cache, &idx);
+	if (!slot)
+		return sw_missed(pkt);
+	if (sw_pol_same_key(&slot->key, &ck)) {
+		dec = slot->entry;
 		for (int i = 0; i < SW_POL_CACHE_COUNTED; i++) {
 			if (i >= dec.ncounted)
 				break;
@@ -413,8 +435,10 @@ int sw_stage_policy(struct xdp_md *ctx)
 		bpf_loop(steps, sw_pol_step, &s, 0);
 		if (s.failed)
 			return sw_missed(pkt);
-		if (s.cacheable)
-			bpf_map_update_elem(&sw_pol_cache, &ck, &dec, BPF_ANY);
+		if (s.cacheable) {
+			slot->key = ck;
+			slot->entry = dec;
+		}
 	}
 
 	sw_pol_count(dec.rule, pkt->frame_len, now, 0);

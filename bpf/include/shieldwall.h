@@ -250,6 +250,14 @@ struct sw_pol_cache_entry {
 	__u8 pad0;
 };
 
+/* The cache is direct-mapped, per CPU: a slot is picked by a hash of the key, and a
+ * miss overwrites it. Lookups are an inlined array access and a compare. */
+#define SW_POL_CACHE_SLOTS 8192
+struct sw_pol_cache_slot {
+	struct sw_pol_cache_key key;
+	struct sw_pol_cache_entry entry;
+};
+
 /* cdef-end */
 
 /* A vector block: bit i of word j is rule 64 * j + i of the block. Outside the cdef

@@ -29,7 +29,7 @@ STAGES: dict[str, StageSpec] = {
         "sw_pol_state": ("__u32", "struct sw_pol_state"),
         "sw_pol_hits": ("__u32", "struct sw_rule_counter"),
         "sw_pol_names": ("__u32", "struct sw_rule_name"),
-        "sw_pol_cache": ("struct sw_pol_cache_key", "struct sw_pol_cache_entry"),
+        "sw_pol_cache": ("__u32", "struct sw_pol_cache_slot"),
     }),
 }
 
