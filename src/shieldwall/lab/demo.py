@@ -5,9 +5,10 @@ Runs on built-in defaults, bounded in time and packets, and always cleans up.
 
 from __future__ import annotations
 
-import ipaddress
+from pathlib import Path
+from tempfile import TemporaryDirectory
 
-from ..dataplane.pipeline import PipelineConfig
+from ..config import load_config
 from ..engine import lifecycle
 from . import topology
 from .netns import enter_netns
@@ -16,6 +17,25 @@ from .trafgen import TrafficGenerator
 
 PORT = 8080
 FLOOD_PACKETS = 1_000_000
+
+# The demo's policy: a spoofed range in the fastpath, the attacker's address and any
+# port but the web server's refused by rules, everything else passed.
+POLICY = f"""\
+version: 1
+default_action: pass
+fastpath:
+  deny: [{SPOOFED_V4}]
+rules:
+  - name: drop-attacker
+    match: {{src: [192.0.2.66, "2001:db8:0:1::66"]}}
+    action: drop
+  - name: web
+    match: {{proto: tcp, dport: {PORT}}}
+    action: pass
+  - name: only-web-over-tcp
+    match: {{proto: tcp}}
+    action: drop
+"""
 
 
 def _say(text: str) -> None:
@@ -29,8 +49,9 @@ def _check(what: str, got: bool, want: bool) -> bool:
 
 
 def run_demo() -> int:
-    config = PipelineConfig(fastpath_deny=(ipaddress.ip_network(SPOOFED_V4),
-                                           ipaddress.ip_network("192.0.2.66/32")))
+    with TemporaryDirectory() as tmp:
+        (Path(tmp) / "demo.yaml").write_text(POLICY)
+        config = load_config(Path(tmp) / "demo.yaml").pipeline
     ok = True
     with topology.lab() as topo:
         _say(f"lab: {topo.outside_ns} (client {topo.client_v4}, attacker {topo.attacker_v4}) "
@@ -42,14 +63,17 @@ def run_demo() -> int:
 
             with enter_netns(topo.server_ns):
                 result = lifecycle.up(topo.server_if, config, mode="native")
-            _say(f"shieldwall up on {topo.server_if}: {result.mode} mode, blocking "
-                 f"{SPOOFED_V4} and {topo.attacker_v4}\n  why: {result.why}")
+            _say(f"shieldwall up on {topo.server_if}: {result.mode} mode\n  why: {result.why}\n"
+                 "  policy:\n" + "".join(f"    {line}\n" for line in POLICY.splitlines()).rstrip())
             try:
                 ok &= _check("client -> server", topology.tcp_connect(topo, PORT), True)
                 ok &= _check("client -> server over IPv6",
                              topology.tcp_connect(topo, PORT, dst=topo.server_v6), True)
                 ok &= _check("attacker -> server",
                              topology.tcp_connect(topo, PORT, src=topo.attacker_v4), False)
+                with topology.start_tcp_server(topo, PORT + 1):
+                    ok &= _check("client -> another port",
+                                 topology.tcp_connect(topo, PORT + 1, timeout=0.5), False)
 
                 _say(f"flood: {FLOOD_PACKETS:,} spoofed SYNs from {SPOOFED_V4} at kernel speed")
                 template = syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4)
@@ -64,6 +88,9 @@ def run_demo() -> int:
                 _say("what shieldwall decided (shieldwall status):")
                 for c in report["counters"]:
                     _say(f"  {c['action']:>6} {c['reason']:<14} {c['packets']:>10,} packets")
+                _say("per rule (shieldwall status --rules):")
+                for rule in report["rules"]:
+                    _say(f"  {rule['name'] or '(default action)':<18} {rule['packets']:>10,} packets")
             finally:
                 with enter_netns(topo.server_ns):
                     lifecycle.down(topo.server_if)
