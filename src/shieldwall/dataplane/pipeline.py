@@ -125,13 +125,15 @@ class Pipeline:
 
     # -- configuration -------------------------------------------------------------------
     def apply(self, config: PipelineConfig) -> None:
-        """Writes the configuration into the maps. Slots fill before chain_len grows and
-        after it shrinks, so a running packet never meets a slot it should not use."""
-        if "sw_fastpath" in self.maps:
-            fill_fastpath(self.maps["sw_fastpath"], config)
+        """Writes the configuration into the maps. The ruleset goes first: building its
+        maps is what can fail (memory), and it switches in one write, so a failure there
+        leaves everything as it was. Slots fill before chain_len grows and after it
+        shrinks, so a running packet never meets a slot it should not use."""
         if classifier.STATE in self.maps and config.policy_image is not self._installed:
             classifier.install(self.maps, config.policy_image)
             self._installed = config.policy_image
+        if "sw_fastpath" in self.maps:
+            fill_fastpath(self.maps["sw_fastpath"], config)
         slots = self.maps["sw_stages"]
         for slot, name in enumerate(config.chain):
             if name in self.stages:
