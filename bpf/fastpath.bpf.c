@@ -5,7 +5,7 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 65536);
+	__uint(max_entries, SW_FASTPATH_MAX);	/* no prealloc: memory only for entries used */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sw_lpm_key);
 	__type(value, struct sw_fastpath_entry);
@@ -18,6 +18,8 @@ int sw_stage_fastpath(struct xdp_md *ctx)
 	struct sw_lpm_key key = { .prefixlen = 128 };
 	struct sw_fastpath_entry *hit;
 
+	if (sw_v4_mapped_in_v6(pkt->family, pkt->src))
+		return sw_next(ctx, pkt);
 	__builtin_memcpy(key.addr, pkt->src, 16);
 	hit = bpf_map_lookup_elem(&sw_fastpath, &key);
 	if (hit) {

@@ -8,7 +8,6 @@
  * ARRAY_OF_MAPS below, its sizes in sw_pol_meta. The control plane fills the idle slot
  * and then bumps sw_pol_state.gen, so a packet sees one whole ruleset or the other.
  */
-#include "lib/parse.h"
 #include "lib/pipeline.h"
 
 
@@ -171,10 +170,9 @@ static __always_inline int sw_pol_addr_class(void *trie, struct sw_pkt *pkt, __u
 					     struct sw_pol_field *field, __u32 *cls)
 {
 	struct sw_lpm_key key = { .prefixlen = 128 };
-	__u32 *hit, w[3];
+	__u32 *hit;
 
-	__builtin_memcpy(w, addr, sizeof(w));
-	if (pkt->family == SW_FAMILY_IPV6 && !w[0] && !w[1] && w[2] == bpf_htonl(0xffff)) {
+	if (sw_v4_mapped_in_v6(pkt->family, addr)) {
 		*cls = field->na_class;
 		return 0;
 	}
@@ -388,8 +386,8 @@ static __always_inline int sw_pol_active(struct sw_pol_gen *g, __u32 *gen)
 	g->keys = bpf_map_lookup_elem(&sw_pol_keys, &slot);
 	g->src = bpf_map_lookup_elem(&sw_pol_src, &slot);
 	g->dst = bpf_map_lookup_elem(&sw_pol_dst, &slot);
-	g->vecs = bpf_map_lookup_elem(&sw_pol_vecs, &slot);
-	return g->keys && g->src && g->dst && g->vecs ? 1 : -1;
+	g->vecs = NULL;	/* a cache miss looks it up: a hit never needs it */
+	return g->keys && g->src && g->dst ? 1 : -1;
 }
 
 SEC("xdp.frags")
@@ -429,8 +427,10 @@ int sw_stage_policy(struct xdp_md *ctx)
 					 .bytes = pkt->frame_len, .cacheable = 1 };
 		/* A step per word and per hit, and one to find the end. */
 		__u32 steps = g.meta->nblocks * SW_POL_BLOCK_WORDS + g.meta->nrules + 1;
+		__u32 gen_slot = ck.gen & 1;
 
-		if (sw_pol_load(&s, 0))
+		g.vecs = bpf_map_lookup_elem(&sw_pol_vecs, &gen_slot);
+		if (!g.vecs || sw_pol_load(&s, 0))
 			return sw_missed(pkt);
 		bpf_loop(steps, sw_pol_step, &s, 0);
 		if (s.failed)

@@ -23,8 +23,10 @@ PREFIXES_V6 = ["2001:db8::/32", "2001:db8::/48", "2001:db8:1::/48", "2001:db8::1
                "2001:db8:ffff::/64", "2001:db8:1:2::/64"]
 ADDRESSES_V4 = ["192.0.2.1", "192.0.2.7", "192.0.2.130", "192.0.2.200", "198.51.100.2",
                 "198.51.100.9", "203.0.113.5", "203.0.113.201"]
+# ::ffff:192.0.2.7 is an IPv6 packet's source spelled like an IPv4 address: the tries key
+# IPv4 that way, so it must match no IPv4 prefix, in the fastpath or the rules.
 ADDRESSES_V6 = ["2001:db8::1", "2001:db8::2", "2001:db8:1::7", "2001:db8:1:2::9",
-                "2001:db8:ffff::42", "2001:db8:abcd::1"]
+                "2001:db8:ffff::42", "2001:db8:abcd::1", "::ffff:192.0.2.7"]
 
 PORTS = ["53", "80", "443", "1024-65535", "0-1023", "1000-2000", "1500", "-100", "8080-"]
 PROTOS = ["tcp", "udp", "icmp", "icmpv6", "gre", "0-16", "17", "50-60"]

@@ -20,7 +20,7 @@
 #define SW_ACT_REDIRECT 4
 #define SW_ACT_MAX 5
 
-/* Why a packet got its verdict. The names are stable API (reasons.py maps them). */
+/* Why a packet got its verdict. The names are stable API (abi.py derives them). */
 #define SW_R_NONE 0
 #define SW_R_END_OF_CHAIN 1
 #define SW_R_NON_IP 2
@@ -50,6 +50,9 @@
 #define SW_MOD_FASTPATH 1
 #define SW_MOD_POLICY 2
 #define SW_MOD_MAX 16
+
+/* Prefixes the fastpath lists hold, allow and deny together. */
+#define SW_FASTPATH_MAX 1000000
 
 /* Slots in the stage PROG_ARRAY: the chain is the first chain_len of them, in order. */
 #define SW_MAX_STAGES 8

@@ -13,12 +13,6 @@
 #include <linux/udp.h>
 #include "common.h"
 
-#define IPPROTO_HOPOPTS_ 0
-#define IPPROTO_ROUTING_ 43
-#define IPPROTO_FRAGMENT_ 44
-#define IPPROTO_AH_ 51
-#define IPPROTO_ICMPV6_ 58
-#define IPPROTO_DSTOPTS_ 60
 
 static __always_inline int sw_parse_l2(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 *off)
 {
@@ -51,12 +45,20 @@ static __always_inline int sw_parse_l2(struct xdp_md *ctx, struct sw_pkt *pkt, _
 	return SW_R_NONE;
 }
 
+/* The root zeroed the scratch: only the ::ffff: marker and the address need writing. */
 static __always_inline void sw_store_v4(__u8 *dst16, __be32 addr)
 {
-	__builtin_memset(dst16, 0, 10);
-	dst16[10] = 0xff;
-	dst16[11] = 0xff;
-	__builtin_memcpy(dst16 + 12, &addr, 4);
+	*(__u16 *)(dst16 + 10) = 0xffff;
+	*(__be32 *)(dst16 + 12) = addr;
+}
+
+/* SW_FRAG_* of a packet with this offset and more-fragments flag: one with neither is no
+ * fragment (an IPv6 atomic fragment included). */
+static __always_inline __u8 sw_frag_bits(__u16 offset, int more)
+{
+	if (more)
+		return SW_FRAG_IS | SW_FRAG_MORE;
+	return offset ? SW_FRAG_IS : 0;
 }
 
 static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 off)
@@ -70,7 +72,7 @@ static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt,
 	if (ip->version != 4 || ip->ihl < 5)
 		return SW_R_BAD_IPV4_HEADER;
 	hlen = ip->ihl * 4;
-	if (!sw_bytes(ctx, off, hlen))
+	if (hlen > sizeof(*ip) && !sw_bytes(ctx, off, hlen))
 		return SW_R_TRUNCATED_IPV4;
 	tot = bpf_ntohs(ip->tot_len);
 	if (tot < hlen || off + tot > pkt->frame_len)
@@ -85,16 +87,14 @@ static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt,
 
 	frag = bpf_ntohs(ip->frag_off);
 	pkt->frag_off = frag & 0x1fff;
-	if (frag & 0x2000)
-		pkt->frag |= SW_FRAG_IS | SW_FRAG_MORE;
-	if (pkt->frag_off)
-		pkt->frag |= SW_FRAG_IS;
-	if (!pkt->frag_off)
+	pkt->frag = sw_frag_bits(frag & 0x1fff, frag & 0x2000);
+	if (!(frag & 0x1fff))
 		pkt->l4_off = off + hlen;
 	return SW_R_NONE;
 }
 
-/* Length of the extension header at off with type nexthdr, or 0 if it is too short. */
+/* Walks one extension header: its length into *len and the next header's type into
+ * *nexthdr, or the reason it is malformed. */
 static __always_inline int sw_ipv6_ext(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 off,
 				       __u32 l3_end, __u8 *nexthdr, __u32 *len)
 {
@@ -106,14 +106,9 @@ static __always_inline int sw_ipv6_ext(struct xdp_md *ctx, struct sw_pkt *pkt, _
 	if (hdr == IPPROTO_FRAGMENT_) {
 		__u16 word = bpf_ntohs(*(__be16 *)(ext + 2));
 
-		/* As in IPv4, an atomic fragment (offset 0, M clear) is no fragment; a later
-		 * fragment header replaces what an earlier one said. */
+		/* A later fragment header replaces what an earlier one said. */
 		pkt->frag_off = word >> 3;
-		pkt->frag = 0;
-		if (word & 1)
-			pkt->frag = SW_FRAG_IS | SW_FRAG_MORE;
-		if (pkt->frag_off)
-			pkt->frag |= SW_FRAG_IS;
+		pkt->frag = sw_frag_bits(word >> 3, word & 1);
 		*len = 8;
 	} else if (hdr == IPPROTO_AH_) {
 		*len = (ext[1] + 2) * 4;
@@ -136,7 +131,7 @@ static __always_inline int sw_is_ipv6_ext(__u8 nexthdr)
 static __always_inline int sw_parse_ipv6(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 off)
 {
 	struct ipv6hdr *ip6 = sw_bytes(ctx, off, sizeof(*ip6));
-	__u32 l3_end, len = 0;
+	__u32 l3_len, l3_end, len = 0;
 	__u8 nexthdr;
 	int ret;
 
@@ -144,10 +139,12 @@ static __always_inline int sw_parse_ipv6(struct xdp_md *ctx, struct sw_pkt *pkt,
 		return SW_R_TRUNCATED_IPV6;
 	if (ip6->version != 6)
 		return SW_R_BAD_IPV6_HEADER;
-	pkt->l3_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-	l3_end = off + pkt->l3_len;
-	if (l3_end > pkt->frame_len)
+	/* Computed wide: payload length + 40 may not fit l3_len, and then no frame holds it. */
+	l3_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+	l3_end = off + l3_len;
+	if (l3_len > 0xffff || l3_end > pkt->frame_len)
 		return SW_R_BAD_IPV6_LENGTH;
+	pkt->l3_len = l3_len;
 
 	pkt->family = SW_FAMILY_IPV6;
 	pkt->ttl = ip6->hop_limit;

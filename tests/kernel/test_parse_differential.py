@@ -20,7 +20,8 @@ from shieldwall.model.parse import ParsedPacket, parse
 pytestmark = pytest.mark.kernel
 
 V4 = st.sampled_from(["192.0.2.1", "198.51.100.9", "203.0.113.200"])
-V6 = st.sampled_from(["2001:db8::1", "2001:db8:ffff::42", "2001:db8:1:2:3:4:5:6"])
+V6 = st.sampled_from(["2001:db8::1", "2001:db8:ffff::42", "2001:db8:1:2:3:4:5:6",
+                      "::ffff:192.0.2.1"])
 EXT = st.sampled_from([IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrDestOpt, "frag"])
 
 
@@ -52,7 +53,8 @@ def packets(draw):
                 options=draw(st.sampled_from([b"", b"\x01\x01\x01\x00", b"\x01" * 8])))
         frame = frame / ip
     elif family == 6:
-        frame = frame / IPv6(src=draw(V6), dst=draw(V6), hlim=draw(st.integers(0, 255)))
+        frame = frame / IPv6(src=draw(V6), dst=draw(V6), hlim=draw(st.integers(0, 255)),
+                             plen=draw(st.sampled_from([None, None, None, 0, 65500, 65535])))
         for ext in draw(st.lists(EXT, max_size=8)):
             if ext == "frag":
                 frame = frame / IPv6ExtHdrFragment(offset=draw(st.sampled_from([0, 0, 7])),

@@ -55,6 +55,10 @@ FIXTURES = [
     ("tcp-bad-offset", eth() / v4() / TCP(dataofs=2), ("drop", "bad_tcp_header", "root")),
     ("truncated-ipv6", cut(eth() / v6() / UDP(), 40), ("drop", "truncated_ipv6", "root")),
     ("ipv6-length-past-frame", eth() / v6(plen=500) / UDP(), ("drop", "bad_ipv6_length", "root")),
+    # payload length + 40 does not fit 16 bits: it must not wrap into a small length.
+    ("ipv6-length-near-64k", eth() / v6(plen=65535, nh=59) / (b"z" * 20),
+     ("drop", "bad_ipv6_length", "root")),
+    ("ipv6-length-near-64k-udp", eth() / v6(plen=65500) / UDP(), ("drop", "bad_ipv6_length", "root")),
     ("truncated-udp-in-l3", eth() / v4(len=24) / UDP(), ("drop", "truncated_l4", "root")),
 ]
 

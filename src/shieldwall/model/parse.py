@@ -217,7 +217,8 @@ def _ipv6(walk: _Walk, off: int) -> tuple[int, int]:
     )
     if ver_word >> 28 != 6:
         raise _Malformed(abi.SW_R_BAD_IPV6_HEADER)
-    if off + IPV6_HLEN + payload_len > walk.end:
+    # A length past 16 bits cannot be stored, and no frame that short holds it anyway.
+    if IPV6_HLEN + payload_len > 0xFFFF or off + IPV6_HLEN + payload_len > walk.end:
         raise _Malformed(abi.SW_R_BAD_IPV6_LENGTH)
     walk.end = off + IPV6_HLEN + payload_len
     walk.set(src=src, dst=dst, l3_len=payload_len + IPV6_HLEN, ttl=hop_limit)

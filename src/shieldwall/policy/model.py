@@ -30,7 +30,7 @@ class Capacity:
 
     rules: int = 10_000
     set_entries: int = 1_000_000  # per set, after duplicates are merged
-    fastpath_entries: int = 1_000_000  # allow and deny together
+    fastpath_entries: int = abi.SW_FASTPATH_MAX  # allow and deny together: the trie's size
 
 
 # --- actions -----------------------------------------------------------------------
