@@ -34,8 +34,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = _config(args)
     with _netns(args):
         result = lifecycle.up(args.iface, config.pipeline, mode=args.mode, force=args.force)
-    verb = "reloaded on" if result.reloaded else "attached to"
-    print(f"shieldwall {verb} {result.iface} in {result.mode} mode (program id {result.prog_id})")
+    if result.reloaded:
+        print(f"shieldwall was already attached to {result.iface} ({result.mode} mode): "
+              "its policy was reloaded; to change the mode, run down and then up")
+    else:
+        print(f"shieldwall attached to {result.iface} in {result.mode} mode (program id {result.prog_id})")
     print(f"  why: {result.why}")
     print(f"  pins: {result.pins}")
     return 0
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shieldwall: {exc.what}: {exc.strerror.splitlines()[0]}", file=sys.stderr)
         print("verifier log (end):\n" + exc.detail, file=sys.stderr)
         return 3
-    except (BpfError, OSError, ValueError, PcapError, PolicyError, LabError) as exc:
+    except (BpfError, OSError, ValueError, RuntimeError, PcapError, PolicyError, LabError) as exc:
         print(f"shieldwall: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -121,3 +121,10 @@ def test_batches_of_bytes_fill_per_cpu_maps_and_values_outlive_their_buffers():
         assert [c.bytes for c in m.lookup(39)] == list(range(m.ncpus))
     finally:
         m.close()
+
+
+def test_map_size_is_set_before_load():
+    with BpfObject(object_path("fastpath")) as obj:
+        obj.set_max_entries("sw_fastpath", 1234)
+        obj.load()
+        assert libbpf.map_info(obj.map("sw_fastpath").fd).max_entries == 1234

@@ -86,3 +86,16 @@ def test_counters_count_every_verdict(cpu):
     assert counters[("pass", "end_of_chain")][0] == 3
     assert counters[("pass", "non_ip")][0] == 1
     assert counters[("pass", "end_of_chain")][1] == 3 * len(bytes(eth() / v4() / TCP()))
+
+
+@pytest.mark.parametrize("outcome", ["pass", "drop"])
+def test_an_empty_chain_slot_gives_the_configured_outcome(cpu, outcome):
+    # The chain names two stages but only the fastpath is loaded: slot 1 stays empty.
+    from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
+    config = PipelineConfig(chain=("fastpath", "policy"), missed_action=outcome)
+    with Pipeline.load(config, stage_names=("fastpath",)) as p:
+        verdict = p.run(bytes(eth() / v4() / TCP()), cpu)
+        assert (verdict.action, verdict.reason, verdict.module) == (outcome, "missed_stage", "root")
+        assert p.counters()[(outcome, "missed_stage")][0] == 1
+        # Non-IP frames are the root's own decision: no stage, no miss.
+        assert p.run(bytes(eth() / ARP()), cpu).reason == "non_ip"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ..kernel.errors import BpfError
 
@@ -14,6 +17,19 @@ BPF_FS_MAGIC = 0xCAFE4A11
 
 class EnvironmentProblem(BpfError):
     """The host cannot do what was asked: no privileges, no bpffs."""
+
+
+LOCK_FILE = Path(os.environ.get("SHIELDWALL_LOCK", "/run/lock/shieldwall.lock"))
+
+
+@contextmanager
+def exclusive() -> Iterator[None]:
+    """One change at a time: two reloads must not build the same idle ruleset slot."""
+    require_root()
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def require_root() -> None:

@@ -56,7 +56,7 @@ def install(maps: dict[str, Map], image: PolicyImage | None) -> None:
         meta = image.meta()
     maps[META].update(slot, meta)
     state.update(0, {"gen": gen})
-    # Counts of the old ids that land between the switch and these writes are lost.
+    # What the new ruleset counts between the switch and the zeroing is lost: a few packets.
     names = image.rule_names if image is not None else ()
     _zero(maps[HITS], max(before, len(names)) + 1)
     _write_names(maps[NAMES], names)

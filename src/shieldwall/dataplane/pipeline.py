@@ -62,15 +62,17 @@ class Pipeline:
     stages: dict[str, BpfObject]
     config: PipelineConfig
     maps: dict[str, Map] = field(default_factory=dict)
-    # Installing a ruleset starts its counters over: only a new one is installed.
+    # The image last installed: applying the same one again leaves the ruleset alone.
     _installed: object = field(default=object(), repr=False)
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
     def load(cls, config: PipelineConfig, reuse: dict[str, int] | None = None,
-             stage_names: tuple[str, ...] | None = None) -> "Pipeline":
+             stage_names: tuple[str, ...] | None = None, apply: bool = True) -> "Pipeline":
         """Loads the root and the stages. `reuse` maps map names to fds of existing
-        (pinned) maps, so state and counters carry over a reload."""
+        (pinned) maps, so state and counters carry over a reload. Without `apply`, the
+        configuration is left for the caller to write (a reload writes it only once the
+        new programs run)."""
         reuse = reuse or {}
         root = BpfObject(object_path(ROOT_OBJECT))
         stages: dict[str, BpfObject] = {}
@@ -92,17 +94,18 @@ class Pipeline:
                     if map_name in reuse:
                         obj.reuse_map(map_name, reuse[map_name])
                 obj.load()
+            pipeline = cls(root, stages, config)
+            pipeline.maps = {name: root.map(name) for name in SHARED_MAPS}
+            for name, obj in stages.items():
+                for map_name in STAGES[name].maps:
+                    pipeline.maps[map_name] = obj.map(map_name)
+            if apply:
+                pipeline.apply(config)
         except BaseException:
             for obj in stages.values():
                 obj.close()
             root.close()
             raise
-        pipeline = cls(root, stages, config)
-        pipeline.maps = {name: root.map(name) for name in SHARED_MAPS}
-        for name, obj in stages.items():
-            for map_name in STAGES[name].maps:
-                pipeline.maps[map_name] = obj.map(map_name)
-        pipeline.apply(config)
         return pipeline
 
     def close(self) -> None:
@@ -151,13 +154,19 @@ class Pipeline:
 
     # -- pins ----------------------------------------------------------------------------
     def pin(self, directory: Path) -> None:
+        """Pins the maps not pinned yet, and the programs over any older ones: each
+        program pin is replaced by a rename, so a reader never finds it missing."""
         directory.mkdir(parents=True, exist_ok=True)
         for name, m in self.maps.items():
             if not (directory / name).exists():
                 m.pin(directory / name)
-        self.root_program.pin(directory / "prog_root")
-        for name in self.stages:
-            self.stage_program(name).pin(directory / f"prog_{name}")
+        programs = [("prog_root", self.root_program)] + \
+            [(f"prog_{name}", self.stage_program(name)) for name in self.stages]
+        for pin_name, program in programs:
+            fresh = directory / f"{pin_name}_new"  # bpffs refuses names with a dot
+            fresh.unlink(missing_ok=True)
+            program.pin(fresh)
+            os.replace(fresh, directory / pin_name)
 
     # -- offline verdicts -----------------------------------------------------------------
     def run(self, packet: bytes, cpu: int) -> Verdict:
@@ -186,17 +195,19 @@ class Pipeline:
 
 
 def fill_fastpath(m: Map, config: PipelineConfig) -> None:
-    """Replaces the fastpath trie's contents with the configured lists."""
+    """Replaces the fastpath trie's contents with the configured lists: new entries
+    first, stale ones after, so a failure part-way never leaves a list shorter than
+    both the old and the new one."""
     wanted: dict[tuple, int] = {}
     for net, action in [(n, abi.SW_ACT_PASS) for n in config.fastpath_allow] + \
                        [(n, abi.SW_ACT_DROP) for n in config.fastpath_deny]:
         key = lpm_key(net)
         wanted[(key["prefixlen"], bytes(key["addr"]))] = action
-    for key in list(m.keys()):
-        if (key.prefixlen, bytes(key.addr)) not in wanted:
-            m.delete({"prefixlen": key.prefixlen, "addr": list(key.addr)})
+    stale = [key for key in m.keys() if (key.prefixlen, bytes(key.addr)) not in wanted]
     for (plen, addr), action in wanted.items():
         m.update({"prefixlen": plen, "addr": list(addr)}, {"action": action})
+    for key in stale:
+        m.delete({"prefixlen": key.prefixlen, "addr": list(key.addr)})
 
 
 def read_counters(m: Map) -> dict[tuple[str, str], tuple[int, int]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import abi
 from ..dataplane import bpffs, classifier
 from ..dataplane.pipeline import Pipeline, PipelineConfig, pinned_maps, read_counters
-from ..dataplane.stages import STAGES
+from ..dataplane.stages import SHARED_MAPS, STAGES
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
@@ -79,13 +79,18 @@ def _try_modes(prog_fd: int, index: int, iface: str, mode: str) -> tuple[int, st
 
 
 def up(iface: str, config: PipelineConfig, mode: str = "auto", force: bool = False) -> AttachResult:
+    with bpffs.exclusive():
+        return _up(iface, config, mode, force)
+
+
+def _up(iface: str, config: PipelineConfig, mode: str, force: bool) -> AttachResult:
     bpffs.require_root()
     bpffs.ensure_bpffs()
     index = xdp.ifindex(iface)
     state = xdp.query(index)
     directory = bpffs.pin_dir(iface)
     if state.mode and _ours(directory, state):
-        return reload(iface, config)
+        return _reload(iface, config)
     if state.mode:
         if not force:
             raise AttachError(errno.EBUSY, f"{iface} already has a foreign XDP program "
@@ -126,6 +131,11 @@ def _detach_foreign(index: int, state: xdp.XdpState) -> None:
 def reload(iface: str, config: PipelineConfig) -> AttachResult:
     """Loads fresh programs that reuse the pinned maps (state and counters carry over)
     and swaps the interface's program atomically through the pinned link."""
+    with bpffs.exclusive():
+        return _reload(iface, config)
+
+
+def _reload(iface: str, config: PipelineConfig) -> AttachResult:
     bpffs.require_root()
     bpffs.ensure_bpffs()
     index = xdp.ifindex(iface)
@@ -135,16 +145,17 @@ def reload(iface: str, config: PipelineConfig) -> AttachResult:
                           f"attach it first: shieldwall up --iface {iface}")
     existing = pinned_maps(directory)
     try:
-        pipeline = Pipeline.load(config, reuse={n: m.fd for n, m in existing.items()})
+        pipeline = Pipeline.load(config, reuse={n: m.fd for n, m in existing.items()}, apply=False)
     finally:
         for m in existing.values():
             m.close()
     link_fd = libbpf.obj_get(directory / LINK_PIN)
     try:
+        # The new root first: it shares every map with the old one and reaches the old
+        # stages through the same prog array, so until apply() nothing it does differs.
+        # A failure here leaves the running configuration untouched.
         libbpf.link_update(link_fd, pipeline.root_program.fd)
-        for name in [ROOT_PIN] + [f"prog_{s}" for s in STAGES]:
-            if (directory / name).exists():
-                (directory / name).unlink()
+        pipeline.apply(config)
         pipeline.pin(directory)
         state = xdp.query(index)
         return AttachResult(iface, state.mode or "none", "programs replaced in place; maps kept",
@@ -156,6 +167,11 @@ def reload(iface: str, config: PipelineConfig) -> AttachResult:
 
 def down(iface: str) -> bool:
     """Detaches shieldwall from the interface and removes its pins. False if it was not there."""
+    with bpffs.exclusive():
+        return _down(iface)
+
+
+def _down(iface: str) -> bool:
     bpffs.require_root()
     bpffs.ensure_bpffs()
     directory = bpffs.pin_dir(iface)
@@ -202,6 +218,12 @@ def _status_of(iface: str) -> dict:
         report["prog_id"] = state.prog_id
         report["driver"] = driver_name(iface)
     maps = pinned_maps(directory)
+    missing = [name for name in SHARED_MAPS if name not in maps]
+    if missing:
+        report["problem"] = f"incomplete pins in {directory}: {', '.join(missing)} missing"
+        for m in maps.values():
+            m.close()
+        return report
     try:
         report["chain"] = _chain(directory, maps)
         cfg = maps["sw_config"].lookup(0)

@@ -79,7 +79,6 @@ struct bpf_xdp_query_opts {
 };
 struct bpf_prog_info { __u32 type; __u32 id; char name[16]; ...; };
 struct bpf_map_info { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries; char name[16]; ...; };
-struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; ...; };
 
 int bpf_map_create(int map_type, const char *map_name, __u32 key_size, __u32 value_size,
                    __u32 max_entries, const struct bpf_map_create_opts *opts);
@@ -96,9 +95,6 @@ int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get(const char *pathname);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
-int bpf_prog_get_fd_by_id(__u32 id);
-int bpf_map_get_fd_by_id(__u32 id);
-int bpf_link_get_fd_by_id(__u32 id);
 int bpf_link_detach(int link_fd);
 enum bpf_attach_type { BPF_XDP, ... };
 struct bpf_link_create_opts { size_t sz; __u32 flags; ...; };

@@ -26,7 +26,8 @@ MAP_TYPE_HASH_OF_MAPS = 13
 MAP_TYPE_RINGBUF = 27
 MAP_F_NO_PREALLOC = 1
 MAP_F_INNER_MAP = 1 << 12  # an inner array map of any size
-PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, 10, 21}
+MAP_TYPE_LRU_PERCPU_HASH = 10
+PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH}
 
 
 # libbpf prints through one process-wide callback; collect per thread while a call that
@@ -109,12 +110,6 @@ class Map:
     @classmethod
     def open_pinned(cls, path: str | Path, key_type: str, value_type: str) -> "Map":
         fd = _check(lib.bpf_obj_get(str(path).encode()), f"opening pinned map {path}")
-        return cls._from_fd(fd, key_type, value_type)
-
-    @classmethod
-    def open_id(cls, map_id: int, key_type: str, value_type: str) -> "Map":
-        """A map by id, as a map-of-maps lookup returns it."""
-        fd = _check(lib.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id}")
         return cls._from_fd(fd, key_type, value_type)
 
     @classmethod
@@ -257,11 +252,6 @@ class Program:
     fd: int
     name: str
 
-    @classmethod
-    def open_pinned(cls, path: str | Path) -> "Program":
-        fd = _check(lib.bpf_obj_get(str(path).encode()), f"opening pinned program {path}")
-        return cls(fd, prog_info(fd).name)
-
     def pin(self, path: str | Path) -> None:
         _check(lib.bpf_obj_pin(self.fd, str(path).encode()), f"pinning program {self.name} at {path}")
 
@@ -337,7 +327,8 @@ class BpfObject:
             ret = lib.bpf_object__load(self._obj)
         if ret < 0:
             text = log.text
-            if "processed" in text or "R0" in text or "invalid" in text or "verifier" in text.lower():
+            # libbpf frames the kernel's verifier log with this marker.
+            if "BEGIN PROG LOAD LOG" in text:
                 raise VerifierError(-ret, f"the verifier rejected {self.path.name}", text)
             raise BpfError(-ret, f"loading {self.path.name}", text.strip()[-3000:])
         self.loaded = True
@@ -394,17 +385,6 @@ def map_info(fd: int) -> Any:
     _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading map info")
     return _Info(id=info.id, type=info.type, name=ffi.string(info.name).decode(),
                  max_entries=info.max_entries)
-
-
-def link_info(fd: int) -> Any:
-    info = ffi.new("struct bpf_link_info *")
-    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_link_info"))
-    _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading link info")
-    return _Info(id=info.id, type=info.type, prog_id=info.prog_id)
-
-
-def prog_fd_by_id(prog_id: int) -> int:
-    return _check(lib.bpf_prog_get_fd_by_id(prog_id), f"opening program id {prog_id}")
 
 
 class _Info(dict):
