@@ -41,7 +41,7 @@ Counter = Callable[[], int]
 def default_bench_config() -> PipelineConfig:
     """The built-in mix is a flood from blocklisted ranges: every packet walks the whole
     chain (parse, fastpath lookup) and is dropped by its last stage."""
-    return PipelineConfig(fastpath_deny=parse_networks([SPOOFED_V4, SPOOFED_V6]))
+    return PipelineConfig(chain=("fastpath",), fastpath_deny=parse_networks([SPOOFED_V4, SPOOFED_V6]))
 
 
 def _per_packet_ns(prog_fd: int, packets: list[bytes], live: bool) -> float:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataplane.pipeline import PipelineConfig
+from .dataplane.stages import DEFAULT_CHAIN
 from .policy.compile import compile_policy
 from .policy.load import load_policy
 from .policy.model import Policy, expand
@@ -45,11 +46,18 @@ class Config:
 def load_config(path: Path | None) -> Config:
     """The built-in defaults without a file; otherwise the validated policy."""
     if path is None:
-        return Config(None, PipelineConfig())
+        return Config(None, PipelineConfig(chain=()))
     policy = load_policy(path)
+    allow, deny = tuple(expand(policy.fastpath.allow)), tuple(expand(policy.fastpath.deny))
+    # A stage with nothing to do would still cost a tail call per packet.
+    busy = {"fastpath": bool(allow or deny), "policy": True}
+    chain = policy.pipeline.stages
+    if chain is None:
+        chain = tuple(stage for stage in DEFAULT_CHAIN if busy[stage])
     return Config(policy, PipelineConfig(
+        chain=chain,
         missed_action=policy.pipeline.on_missing_stage,
-        fastpath_allow=tuple(expand(policy.fastpath.allow)),
-        fastpath_deny=tuple(expand(policy.fastpath.deny)),
+        fastpath_allow=allow,
+        fastpath_deny=deny,
         policy_image=compile_policy(policy),
     ))

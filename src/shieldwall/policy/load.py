@@ -22,6 +22,7 @@ from .errors import Invalid, Issue, PolicyError
 from .model import (
     ACTIONS,
     SET_TYPES,
+    STAGE_NAMES,
     TCP_FLAG_BITS,
     VERDICTS,
     ActionKind,
@@ -450,11 +451,24 @@ class _Validator:
         return Fastpath(lists["allow"], lists["deny"])
 
     def pipeline(self, value: Any) -> Pipeline | None:
-        spec = self.mapping(value, "pipeline", ("on_missing_stage",))
-        if spec is None or "on_missing_stage" not in spec:
+        spec = self.mapping(value, "pipeline", ("on_missing_stage", "stages"))
+        if spec is None:
             return Pipeline()
-        verdict = self.check("pipeline.on_missing_stage", parse_verdict, spec["on_missing_stage"])
-        return Pipeline(verdict) if verdict else None
+        verdict = "pass"
+        if "on_missing_stage" in spec:
+            verdict = self.check("pipeline.on_missing_stage", parse_verdict, spec["on_missing_stage"])
+        stages = self.stages(spec["stages"]) if "stages" in spec else None
+        return Pipeline(verdict, stages) if verdict else None
+
+    def stages(self, value: Any) -> tuple[str, ...] | None:
+        listed = self.sequence(value, "pipeline.stages")
+        for index, name in enumerate(listed):
+            if not isinstance(name, str) or name not in STAGE_NAMES:
+                self.report(f"pipeline.stages[{index}]",
+                            f"unknown stage {name!r}; known: {', '.join(STAGE_NAMES)}")
+            elif listed.index(name) != index:
+                self.report(f"pipeline.stages[{index}]", f"stage {name!r} is listed twice")
+        return tuple(listed)
 
     # --- rules
 

@@ -281,9 +281,15 @@ class Rule:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What the chain does when a stage is missing: fail open (pass) or closed (drop)."""
+    """What the chain does when a stage is missing: fail open (pass) or closed (drop);
+    and which stages run, in order (None: those with work to do, in the usual order)."""
 
     on_missing_stage: Verdict = "pass"
+    stages: tuple[str, ...] | None = None
+
+
+# Stages a chain can name: the data plane's modules, less the root that runs them.
+STAGE_NAMES = tuple(name for code, name in sorted(abi.MODULE_NAMES.items()) if name != "root")
 
 
 @dataclass(frozen=True)
