@@ -28,6 +28,7 @@ from .lab.netns import enter_netns
 from .lab.traffic import (FLOOD_SOURCES, IPV4_SRC_OFFSET, SPOOFED_V4, SPOOFED_V6, builtin_mix,
                           flood_sources, syn_flood_v4)
 from .lab.trafgen import TrafficGenerator, xdp_rx_packets
+from .model.parse import ETH_HLEN
 from .paths import object_path
 from .pcapio import read_frames
 
@@ -74,7 +75,7 @@ def _flood_mpps(gen: TrafficGenerator, template: bytes, packets: int, arrivals: 
 def run_bench(config: Config, pcap: Path | None, packets: int = 2_000_000) -> dict:
     pipeline_config = config.pipeline if config.policy else default_bench_config()
     with topology.lab() as topo:
-        mix = ([f.data for f in read_frames(pcap) if len(f.data) >= 14] if pcap else
+        mix = ([f.data for f in read_frames(pcap) if len(f.data) >= ETH_HLEN] if pcap else
                builtin_mix(topo.server_mac, topo.outside_mac, topo.server_v4, topo.server_v6))
         if not mix:
             raise ValueError(f"{pcap}: no frame long enough to run")

@@ -8,12 +8,8 @@ from typing import Iterator
 from . import abi
 from .config import Config
 from .dataplane.pipeline import Pipeline, one_cpu
-from .model.parse import parse
+from .model.parse import ETH_HLEN, parse
 from .pcapio import read_frames
-
-# BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, and no driver hands
-# such a runt to XDP either; the root's decision for them is known without running it.
-ETH_HLEN = 14
 
 
 def verdicts(pcap: Path, config: Config) -> Iterator[dict]:
@@ -21,6 +17,8 @@ def verdicts(pcap: Path, config: Config) -> Iterator[dict]:
     with Pipeline.load(config.pipeline) as pipeline, one_cpu() as cpu:
         for frame in frames:
             line = {"index": frame.index}
+            # BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, and no
+            # driver hands such a runt to XDP either: the root's decision is known.
             if len(frame.data) < ETH_HLEN:
                 _, decision = parse(frame.data)
                 line.update(action=abi.action_name(decision.action),

@@ -8,11 +8,11 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
+from ..model.parse import ETH_HLEN
+
 SPOOFED_V4 = "198.51.100.0/24"
 SPOOFED_V6 = "2001:db8:bad::/48"
-ETH_HLEN = 14
 IPV4_SRC_OFFSET = ETH_HLEN + 12  # where an untagged IPv4 source address starts
-
 
 FLOOD_SOURCES = 250  # spoofed sources a flood cycles through: 198.51.100.1 and up
 FLOOD_FIRST_SOURCE = "198.51.100.1"
