@@ -147,12 +147,42 @@ struct sw_fastpath_entry {
 	__u32 action;		/* SW_ACT_PASS (allowlisted) or SW_ACT_DROP (blocklisted) */
 };
 
-/* Traffic generator settings (array map, one entry). */
+/* Traffic generator (bpf/tools/trafgen.bpf.c): measurement, not product. */
+#define SW_GEN_FIXED 0		/* the template as is, sources optionally spread */
+#define SW_GEN_RANDOM 1		/* a random template, its fields rewritten per frame */
+#define SW_GEN_REPLAY 2		/* captured frames, round-robin */
+#define SW_GEN_TEMPLATES 8
+#define SW_GEN_HDR_MAX 128	/* header bytes a random-mode template writes */
+#define SW_GEN_FRAME_MAX 1600	/* the longest frame replay mode carries */
+#define SW_GEN_PORTS 32		/* ports the random mode favors: the policy's own */
+
 struct sw_gen_config {
-	__u32 ifindex;		/* where the template goes out */
-	__u32 src_spread;	/* distinct sources to cycle through; 0 keeps the template's */
-	__u32 src_offset;	/* frame offset of the source address' last 4 bytes */
-	__u32 src_base;		/* the template's low 16 source bits: sources are base + n */
+	__u32 ifindex;		/* where frames go out (redirect program) */
+	__u32 mode;		/* SW_GEN_* */
+	__u32 src_spread;	/* fixed mode: distinct sources to cycle through; 0 keeps the template's */
+	__u32 src_offset;	/* fixed mode: frame offset of the source address' last 4 bytes */
+	__u32 src_base;		/* fixed mode: the template's low 16 source bits */
+	__u32 ntemplates;	/* random mode: templates in use */
+	__u32 nframes;		/* replay mode: frames in use */
+	__u32 nports;		/* random mode: entries of ports[] in use */
+	__u16 ports[32];
+};
+
+/* One random-mode template: its header bytes and where the fields it rewrites live. */
+struct sw_gen_template {
+	__u16 hdr_len;		/* bytes of data[] that make the headers */
+	__u16 frame_len;	/* the frame's length: l3 lengths are drawn up to it */
+	__u16 l3_off;
+	__u16 l4_off;
+	__u16 vlan_off;		/* offset of the innermost tag's TCI, 0 when untagged */
+	__u8 family;		/* SW_FAMILY_IPV4 or SW_FAMILY_IPV6 */
+	__u8 src_bits;		/* low bits of the source address drawn at random */
+	__u8 data[128];
+};
+
+struct sw_gen_frame {
+	__u32 len;
+	__u8 data[1600];
 };
 
 /*

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from .paths import SHARED_HEADER
 
-_DEFINE = re.compile(r"^#define\s+(SW_[A-Z0-9_]+)\s+(\d+)\s*$", re.M)
+_DEFINE = re.compile(r"^#define\s+(SW_[A-Z0-9_]+)\s+(\d+)[ \t]*$", re.M)
 
 
 def cdef_region(text: str) -> str:
@@ -24,7 +24,7 @@ def cdef_region(text: str) -> str:
 
 @lru_cache(maxsize=None)
 def defines() -> dict[str, int]:
-    text = cdef_region(SHARED_HEADER.read_text())
+    text = re.sub(r"/\*.*?\*/", "", cdef_region(SHARED_HEADER.read_text()), flags=re.S)
     return {name: int(value) for name, value in _DEFINE.findall(text)}
 
 

@@ -15,7 +15,7 @@ from shieldwall.dataplane import bpffs
 from shieldwall.kernel import xdp
 from shieldwall.kernel.libbpf import BpfObject
 from shieldwall.lab import topology
-from shieldwall.lab.netns import enter_netns
+from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.traffic import IPV4_SRC_OFFSET, syn_flood_v4
 from shieldwall.lab.trafgen import TrafficGenerator
 from shieldwall.paths import object_path

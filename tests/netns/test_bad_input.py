@@ -13,7 +13,7 @@ import pytest
 from shieldwall.dataplane import bpffs
 from shieldwall.kernel import xdp
 from shieldwall.lab import topology
-from shieldwall.lab.netns import enter_netns
+from shieldwall.kernel.netns import enter_netns
 from shieldwall.paths import BPF_SRC_DIR, object_dir
 
 from .test_attach import shieldwall

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from shieldwall.kernel.netns import NamespaceError
 from shieldwall.lab import netns as ns
 from shieldwall.lab import topology as topo_mod
 from shieldwall.lab import (
@@ -202,7 +203,7 @@ def test_enter_netns_switches_and_restores() -> None:
 
 
 def test_enter_netns_unknown_namespace() -> None:
-    with pytest.raises(LabError, match="sw-nonexistent"):
+    with pytest.raises(NamespaceError, match="sw-nonexistent"):
         with enter_netns("sw-nonexistent"):
             pass
 

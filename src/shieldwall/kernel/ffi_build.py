@@ -140,6 +140,7 @@ void sw_capture_libbpf_output(void);
 LIBBPF_SOURCE = r"""
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <linux/if_link.h>
@@ -149,11 +150,27 @@ LIBBPF_SOURCE = r"""
 
 static void sw_libbpf_message(int level, const char *msg);
 
+/* Verifier logs arrive as one message of up to megabytes: the end, where the verifier
+ * says why, must not be cut off. */
 static int sw_print(enum libbpf_print_level level, const char *fmt, va_list args)
 {
-    char buf[4096];
-    vsnprintf(buf, sizeof(buf), fmt, args);
+    char small[1024], *buf = small;
+    va_list again;
+    int n;
+
+    va_copy(again, args);
+    n = vsnprintf(small, sizeof(small), fmt, args);
+    if (n >= (int)sizeof(small)) {
+        buf = malloc((size_t)n + 1);
+        if (buf)
+            vsnprintf(buf, (size_t)n + 1, fmt, again);
+        else
+            buf = small;
+    }
+    va_end(again);
     sw_libbpf_message((int)level, buf);
+    if (buf != small)
+        free(buf);
     return 0;
 }
 

@@ -11,7 +11,7 @@ from tempfile import TemporaryDirectory
 from ..config import load_config
 from ..engine import lifecycle
 from . import topology
-from .netns import enter_netns
+from ..kernel.netns import enter_netns
 from .traffic import IPV4_SRC_OFFSET, SPOOFED_V4, syn_flood_v4
 from .trafgen import TrafficGenerator
 

@@ -21,13 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-NETNS_RUN_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
+from ..kernel.netns import NETNS_RUN_DIR, NamespaceError, enter_netns
+
 DEFAULT_TIMEOUT = 30.0
 
 
 class LabError(RuntimeError):
     """A lab operation failed; the message names the command and what it printed."""
+
+
+__all__ = ["LabError", "NamespaceError", "enter_netns"]
 
 
 # --- commands ---------------------------------------------------------------------
@@ -71,53 +74,6 @@ def ip_json(*args: str, netns: str | None = None) -> list[dict[str, Any]]:
     """`ip -j ...` parsed; an empty answer (iproute2 prints nothing at all) is []."""
     out = ip("-j", *args, netns=netns).stdout.strip()
     return json.loads(out) if out else []
-
-
-# --- entering a namespace in-process ----------------------------------------------
-
-
-def _setns(fd: int, nstype: int) -> None:
-    if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, nstype)
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def enter_netns(name: str) -> Iterator[None]:
-    """Move the calling thread into network namespace NAME for the block.
-
-    Only the network namespace changes: the mount namespace (and so the host's
-    /sys/fs/bpf) stays. Sockets created inside keep that namespace after the block.
-    Note that /sys/class/net still shows the original namespace's devices, because
-    sysfs is bound to the namespace it was mounted in; use netlink or
-    socket.if_nametoindex instead.
-    """
-    try:
-        target = os.open(NETNS_RUN_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise LabError(f"network namespace {name!r} does not exist") from None
-    try:
-        # thread-self, not self: setns moves one thread, and /proc/self is the
-        # main thread's view even when called from another thread.
-        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                _setns(target, CLONE_NEWNET)
-            except PermissionError:
-                raise LabError(f"entering network namespace {name!r} needs root "
-                               "(CAP_SYS_ADMIN)") from None
-            try:
-                yield
-            finally:
-                _setns(original, CLONE_NEWNET)
-        finally:
-            os.close(original)
-    finally:
-        os.close(target)
 
 
 # --- namespaces -------------------------------------------------------------------

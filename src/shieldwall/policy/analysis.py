@@ -18,7 +18,7 @@ from typing import Iterable
 from weakref import WeakKeyDictionary
 
 from .errors import Issue
-from .load import DOMAINS, PROTOCOLS
+from .model import DOMAINS, PROTOCOLS
 from .model import (
     AddrValue,
     Family,

@@ -19,7 +19,7 @@ from typing import Callable, Hashable, Iterable
 from .. import abi
 from ..model.parse import IPPROTO_TCP, ParsedPacket
 from .analysis import Intervals, field_space, normalize
-from .load import DOMAINS
+from .model import DOMAINS
 from .model import AddrValue, Items, Match, Policy, PrefixSet
 from .reference import matches
 

@@ -27,7 +27,10 @@ from .model import (
     VERDICTS,
     ActionKind,
     AddrValue,
+    DOMAINS,
+    PROTOCOLS,
     Capacity,
+    Domain,
     Family,
     Fastpath,
     Fragment,
@@ -47,19 +50,6 @@ from .model import (
 from .sets import parse_prefix, read_set_file
 
 SUPPORTED_VERSION = 1
-
-# IANA protocol numbers for the names `proto` accepts.
-PROTOCOLS: Mapping[str, int] = MappingProxyType({
-    "icmp": 1,
-    "tcp": 6,
-    "udp": 17,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "icmpv6": 58,
-    "ipv6-icmp": 58,
-    "sctp": 132,
-})
 
 # Rule names end up in counters and metrics labels.
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -138,29 +128,6 @@ def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
 
 
 # --- scalar values ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Domain:
-    """The values a numeric field takes: its noun in errors, bounds and any names."""
-
-    noun: str
-    lo: int
-    hi: int
-    names: Mapping[str, int] = field(default_factory=dict)
-
-
-PORT = Domain("port", 0, 65535)
-DOMAINS: Mapping[str, Domain] = MappingProxyType({
-    "proto": Domain("protocol number", 0, 255, PROTOCOLS),
-    "sport": PORT,
-    "dport": PORT,
-    "icmp_type": Domain("ICMP type", 0, 255),
-    "icmp_code": Domain("ICMP code", 0, 255),
-    "length": Domain("length", 0, 65535),
-    "ttl": Domain("TTL", 0, 255),
-    "vlan": Domain("VLAN id", 0, 4095),
-})
 
 
 def _describe(value: Any) -> str:

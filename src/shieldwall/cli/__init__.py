@@ -9,28 +9,29 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from .kernel.errors import BpfError, VerifierError
-from .lab.netns import LabError
-from .pcapio import PcapError
-from .policy.errors import PolicyError
+from ..kernel.errors import BpfError, VerifierError
+from ..kernel.netns import NamespaceError
+from ..lab.netns import LabError
+from ..pcapio import PcapError
+from ..policy.errors import PolicyError
 
 
 def _netns(args: argparse.Namespace):
     if getattr(args, "netns", None):
-        from .lab.netns import enter_netns
+        from ..kernel.netns import enter_netns
         return enter_netns(args.netns)
     return nullcontext()
 
 
 def _config(args: argparse.Namespace):
-    from .config import load_config
+    from ..config import load_config
     if getattr(args, "config_required", False) and not args.config:
         raise ValueError("--config FILE is required")
     return load_config(Path(args.config) if args.config else None)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .engine import lifecycle
+    from ..engine import lifecycle
     config = _config(args)
     with _netns(args):
         result = lifecycle.up(args.iface, config.pipeline, mode=args.mode, force=args.force)
@@ -45,7 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from .engine import lifecycle
+    from ..engine import lifecycle
     config = _config(args)
     with _netns(args):
         result = lifecycle.reload(args.iface, config.pipeline)
@@ -54,7 +55,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from .engine import lifecycle
+    from ..engine import lifecycle
     with _netns(args):
         removed = lifecycle.down(args.iface)
     print(f"shieldwall detached from {args.iface}" if removed else f"shieldwall was not attached to {args.iface}")
@@ -62,7 +63,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .engine import lifecycle
+    from ..engine import lifecycle
     with _netns(args):
         reports = lifecycle.status(args.iface)
     if args.json:
@@ -88,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .policy.analysis import analyze
+    from ..policy.analysis import analyze
     config = _config(args)
     report = analyze(config.policy)
     summary = report.summary
@@ -115,7 +116,7 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from .lab import topology
+    from ..lab import topology
     if args.lab_cmd == "up":
         topo = topology.lab_up()
         print(json.dumps(topo.to_dict(), indent=2))
@@ -128,7 +129,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .lab.demo import run_demo
+    from ..lab.demo import run_demo
     return run_demo()
 
 
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shieldwall: {exc.what}: {exc.strerror.splitlines()[0]}", file=sys.stderr)
         print("verifier log (end):\n" + exc.detail, file=sys.stderr)
         return 3
-    except (BpfError, OSError, ValueError, RuntimeError, PcapError, PolicyError, LabError) as exc:
+    except (BpfError, OSError, ValueError, RuntimeError, PcapError, PolicyError, LabError,
+            NamespaceError) as exc:
         print(f"shieldwall: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,19 +18,19 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Callable, Iterator
 
-from .config import Config
-from .dataplane.pipeline import Pipeline, PipelineConfig, parse_networks
-from .kernel import libbpf, xdp
-from .kernel.libbpf import BpfObject
-from .kernel.testrun import prog_test_run, prog_test_run_live
-from .lab import peers, topology
-from .lab.netns import enter_netns
-from .lab.traffic import (FLOOD_SOURCES, IPV4_SRC_OFFSET, SPOOFED_V4, SPOOFED_V6, builtin_mix,
+from ..config import Config
+from ..dataplane.pipeline import Pipeline, PipelineConfig, parse_networks
+from ..kernel import libbpf, xdp
+from ..kernel.libbpf import BpfObject
+from ..kernel.testrun import prog_test_run, prog_test_run_live
+from ..lab import peers, topology
+from ..kernel.netns import enter_netns
+from ..lab.traffic import (FLOOD_SOURCES, IPV4_SRC_OFFSET, SPOOFED_V4, SPOOFED_V6, builtin_mix,
                           flood_sources, syn_flood_v4)
-from .lab.trafgen import TrafficGenerator, xdp_rx_packets
-from .model.parse import ETH_HLEN
-from .paths import object_path
-from .pcapio import read_frames
+from ..lab.trafgen import TrafficGenerator, xdp_rx_packets
+from ..model.parse import ETH_HLEN
+from ..paths import object_path
+from ..pcapio import read_frames
 
 LIVE_REPEAT = 200_000
 PROGRAM_REPEAT = 200_000

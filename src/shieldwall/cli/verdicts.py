@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from . import abi
-from .config import Config
-from .dataplane.pipeline import Pipeline, one_cpu
-from .model.parse import ETH_HLEN, parse
-from .pcapio import read_frames
+from .. import abi
+from ..config import Config
+from ..dataplane.pipeline import Pipeline, one_cpu
+from ..model.parse import ETH_HLEN, parse
+from ..pcapio import read_frames
 
 
 def verdicts(pcap: Path, config: Config) -> Iterator[dict]:

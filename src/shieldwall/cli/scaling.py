@@ -18,11 +18,11 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from . import abi
-from .dataplane.pipeline import Pipeline, PipelineConfig, one_cpu
-from .kernel.testrun import prog_test_run
-from .policy import Capacity, load_policy, parse_policy
-from .policy.compile import compile_policy
+from .. import abi
+from ..dataplane.pipeline import Pipeline, PipelineConfig, one_cpu
+from ..kernel.testrun import prog_test_run
+from ..policy import Capacity, load_policy, parse_policy
+from ..policy.compile import compile_policy
 
 RULE_COUNTS = (10, 100, 1_000, 10_000)
 SET_SIZES = (1, 1_000, 100_000, 1_000_000)
