@@ -182,15 +182,15 @@ def lab_up(topo: LabTopology = DEFAULT_TOPOLOGY) -> LabTopology:
 
 
 def lab_down(topo: LabTopology = DEFAULT_TOPOLOGY) -> None:
-    """Remove the lab's namespaces and any other sw-* namespace; never fails if gone.
+    """Remove the topology's own namespaces; never fails if they are gone, and never
+    touches any other namespace (another lab, a test run, the user's own).
 
     Deleting a namespace destroys the veth end inside it and so the whole pair.
     Processes left inside (servers from a crashed run) are killed, so the namespaces
     are really freed instead of lingering unnamed.
     """
-    names = set(topo.namespaces) | set(ns.list_netns(LAB_PREFIX))
     errors = []
-    for name in sorted(names):
+    for name in sorted(set(topo.namespaces)):
         try:
             ns.delete_netns(name)
             # The interfaces went with the namespace; their pinned pipelines must too.
