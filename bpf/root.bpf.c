@@ -1,18 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The root program: parses each packet once, then starts the stage chain. */
+/* The root program: parses each packet once, classifies its source once for every stage
+ * that keys on it, then starts the stage chain. */
 #include "lib/parse.h"
 #include "lib/pipeline.h"
+
+/* The source trie, merged from every stage's source prefixes (docs/architecture.md). */
+SW_TABLE_MAP(sw_src_tab);
+SW_HOSTS_MAP(sw_src_hosts);
 
 SEC("xdp.frags")
 int sw_root(struct xdp_md *ctx)
 {
 	SW_STAGE_PKT(pkt);
-	__u64 seq = pkt->seq + 1;
 	int reason;
 
 	/* The scratch outlives the previous packet on this CPU: start clean. */
 	__builtin_memset(pkt, 0, sizeof(*pkt));
-	pkt->seq = seq;
 	pkt->frame_len = bpf_xdp_get_buff_len(ctx);
 
 	reason = sw_parse(ctx, pkt);
@@ -20,6 +23,9 @@ int sw_root(struct xdp_md *ctx)
 		return sw_finish(pkt, SW_ACT_PASS, reason, SW_MOD_ROOT, SW_RULE_NONE);
 	if (reason)
 		return sw_finish(pkt, SW_ACT_DROP, reason, SW_MOD_ROOT, SW_RULE_NONE);
+	if (sw_consts.src_classes)
+		pkt->src_class = sw_addr_class(&sw_src_tab, &sw_src_hosts, sw_consts.src_root4,
+					       sw_consts.src_root6, pkt->src, pkt->family);
 	return sw_next(ctx, pkt);
 }
 

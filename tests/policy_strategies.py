@@ -138,3 +138,46 @@ def packets(draw) -> bytes:
     if upper is not None:
         frame = frame / upper
     return bytes(frame / Raw(b"p" * draw(st.sampled_from([0, 10, 60, 120]))))
+
+
+# Large policies: hundreds or thousands of rules over the same pools, built by a seeded
+# generator (hypothesis draws the seed and the size), so the examples stay cheap to draw
+# and still overlap: nested prefixes, shared ports and ranges, negations, every action.
+_LARGE_SHAPES = [("src",), ("dst", "proto", "dport"), ("src", "proto", "dport"), ("proto", "sport"),
+                 ("dst",), ("proto", "tcp_flags"), ("length", "ttl"), ("src", "dst"),
+                 ("proto", "dport", "length"), ("icmp_type", "proto"), ("vlan",), ("fragment",)]
+
+
+def _large_value(rnd, name: str, hosts: list[str]) -> object:
+    if name in ("src", "dst"):
+        pick = rnd.random()
+        if pick < 0.5:
+            return rnd.choice(hosts)
+        value = rnd.choice(PREFIXES_V4 + PREFIXES_V6)
+        return f"!{value}" if pick > 0.95 else value
+    pools = {"proto": ["tcp", "udp", "icmp", "icmpv6", "17", "0-16"], "sport": PORTS,
+             "dport": PORTS + [str(p) for p in (22, 25, 53, 123, 8443, 9000, 1500, 2000)],
+             "length": LENGTHS, "ttl": TTLS, "icmp_type": ICMP_NUMBERS, "vlan": VLANS,
+             "tcp_flags": TCP_FLAGS, "fragment": ["any", "first", "non_first"]}
+    value = rnd.choice(pools[name])
+    if name not in ("tcp_flags", "fragment") and rnd.random() < 0.05:
+        return [f"!{value}"]
+    return value
+
+
+@st.composite
+def large_policies(draw, min_rules: int = 513, max_rules: int = 1500) -> Policy:
+    import random
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    count = draw(st.integers(min_rules, max_rules))
+    hosts = ADDRESSES_V4 + ADDRESSES_V6[:-1] + [f"192.0.2.{i}" for i in range(0, 256, 3)] + \
+        [f"2001:db8:1::{i:x}" for i in range(0, 600, 7)]
+    rules = []
+    for i in range(count):
+        shape = rnd.choice(_LARGE_SHAPES)
+        action = rnd.choice(["pass", "drop", "drop", "count", "monitor"] if rnd.random() < 0.1
+                            else ["pass", "drop"])
+        rules.append({"name": f"r{i + 1}", "action": action,
+                      "match": {name: _large_value(rnd, name, hosts) for name in shape}})
+    data = {"version": 1, "default_action": rnd.choice(["pass", "drop"]), "rules": rules}
+    return parse_policy(data, "large.yaml", ".")

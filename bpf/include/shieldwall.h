@@ -89,15 +89,14 @@
 /*
  * The parse result: the root program fills it once per packet and every stage reads it
  * from the per-CPU scratch map instead of parsing again. Addresses are 16 bytes; IPv4
- * is stored IPv4-mapped (::ffff:a.b.c.d) so one LPM trie serves both families.
- * Multi-byte numbers are host order.
+ * is stored IPv4-mapped (::ffff:a.b.c.d). Multi-byte numbers are host order.
  */
 struct sw_pkt {
-	__u64 seq;		/* per-CPU packet count: userspace finds the newest decision */
 	__u8 src[16];
 	__u8 dst[16];
 	__u32 frame_len;	/* bytes in the frame as received */
 	__u32 rule;		/* deciding rule id, SW_RULE_NONE if none */
+	__u32 src_class;	/* the source's class (root: one lookup for every stage) */
 	__u16 l3_off;
 	__u16 l4_off;
 	__u16 eth_proto;	/* innermost EtherType */
@@ -117,9 +116,8 @@ struct sw_pkt {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 flags;		/* SW_PKT_* bits */
-	__u8 next_slot;		/* chain position of the next stage to run */
 	__u8 action;		/* SW_ACT_* of the decision */
-	__u8 pad0;
+	__u8 pad0[6];		/* a multiple of 8 bytes: per-CPU values are laid out so */
 };
 
 /* Per-CPU counter cell, one per (action, reason) pair. */
@@ -128,24 +126,59 @@ struct sw_counter {
 	__u64 bytes;
 };
 
-/* The pipeline's own configuration (array map, one entry). */
+/* A chain slot that ends the chain: the stage after the last one. */
+#define SW_SLOT_END 255
+
+/*
+ * What every program of one loaded pipeline knows before the verifier sees it (its
+ * .rodata.sw section, frozen at load): the verifier then treats these as constants, so
+ * the tail call to the next stage becomes a direct jump and unused code is pruned.
+ */
+struct sw_consts {
+	__u32 next_slot;	/* the next stage's slot, SW_SLOT_END at the chain's end */
+	__u32 missed_action;	/* verdict when that slot is empty: SW_ACT_PASS or SW_ACT_DROP */
+	__u32 end_action;	/* verdict when the chain ends without a decision */
+	__u32 src_classes;	/* root: classify sources (some stage reads sw_pkt.src_class) */
+	__u32 src_root4;	/* root: the source trie's IPv4 and IPv6 root nodes */
+	__u32 src_root6;
+};
+
+/* The pipeline's record of its own configuration, for status (not read per packet). */
 struct sw_config {
-	__u32 chain_len;	/* stages in the chain; slot chain_len ends it */
-	__u32 missed_action;	/* verdict when a chain slot is empty: SW_ACT_PASS or SW_ACT_DROP */
-	__u32 end_action;	/* verdict when the chain runs out without a decision */
+	__u32 chain_len;
+	__u32 missed_action;
+	__u32 end_action;
 	__u32 pad0;
 };
 
-/* Key of every address LPM trie: IPv4 prefixes are stored IPv4-mapped (prefixlen + 96). */
-struct sw_lpm_key {
-	__u32 prefixlen;
+/*
+ * Tables: arrays of 4 KiB chunks of u32 entries, one map per owner. Whole chunks keep
+ * the kernel from padding every u32 to 8 bytes, and a lookup is an inlined bounds check
+ * plus one load.
+ */
+#define SW_TAB_SHIFT 10
+#define SW_TAB_CHUNK 1024
+struct sw_tab_chunk {
+	__u32 e[1024];
+};
+
+/*
+ * Address tries in a table: a node is 256 entries indexed by one address byte. An
+ * entry is a child node, or a class (with SW_TRIE_HOSTS when single addresses below
+ * it live in the owner's host hash). IPv4 walks bytes 12-15 of the mapped address from
+ * its own root, IPv6 all 16 from another: the families never answer for each other.
+ */
+#define SW_TRIE_CHILD 2147483648
+#define SW_TRIE_HOSTS 1073741824
+#define SW_TRIE_CLASS 1073741823
+#define SW_TRIE_FANOUT 256
+
+struct sw_addr_key {
 	__u8 addr[16];
 };
 
-/* Value of the fastpath trie. */
-struct sw_fastpath_entry {
-	__u32 action;		/* SW_ACT_PASS (allowlisted) or SW_ACT_DROP (blocklisted) */
-};
+/* Values of the fastpath's table, per source class: 0 for neither list. */
+#define SW_FP_NONE 0
 
 /* Traffic generator (bpf/tools/trafgen.bpf.c): measurement, not product. */
 #define SW_GEN_FIXED 0		/* the template as is, sources optionally spread */
@@ -187,8 +220,8 @@ struct sw_gen_frame {
 
 /*
  * The policy stage's classifier (docs/classifier.md). Every match field maps a packet to
- * a class; a class has a bitvector of the rules the field admits; the AND of the
- * packet's vectors holds the rules that match it, in policy order.
+ * a class: values that admit the same rules share one. Decision chains then map the
+ * packet's classes to its first deciding rule.
  */
 #define SW_POL_F_SRC 0
 #define SW_POL_F_DST 1
@@ -205,6 +238,14 @@ struct sw_gen_frame {
 #define SW_POL_F_FAMILY 12
 #define SW_POL_FIELDS 13
 
+/* The classifier's decision chains (docs/classifier.md): the combined small fields are
+ * one more dimension after the fields; buckets and steps are bounded so every packet
+ * costs a bounded number of table reads. */
+#define SW_POL_DIM_MISC 13
+#define SW_POL_DIMS 14
+#define SW_POL_MAX_BUCKETS 6
+#define SW_POL_MAX_STEPS 12
+
 /* Keys of the fragment field: what kind of fragment a packet is. */
 #define SW_POL_FRAG_NONE 0
 #define SW_POL_FRAG_FIRST 1
@@ -212,44 +253,45 @@ struct sw_gen_frame {
 #define SW_POL_FRAG_OTHER 3
 #define SW_POL_FRAG_KEYS 4
 
-/* Vectors that are no field's: which rules decide, drop, or would drop (monitor). */
-#define SW_POL_V_DECIDES 0
-#define SW_POL_V_DROPS 1
-#define SW_POL_V_WOULD_DROP 2
-#define SW_POL_KINDS 3
-
-/* Vectors are read in blocks of 8 words (512 rules); the most rules take 20 blocks. A
- * cached decision replays at most 8 non-deciding hits. */
+/* The policy stage's shape for one ruleset, in its .rodata.pol (see sw_consts for why).
+ * A step maps (state, class) to the next state: dense, table[table_base + state * width
+ * + class]; sparse, the hash's entry for (state_base + state) << 32 | class, else the
+ * default table[table_base + state]. A bucket's final state indexes its decisions: two
+ * entries, the deciding rule id (0: none) | SW_POL_DROPS when it drops, then where its
+ * counted list starts: a length, then rule id | SW_POL_WOULD_DROP per counting rule. */
+#define SW_POL_DROPS 2147483648
+#define SW_POL_WOULD_DROP 2147483648
 #define SW_POL_MAX_RULES 10240
-#define SW_POL_BLOCK_WORDS 8
-#define SW_POL_MAX_BLOCKS 20
-#define SW_POL_CACHE_COUNTED 8
 
-/* One field of the active ruleset. */
-struct sw_pol_field {
-	__u32 used;		/* some rule matches on it; otherwise it is not looked up */
-	__u32 key_base;		/* index of value 0 in the key map (scalar fields) */
-	__u32 na_class;		/* class of a value no lookup can key: the field does not apply
-				 * (no ports without TCP/UDP...), or for src/dst an IPv4-mapped
-				 * address in an IPv6 packet */
-	__u32 vec_base;		/* block index of class 0's vector */
+struct sw_pol_step {
+	__u32 dim;		/* SW_POL_F_* or SW_POL_DIM_MISC */
+	__u32 sparse;
+	__u32 remap_base;	/* the dimension's class -> this bucket's class */
+	__u32 width;
+	__u32 table_base;
+	__u32 state_base;	/* sparse: what makes this step's hash keys unique */
 };
 
-/* A ruleset (array map: one per generation slot). */
-struct sw_pol_meta {
+struct sw_pol_bucket {
+	__u32 nsteps;
+	__u32 decision_base;
+	struct sw_pol_step step[12];
+};
+
+struct sw_pol_consts {
 	__u32 enabled;		/* 0: no policy, the stage hands packets on */
-	__u32 nrules;
-	__u32 nblocks;		/* vector length in blocks */
-	__u32 default_action;	/* SW_ACT_PASS or SW_ACT_DROP */
-	__u32 kinds_base;	/* block index of the SW_POL_V_* vectors */
-	__u32 pad0;
-	struct sw_pol_field field[SW_POL_FIELDS];
-};
-
-/* Which ruleset is active: slot gen % 2. Bumping gen is the one write that switches. */
-struct sw_pol_state {
-	__u32 gen;
-	__u32 pad0;
+	__u32 default_action;
+	__u32 nbuckets;
+	__u32 counting;		/* some rule counts without deciding (count, monitor) */
+	__u32 field_used[13];
+	__u32 field_base[13];	/* scalar: key table; src: column by source class */
+	__u32 field_na[13];	/* class when the field does not apply to the packet */
+	__u32 dst_root4;
+	__u32 dst_root6;
+	__u32 misc_used;
+	__u32 misc_base;
+	__u32 misc_stride[13];	/* 0 for fields outside the product */
+	struct sw_pol_bucket bucket[6];
 };
 
 /* Per-CPU, per rule id of the active ruleset. */
@@ -268,36 +310,6 @@ struct sw_rule_name {
 	char name[64];
 };
 
-/* Decision cache: the classes of a packet decide everything but ND protection. */
-struct sw_pol_cache_key {
-	__u32 gen;
-	__u32 cls[SW_POL_FIELDS];	/* 0 for fields no rule uses */
-};
-
-struct sw_pol_cache_entry {
-	__u16 rule;		/* deciding rule id, SW_RULE_NONE for the default */
-	__u8 action;		/* its verdict */
-	__u8 ncounted;
-	__u16 counted[SW_POL_CACHE_COUNTED];	/* non-deciding rules that matched, by id */
-	__u8 would_drop;	/* bit i: counted[i] would have dropped */
-	__u8 pad0;
-};
-
-/* The cache is direct-mapped, per CPU: a slot is picked by a hash of the key, and a
- * miss overwrites it. Lookups are an inlined array access and a compare. */
-#define SW_POL_CACHE_SLOTS 8192
-struct sw_pol_cache_slot {
-	struct sw_pol_cache_key key;
-	struct sw_pol_cache_entry entry;
-};
-
 /* cdef-end */
-
-/* A vector block: bit i of word j is rule 64 * j + i of the block. Outside the cdef
- * region because cffi's __u64 is not the kernel's type, which an array makes an error;
- * Python handles blocks as __u64[SW_POL_BLOCK_WORDS]. */
-struct sw_pol_block {
-	__u64 w[SW_POL_BLOCK_WORDS];
-};
 
 #endif /* SHIELDWALL_H */

@@ -2,7 +2,7 @@
 /*
  * The maps every stage shares with the root program. Each object declares them; the
  * loader makes every stage reuse the root's instances, so there is one of each per
- * pipeline.
+ * loaded pipeline (sw_counters, a state map, is also kept across reloads).
  */
 #ifndef SW_MAPS_H
 #define SW_MAPS_H
@@ -25,6 +25,7 @@ struct {
 	__type(value, struct sw_counter);
 } sw_counters SEC(".maps");
 
+/* What this pipeline was configured with, for status: the data plane reads sw_consts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -32,12 +33,30 @@ struct {
 	__type(value, struct sw_config);
 } sw_config SEC(".maps");
 
-/* The stage chain: slot i holds the i-th stage. */
+/* The stage chain: slot i holds the i-th stage. Each loaded pipeline has its own, so a
+ * reload switches the whole chain with its root. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, SW_MAX_STAGES);
 	__type(key, __u32);
 	__type(value, __u32);
 } sw_stages SEC(".maps");
+
+/* A table (lib/table.h) or a host hash, sized by the loader for what it holds. */
+#define SW_TABLE_MAP(name)                                   \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_ARRAY);            \
+		__uint(max_entries, 1);                      \
+		__type(key, __u32);                          \
+		__type(value, struct sw_tab_chunk);          \
+	} name SEC(".maps")
+
+#define SW_HOSTS_MAP(name)                                   \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);             \
+		__uint(max_entries, 1);                      \
+		__type(key, struct sw_addr_key);             \
+		__type(value, __u32);                        \
+	} name SEC(".maps")
 
 #endif /* SW_MAPS_H */

@@ -4,6 +4,14 @@
 #define SW_PIPELINE_H
 
 #include "maps.h"
+#include "table.h"
+
+/* Set by the loader for this program's place in this pipeline (struct sw_consts). */
+const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {
+	.next_slot = SW_SLOT_END,
+	.missed_action = SW_ACT_PASS,
+	.end_action = SW_ACT_PASS,
+};
 
 static __always_inline struct sw_pkt *sw_scratch_pkt(void)
 {
@@ -37,36 +45,20 @@ static __always_inline int sw_finish(struct sw_pkt *pkt, __u32 action, __u32 rea
 	return action;
 }
 
-static __always_inline struct sw_config *sw_get_config(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&sw_config, &zero);
-}
-
 /* The configured failure outcome, for a stage that is missing or cannot do its job. */
 static __always_inline int sw_missed(struct sw_pkt *pkt)
 {
-	struct sw_config *cfg = sw_get_config();
-	__u32 action = cfg ? cfg->missed_action : SW_ACT_PASS;
-
-	return sw_finish(pkt, action, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
+	return sw_finish(pkt, sw_consts.missed_action, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
 }
 
 /* Runs the next stage of the chain. Returns only if there is none: the end of the
  * chain, or a slot that should hold a stage and does not (the configured failure
- * outcome). */
+ * outcome). The slot is a constant to the verifier, so the call is a direct jump. */
 static __always_inline int sw_next(struct xdp_md *ctx, struct sw_pkt *pkt)
 {
-	struct sw_config *cfg = sw_get_config();
-	__u32 slot = pkt->next_slot;
-
-	if (!cfg)
-		return sw_missed(pkt);
-	if (slot >= cfg->chain_len)
-		return sw_finish(pkt, cfg->end_action, SW_R_END_OF_CHAIN, SW_MOD_ROOT, SW_RULE_NONE);
-	pkt->next_slot = slot + 1;
-	bpf_tail_call(ctx, &sw_stages, slot);
+	if (sw_consts.next_slot == SW_SLOT_END)
+		return sw_finish(pkt, sw_consts.end_action, SW_R_END_OF_CHAIN, SW_MOD_ROOT, SW_RULE_NONE);
+	bpf_tail_call(ctx, &sw_stages, sw_consts.next_slot);
 	return sw_missed(pkt);
 }
 

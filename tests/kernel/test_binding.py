@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from shieldwall import abi
 from shieldwall.dataplane import bpffs
 from shieldwall.kernel import libbpf
 from shieldwall.kernel.errors import BpfError
@@ -73,18 +74,20 @@ def test_batch_update_and_lookup_of_a_hash_map():
 def test_pin_reuse_and_unpin():
     bpffs.ensure_bpffs()
     pin = bpffs.BPFFS / "shieldwall-test-pin"
-    m = Map.create(libbpf.MAP_TYPE_ARRAY, "sw_config", "__u32", "struct sw_config", 1)
+    m = Map.create(libbpf.MAP_TYPE_PERCPU_ARRAY, "sw_counters", "__u32", "struct sw_counter",
+                   abi.SW_ACT_MAX * abi.SW_R_MAX)
     try:
-        m.update(0, {"chain_len": 0, "missed_action": 2, "end_action": 1})
         m.pin(pin)
-        again = Map.open_pinned(pin, "__u32", "struct sw_config")
-        # A freshly loaded object told to reuse the pinned map runs with its contents.
+        again = Map.open_pinned(pin, "__u32", "struct sw_counter")
+        # A freshly loaded object told to reuse the pinned map counts into it.
         with BpfObject(object_path("root")) as obj:
-            obj.reuse_map("sw_config", again.fd)
+            obj.reuse_map("sw_counters", again.fd)
             obj.load()
-            assert libbpf.map_info(obj.map("sw_config").fd).id == libbpf.map_info(m.fd).id
-            assert prog_test_run(obj.program("sw_root").fd, bytes(PACKET[:12]) + b"\x08\x00"
-                                 + bytes([0x45, 0, 0, 20]) + bytes(16)).retval == 1  # end_action
+            assert libbpf.map_info(obj.map("sw_counters").fd).id == libbpf.map_info(m.fd).id
+            frame = bytes(PACKET[:12]) + b"\x08\x00" + bytes([0x45, 0, 0, 20]) + bytes(16)
+            assert prog_test_run(obj.program("sw_root").fd, frame).retval == abi.SW_ACT_PASS
+        cell = abi.SW_ACT_PASS * abi.SW_R_MAX + abi.SW_R_END_OF_CHAIN
+        assert sum(c.packets for c in m.lookup(cell)) == 1
         again.close()
     finally:
         pin.unlink(missing_ok=True)
@@ -125,6 +128,6 @@ def test_batches_of_bytes_fill_per_cpu_maps_and_values_outlive_their_buffers():
 
 def test_map_size_is_set_before_load():
     with BpfObject(object_path("fastpath")) as obj:
-        obj.set_max_entries("sw_fastpath", 1234)
+        obj.set_max_entries("sw_fp_tab", 1234)
         obj.load()
-        assert libbpf.map_info(obj.map("sw_fastpath").fd).max_entries == 1234
+        assert libbpf.map_info(obj.map("sw_fp_tab").fd).max_entries == 1234

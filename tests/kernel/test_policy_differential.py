@@ -1,9 +1,10 @@
-"""The policy stage against the reference model (policy.reference.evaluate) on generated
-policies and packets: same action, reason and deciding rule, and the same rule counters.
+"""The whole pipeline (root, fastpath, policy) against the reference model on generated
+policies and packets: same action, reason, module and deciding rule, and the same rule
+counters.
 
-One pipeline serves every example: each policy is installed as a new generation, so the
-test also switches rulesets under a warm decision cache. Every packet list is run twice,
-and packets of a list share classes, so cached and uncached decisions are both compared.
+One pipeline serves every example: each policy is applied as a fresh load that keeps
+the state maps, as a reload does, so counters follow rule names from one ruleset to the
+next and the test compares what each example adds.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shieldwall.config import configure
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate
-from shieldwall.policy.compile import compile_policy
-from shieldwall.policy.model import expand
+from shieldwall.stages.policy import rule_counters
 
-from ..policy_strategies import packets, policies
+from ..policy_strategies import large_policies, packets, policies
 
 pytestmark = pytest.mark.kernel
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                      HealthCheck.data_too_large])
+MODULES = {"allowlisted": "fastpath", "blocklisted": "fastpath", "end_of_chain": "root"}
 
 
 @pytest.fixture(scope="module")
@@ -31,36 +36,40 @@ def pipeline():
         yield p
 
 
-def configure(policy) -> PipelineConfig:
-    return PipelineConfig(fastpath_allow=tuple(expand(policy.fastpath.allow)),
-                          fastpath_deny=tuple(expand(policy.fastpath.deny)),
-                          policy_image=compile_policy(policy))
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                     HealthCheck.data_too_large])
-@given(policies(), st.lists(packets(), min_size=20, max_size=30))
-def test_policy_stage_equals_reference(pipeline, cpu, policy, frames):
+def same_as_reference(pipeline, cpu, policy, frames) -> None:
     pipeline.apply(configure(policy))
-    # Counters follow rule names from earlier examples: compare what this one adds.
-    base = pipeline.rule_counters()
+    counters = lambda: rule_counters(pipeline.maps) if "policy" in pipeline.stages else {}
+    base = counters()
     ids = {rule.name: rule.id for rule in policy.rules}
     hits: Counter[int] = Counter()
     would_drop: Counter[int] = Counter()
-    for frame in frames * 2:
+    for frame in frames:
         fields, root = parse(frame)
         assert root is None
         want = evaluate(policy, fields)
         got = pipeline.run(frame, cpu)
-        module = "fastpath" if want.reason in ("allowlisted", "blocklisted") else "policy"
+        module = MODULES.get(want.reason, "policy")
         assert (got.action, got.reason, got.module, got.rule_id) == \
             (want.action, want.reason, module, want.rule_id), policy.rules
         if module == "policy":
             hits.update(ids[name] for name in want.counted)
             hits[want.rule_id] += 1  # 0: decided by default_action
             would_drop.update(ids[name] for name in want.would_drop)
-    counters = pipeline.rule_counters()
-    added = {i: c.packets - base[i].packets for i, c in counters.items()}
-    added_would = {i: c.would_drop - base[i].would_drop for i, c in counters.items()}
+    after = counters()
+    added = {i: c.packets - base[i].packets for i, c in after.items()}
+    added_would = {i: c.would_drop - base[i].would_drop for i, c in after.items()}
     assert {i: n for i, n in added.items() if n} == dict(hits)
     assert {i: n for i, n in added_would.items() if n} == dict(would_drop)
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(policies(), st.lists(packets(), min_size=20, max_size=30))
+def test_pipeline_equals_reference(pipeline, cpu, policy, frames):
+    same_as_reference(pipeline, cpu, policy, frames)
+
+
+@settings(max_examples=8, **SETTINGS)
+@given(large_policies(), st.lists(packets(), min_size=80, max_size=120))
+def test_pipeline_equals_reference_on_large_policies(pipeline, cpu, policy, frames):
+    # 513 to 1,500 rules: several buckets, sparse steps and host hashes in the kernel.
+    same_as_reference(pipeline, cpu, policy, frames)

@@ -90,10 +90,16 @@ def test_counters_count_every_verdict(cpu):
 
 @pytest.mark.parametrize("outcome", ["pass", "drop"])
 def test_an_empty_chain_slot_gives_the_configured_outcome(cpu, outcome):
-    # The chain names two stages but only the fastpath is loaded: slot 1 stays empty.
-    from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
-    config = PipelineConfig(chain=("fastpath", "policy"), missed_action=outcome)
-    with Pipeline.load(config, stage_names=("fastpath",)) as p:
+    # A stage whose slot is emptied after load (as if it failed to load or was removed):
+    # the fastpath's tail call to slot 1 finds nothing.
+    from shieldwall.config import configure
+    from shieldwall.dataplane.pipeline import Pipeline
+    from shieldwall.policy import parse_policy
+    policy = parse_policy({"version": 1, "default_action": "pass",
+                           "fastpath": {"allow": ["203.0.113.0/24"]},
+                           "pipeline": {"on_missing_stage": outcome}}, "missed.yaml", ".")
+    with Pipeline.load(configure(policy)) as p:
+        p.maps["sw_stages"].delete(1)
         verdict = p.run(bytes(eth() / v4() / TCP()), cpu)
         assert (verdict.action, verdict.reason, verdict.module) == (outcome, "missed_stage", "root")
         assert p.counters()[(outcome, "missed_stage")][0] == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shieldwall.config import load_config
+from shieldwall.config import default_config, load_config
 from shieldwall.policy import PolicyError
 
 
@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_without_a_file_no_stage_runs():
-    assert load_config(None).pipeline.chain == ()
+    assert default_config().pipeline.chain == ()
 
 
 def test_stages_with_nothing_to_do_are_left_out(tmp_path: Path):
@@ -41,3 +41,16 @@ def test_a_bad_chain_is_refused_with_its_path(tmp_path: Path, stages: str, probl
     with pytest.raises(PolicyError) as info:
         load_config(write(tmp_path, f"pipeline: {{stages: {stages}}}\n"))
     assert problem in str(info.value)
+
+
+def test_a_stage_left_out_while_its_section_has_work_is_refused(tmp_path: Path):
+    path = write(tmp_path, "fastpath: {deny: [198.51.100.0/24]}\npipeline: {stages: [policy]}\n")
+    with pytest.raises(PolicyError, match="stage 'fastpath' is left out, but fastpath give"):
+        load_config(path)
+
+
+def test_each_chain_stage_gets_its_image(tmp_path: Path):
+    config = load_config(write(tmp_path, "fastpath: {allow: [192.0.2.0/28]}\n"
+                                         "rules: [{name: r, action: drop, match: {dport: 22}}]\n"))
+    assert set(config.pipeline.images) == {"fastpath", "policy"}
+    assert config.pipeline.images["policy"].rules[0].name == "r"

@@ -180,7 +180,7 @@ def test_empty_and_unused_sets(tmp_path: Path) -> None:
     assert [(w.path, w.problem) for w in report.warnings] == [
         ("rules[0]", "never matches: src matches no value"),
         ("sets.empty", "the set is empty: nothing matches it"),
-        ("sets.spare", "the set is not used by any rule or the fastpath"),
+        ("sets.spare", "the set is not used by any rule or stage"),
     ]
 
 
@@ -217,13 +217,14 @@ def test_summary_of_the_tor_example() -> None:
     assert summary.rules_by_action == {"pass": 4, "count": 1}
     assert (summary.sets["relays"].ipv4, summary.sets["relays"].ipv6) == (4, 2)
     assert summary.sets["relays"].files == ("cached-consensus",)
-    assert (summary.fastpath_allow, summary.fastpath_deny) == (0, 0)
+    assert summary.stages["fastpath"] == ["fastpath: 0 allowed, 0 denied prefixes"]
+    assert summary.stages["policy"] == ["rules: 5 (1 count, 4 pass); default action: drop"]
 
 
 def test_basic_example_is_clean() -> None:
     report = analyze(load_policy(EXAMPLES / "basic.yaml"))
     assert report.warnings == ()
-    assert (report.summary.fastpath_allow, report.summary.fastpath_deny) == (1, 1)
+    assert report.summary.stages["fastpath"] == ["fastpath: 1 allowed, 1 denied prefixes"]
 
 
 # --- the interval algebra and the soundness of covers() ----------------------------------

@@ -24,10 +24,10 @@ def _netns(args: argparse.Namespace):
 
 
 def _config(args: argparse.Namespace):
-    from ..config import load_config
+    from ..config import default_config, load_config
     if getattr(args, "config_required", False) and not args.config:
         raise ValueError("--config FILE is required")
-    return load_config(Path(args.config) if args.config else None)
+    return load_config(Path(args.config)) if args.config else default_config()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -79,6 +79,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  chain: root -> {chain}; a missing stage means {r['on_missing_stage']}")
             for c in r["counters"]:
                 print(f"  {c['action']:>8} {c['reason']:<22} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+            for name, stage_report in r.get("stages", {}).items():
+                for line in _stage(name).status_lines(stage_report):
+                    print(f"  {line}")
         if args.rules and r.get("rules"):
             print(f"  {'rule':<32} {'packets':>12} {'bytes':>14} {'would drop':>10}  last hit")
             for rule in r["rules"]:
@@ -88,19 +91,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(r["attached"] for r in reports) or not args.iface else 1
 
 
+def _stage(name: str):
+    from ..stages import stage
+    return stage(name)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from ..policy.analysis import analyze
     config = _config(args)
     report = analyze(config.policy)
-    summary = report.summary
     print(f"{args.config}: valid")
-    actions = ", ".join(f"{n} {a}" for a, n in sorted(summary.rules_by_action.items())) or "none"
-    print(f"  rules: {summary.rules} ({actions}); default action: {config.policy.default_action}")
-    for name, s in summary.sets.items():
+    for lines in report.summary.stages.values():
+        for line in lines:
+            print(f"  {line}")
+    for name, s in report.summary.sets.items():
         print(f"  set {name}: {s.ipv4} IPv4 and {s.ipv6} IPv6 prefixes")
-    print(f"  fastpath: {summary.fastpath_allow} allowed, {summary.fastpath_deny} denied prefixes")
+    print(f"  chain: root -> {' -> '.join(config.pipeline.chain) or '(empty)'}")
     for line in config.map_summary():
-        print(f"  map {line}")
+        print(f"  {line}")
     for warning in report.warnings:
         print(f"warning: {warning}")
     return 0

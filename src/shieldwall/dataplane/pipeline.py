@@ -1,51 +1,80 @@
-"""A loaded pipeline: the root program, its stages in a PROG_ARRAY, and their maps.
+"""A loaded pipeline: the root program, its chain of stages, and their maps.
 
-Loading never touches an interface: everything is verified and filled before the caller
-attaches, so a rejected program or a bad configuration leaves nothing half-done.
+Every load is whole and fresh: the root and each stage of the chain are loaded with
+their own config maps (sized for what they hold), their own prog array, and constants
+that tell each program its place in the chain, so the verifier makes the tail calls
+direct jumps and prunes what the configuration does not use. Only state maps (the
+verdict counters, each stage's declared state) are taken over from the load before.
+Nothing is visible to a packet until the caller swaps the new root in; the old
+pipeline keeps working, unchanged, until then.
+
+Loading never touches an interface: everything is verified and filled before the
+caller attaches or swaps, so a rejected program or a bad configuration leaves nothing
+half-done.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
 
 from .. import abi
 from ..kernel.libbpf import BpfObject, Map, Program
 from ..kernel.testrun import prog_test_run
 from ..paths import object_path
-from . import classifier
-from .addresses import IPNetwork, lpm_key
-from .stages import DEFAULT_CHAIN, SHARED_MAPS, STAGES, map_types
-
-if TYPE_CHECKING:
-    from ..policy.compile import PolicyImage
+from ..stages import Stage, StageBuild, stages
+from . import addrtrie
+from .images import pack
+from .sources import Sources, merge
+from .tables import TableImage
 
 ROOT_OBJECT = "root"
 ROOT_PROGRAM = "sw_root"
+CONSTS = ".rodata.sw"
+
+# Maps every program of a pipeline shares (lib/maps.h): the root's instances.
+SHARED_MAPS: dict[str, tuple[str, str]] = {
+    "sw_scratch": ("__u32", "struct sw_pkt"),
+    "sw_counters": ("__u32", "struct sw_counter"),
+    "sw_config": ("__u32", "struct sw_config"),
+    "sw_stages": ("__u32", "__u32"),
+}
+# The root's own: the source trie every stage's source prefixes are merged into.
+ROOT_MAPS: dict[str, tuple[str, str]] = {
+    "sw_src_tab": ("__u32", "struct sw_tab_chunk"),
+    "sw_src_hosts": ("struct sw_addr_key", "__u32"),
+}
+# Kept across reloads; everything else is rebuilt from the configuration.
+ROOT_STATE = ("sw_counters",)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the pipeline does, independent of how it was written down."""
+    """What the pipeline does: the chain, its failure outcome, and each chain stage's
+    image (Stage.image() of its policy section)."""
 
-    chain: tuple[str, ...] = DEFAULT_CHAIN
+    chain: tuple[str, ...] = ()
     missed_action: str = "pass"          # fail-open; "drop" is fail-closed
-    fastpath_allow: tuple[IPNetwork, ...] = ()
-    fastpath_deny: tuple[IPNetwork, ...] = ()
-    policy_image: PolicyImage | None = None  # policy.compile_policy(); None: no rules
+    images: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.chain if s not in STAGES]
+        known = stages()
+        unknown = [s for s in self.chain if s not in known]
         if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r}; known: {', '.join(STAGES)}")
+            raise ValueError(f"unknown stage {unknown[0]!r}; known: {', '.join(known)}")
         if len(self.chain) > abi.SW_MAX_STAGES:
             raise ValueError(f"a chain holds at most {abi.SW_MAX_STAGES} stages")
+        if len(set(self.chain)) != len(self.chain):
+            raise ValueError("a stage appears twice in the chain")
         if self.missed_action not in ("pass", "drop"):
             raise ValueError("missed_action must be pass or drop")
+        missing = [s for s in self.chain if s not in self.images]
+        if missing:
+            raise ValueError(f"no image for stage {missing[0]!r}")
 
 
 @dataclass(frozen=True)
@@ -56,53 +85,74 @@ class Verdict:
     rule_id: int
 
 
+def state_maps() -> dict[str, tuple[str, str]]:
+    """Every map kept across reloads, with its types."""
+    found = {name: SHARED_MAPS[name] for name in ROOT_STATE}
+    for s in stages().values():
+        found.update(s.state_maps)
+    return found
+
+
+def map_types() -> dict[str, tuple[str, str]]:
+    """Every map a pipeline may pin, with its types."""
+    found = {**SHARED_MAPS, **ROOT_MAPS}
+    for s in stages().values():
+        found.update(s.maps)
+    return found
+
+
 @dataclass
 class Pipeline:
     root: BpfObject
     stages: dict[str, BpfObject]
     config: PipelineConfig
     maps: dict[str, Map] = field(default_factory=dict)
-    # The image last installed: applying the same one again leaves the ruleset alone.
-    _installed: object = field(default=object(), repr=False)
+    sources: Sources | None = None
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, config: PipelineConfig, reuse: dict[str, int] | None = None,
-             stage_names: tuple[str, ...] | None = None, apply: bool = True) -> "Pipeline":
-        """Loads the root and the stages. `reuse` maps map names to fds of existing
-        (pinned) maps, so state and counters carry over a reload. Without `apply`, the
-        configuration is left for the caller to write (a reload writes it only once the
-        new programs run)."""
-        reuse = reuse or {}
+    def load(cls, config: PipelineConfig, reuse: Mapping[str, int] | None = None) -> "Pipeline":
+        """Loads the root and the chain's stages with fresh config maps, filled; `reuse`
+        maps state-map names to fds of existing (pinned) maps, so counters and state
+        carry over a reload. The new programs run nothing until someone attaches or
+        swaps in root_program."""
+        reuse = {name: fd for name, fd in (reuse or {}).items() if name in state_maps()}
+        registry = stages()
+        chain = [registry[name] for name in config.chain]
+        sources = _sources(chain, config)
+        builds = {s.name: s.build(config.images[s.name],
+                                  sources.columns.get(s.name) if sources else None)
+                  for s in chain}
+        root_build = _root_build(config, sources)
         root = BpfObject(object_path(ROOT_OBJECT))
-        stages: dict[str, BpfObject] = {}
+        objects: dict[str, BpfObject] = {}
         try:
-            for name, (k, v) in SHARED_MAPS.items():
-                root.declare(name, k, v)
-                if name in reuse:
-                    root.reuse_map(name, reuse[name])
+            _prepare(root, {**SHARED_MAPS, **ROOT_MAPS}, root_build, reuse)
             root.load()
             shared = {name: root.map(name).fd for name in SHARED_MAPS}
-            for name in stage_names if stage_names is not None else tuple(STAGES):
-                spec = STAGES[name]
-                obj = BpfObject(object_path(spec.object))
-                stages[name] = obj
-                for map_name, fd in shared.items():
-                    obj.reuse_map(map_name, fd)
-                for map_name, (k, v) in spec.maps.items():
-                    obj.declare(map_name, k, v)
-                    if map_name in reuse:
-                        obj.reuse_map(map_name, reuse[map_name])
+            for position, s in enumerate(chain):
+                obj = objects[s.name] = BpfObject(object_path(s.object))
+                for name, fd in shared.items():
+                    obj.reuse_map(name, fd)
+                build = builds[s.name]
+                build.rodata[CONSTS] = _consts(config, position + 1)
+                _prepare(obj, {**SHARED_MAPS, **s.maps}, build, reuse)
                 obj.load()
-            pipeline = cls(root, stages, config)
-            pipeline.maps = {name: root.map(name) for name in SHARED_MAPS}
-            for name, obj in stages.items():
-                for map_name in STAGES[name].maps:
-                    pipeline.maps[map_name] = obj.map(map_name)
-            if apply:
-                pipeline.apply(config)
+            pipeline = cls(root, objects, config, sources=sources)
+            pipeline.maps = {name: root.map(name) for name in {**SHARED_MAPS, **ROOT_MAPS}}
+            for name, obj in objects.items():
+                pipeline.maps.update({m: obj.map(m) for m in registry[name].maps})
+            _fill(pipeline.maps, root_build)
+            for s in chain:
+                _fill(pipeline.maps, builds[s.name])
+            pipeline.maps["sw_config"].update(0, {
+                "chain_len": len(chain), "missed_action": abi.ACTION_CODES[config.missed_action],
+                "end_action": abi.SW_ACT_PASS})
+            # Slots last: a stage is reachable only once its maps are filled.
+            for slot, s in enumerate(chain):
+                pipeline.maps["sw_stages"].set_fd(slot, objects[s.name].program(s.program).fd)
         except BaseException:
-            for obj in stages.values():
+            for obj in objects.values():
                 obj.close()
             root.close()
             raise
@@ -124,49 +174,42 @@ class Pipeline:
         return self.root.program(ROOT_PROGRAM)
 
     def stage_program(self, name: str) -> Program:
-        return self.stages[name].program(STAGES[name].program)
+        return self.stages[name].program(stages()[name].program)
 
-    # -- configuration -------------------------------------------------------------------
+    def state_fds(self) -> dict[str, int]:
+        return {name: m.fd for name, m in self.maps.items() if name in state_maps()}
+
+    # -- replacing the configuration offline ---------------------------------------------
     def apply(self, config: PipelineConfig) -> None:
-        """Writes the configuration into the maps. The ruleset goes first: building its
-        maps is what can fail (memory), and it switches in one write, so a failure there
-        leaves everything as it was. Slots fill before chain_len grows and after it
-        shrinks, so a running packet never meets a slot it should not use."""
-        if classifier.STATE in self.maps and config.policy_image is not self._installed:
-            classifier.install(self.maps, config.policy_image)
-            self._installed = config.policy_image
-        if "sw_fastpath" in self.maps:
-            fill_fastpath(self.maps["sw_fastpath"], config)
-        slots = self.maps["sw_stages"]
-        for slot, name in enumerate(config.chain):
-            if name in self.stages:
-                slots.set_fd(slot, self.stage_program(name).fd)
-            else:
-                slots.delete(slot)
-        self.maps["sw_config"].update(0, {
-            "chain_len": len(config.chain),
-            "missed_action": abi.ACTION_CODES[config.missed_action],
-            "end_action": abi.SW_ACT_PASS,
-        })
-        for slot in range(len(config.chain), abi.SW_MAX_STAGES):
-            slots.delete(slot)
-        self.config = config
+        """Becomes a pipeline for `config`: a fresh load that keeps this one's state, as
+        a reload does (but with nothing attached to swap)."""
+        carried = carry(self)
+        fresh = Pipeline.load(config, reuse=self.state_fds())
+        after_swap(fresh, carried)
+        self.close()
+        self.__dict__.update(fresh.__dict__)
 
     # -- pins ----------------------------------------------------------------------------
     def pin(self, directory: Path) -> None:
-        """Pins the maps not pinned yet, and the programs over any older ones: each
-        program pin is replaced by a rename, so a reader never finds it missing."""
+        """Pins the maps and programs, replacing older pins by rename so a reader never
+        finds one missing; a state map already pinned stays (it is the same map)."""
         directory.mkdir(parents=True, exist_ok=True)
-        for name, m in self.maps.items():
-            if not (directory / name).exists():
-                m.pin(directory / name)
-        programs = [("prog_root", self.root_program)] + \
-            [(f"prog_{name}", self.stage_program(name)) for name in self.stages]
-        for pin_name, program in programs:
-            fresh = directory / f"{pin_name}_new"  # bpffs refuses names with a dot
+        keep = state_maps()
+        pins: list[tuple[str, Any]] = [(name, m) for name, m in self.maps.items()]
+        pins += [("prog_root", self.root_program)]
+        pins += [(f"prog_{name}", self.stage_program(name)) for name in self.stages]
+        for name, obj in pins:
+            if name in keep and (directory / name).exists():
+                continue
+            fresh = directory / f"{name}_new"  # bpffs refuses names with a dot
             fresh.unlink(missing_ok=True)
-            program.pin(fresh)
-            os.replace(fresh, directory / pin_name)
+            obj.pin(fresh)
+            os.replace(fresh, directory / name)
+        # Pins of stages this configuration left out of the chain.
+        for name in set(map_types()) - set(self.maps) - set(keep):
+            (directory / name).unlink(missing_ok=True)
+        for s in set(stages()) - set(self.stages):
+            (directory / f"prog_{s}").unlink(missing_ok=True)
 
     # -- offline verdicts -----------------------------------------------------------------
     def run(self, packet: bytes, cpu: int) -> Verdict:
@@ -190,36 +233,80 @@ class Pipeline:
     def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         return read_counters(self.maps["sw_counters"])
 
-    def rule_counters(self) -> dict[int, classifier.RuleCounter]:
-        return classifier.rule_counters(self.maps)
+
+def carry(pipeline_or_maps: "Pipeline | dict[str, Map]") -> dict[str, Any]:
+    """What each stage must carry from these maps to the next load (before the swap)."""
+    maps = pipeline_or_maps.maps if isinstance(pipeline_or_maps, Pipeline) else pipeline_or_maps
+    return {name: s.carry(maps) for name, s in stages().items()}
 
 
-def fill_fastpath(m: Map, config: PipelineConfig) -> None:
-    """Replaces the fastpath trie's contents with the configured lists: new entries
-    first, stale ones after, so a failure part-way never leaves a list shorter than
-    both the old and the new one."""
-    wanted: dict[tuple, int] = {}
-    for net, action in [(n, abi.SW_ACT_PASS) for n in config.fastpath_allow] + \
-                       [(n, abi.SW_ACT_DROP) for n in config.fastpath_deny]:
-        key = lpm_key(net)
-        wanted[(key["prefixlen"], bytes(key["addr"]))] = action
-    stale = [key for key in m.keys() if (key.prefixlen, bytes(key.addr)) not in wanted]
-    for (plen, addr), action in wanted.items():
-        m.update({"prefixlen": plen, "addr": list(addr)}, {"action": action})
-    for key in stale:
-        m.delete({"prefixlen": key.prefixlen, "addr": list(key.addr)})
+def after_swap(pipeline: Pipeline, carried: dict[str, Any]) -> None:
+    """Each chain stage's work once its new programs are live."""
+    registry = stages()
+    for name in pipeline.config.chain:
+        registry[name].after_swap(pipeline.maps, pipeline.config.images[name], carried.get(name))
+
+
+def _sources(chain: list[Stage], config: PipelineConfig) -> Sources | None:
+    maps = {s.name: m for s in chain if (m := s.sources(config.images[s.name])) is not None}
+    return merge(maps) if maps else None
+
+
+def _consts(config: PipelineConfig, next_position: int, sources: Sources | None = None,
+            trie: addrtrie.Trie | None = None) -> bytes:
+    return pack("struct sw_consts", {
+        "next_slot": next_position if next_position < len(config.chain) else abi.SW_SLOT_END,
+        "missed_action": abi.ACTION_CODES[config.missed_action],
+        "end_action": abi.SW_ACT_PASS,
+        "src_classes": int(sources is not None),
+        "src_root4": trie.root4 if trie else 0,
+        "src_root6": trie.root6 if trie else 0,
+    })
+
+
+def _root_build(config: PipelineConfig, sources: Sources | None) -> StageBuild:
+    build = StageBuild()
+    tab = TableImage()
+    trie = addrtrie.build(tab, sources.nodes) if sources else None
+    build.rodata[CONSTS] = _consts(config, 0, sources, trie)
+    chunks, keys, values = tab.chunks()
+    hosts = trie.hosts if trie else {}
+    build.sizes = {"sw_src_tab": chunks, "sw_src_hosts": max(1, len(hosts))}
+    build.contents = {"sw_src_tab": (keys, values)}
+    if hosts:
+        from array import array
+        build.contents["sw_src_hosts"] = (b"".join(hosts), array("I", hosts.values()).tobytes())
+    build.memory = tab.bytes + 72 * len(hosts)
+    return build
+
+
+def _prepare(obj: BpfObject, types: dict[str, tuple[str, str]], build: StageBuild,
+             reuse: Mapping[str, int]) -> None:
+    for name, (k, v) in types.items():
+        obj.declare(name, k, v)
+        if name in reuse:
+            obj.reuse_map(name, reuse[name])
+    for name, count in build.sizes.items():
+        if name not in reuse:
+            obj.set_max_entries(name, count)
+    for section, data in build.rodata.items():
+        obj.set_rodata(section, data)
+
+
+def _fill(maps: dict[str, Map], build: StageBuild) -> None:
+    for name, (keys, values) in build.contents.items():
+        maps[name].update_batch(keys, values)
 
 
 def read_counters(m: Map) -> dict[tuple[str, str], tuple[int, int]]:
     """Non-zero verdict counters summed over CPUs: (action, reason) -> (packets, bytes)."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
-    for action in range(abi.SW_ACT_MAX):
-        for reason in range(abi.SW_R_MAX):
-            cells = m.lookup(action * abi.SW_R_MAX + reason) or []
-            packets = sum(c.packets for c in cells)
-            if packets:
-                out[(abi.action_name(action), abi.reason_name(reason))] = (
-                    packets, sum(c.bytes for c in cells))
+    for key, cells in m.lookup_batch():
+        packets = sum(c.packets for c in cells)
+        if packets:
+            action, reason = divmod(int(key), abi.SW_R_MAX)
+            out[(abi.action_name(action), abi.reason_name(reason))] = (
+                packets, sum(c.bytes for c in cells))
     return out
 
 
@@ -235,14 +322,10 @@ def one_cpu() -> Iterator[int]:
         os.sched_setaffinity(0, before)
 
 
-def pinned_maps(directory: Path) -> dict[str, Map]:
+def pinned_maps(directory: Path, only: Mapping[str, tuple[str, str]] | None = None) -> dict[str, Map]:
     """The typed maps pinned in a pipeline's directory."""
     found = {}
-    for name, (k, v) in map_types().items():
+    for name, (k, v) in (only or map_types()).items():
         if (directory / name).exists():
             found[name] = Map.open_pinned(directory / name, k, v)
     return found
-
-
-def parse_networks(items: list[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(i, strict=True) for i in items)

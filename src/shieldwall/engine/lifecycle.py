@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import abi
-from ..dataplane import bpffs, classifier
-from ..dataplane.pipeline import Pipeline, PipelineConfig, pinned_maps, read_counters
-from ..dataplane.stages import SHARED_MAPS, STAGES
+from ..dataplane import bpffs
+from ..dataplane.pipeline import (SHARED_MAPS, Pipeline, PipelineConfig, after_swap, carry,
+                                  pinned_maps, read_counters, state_maps)
 from ..kernel import libbpf, xdp
+from ..stages import stages
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
 
@@ -145,20 +145,21 @@ def _reload(iface: str, config: PipelineConfig) -> AttachResult:
                           f"attach it first: shieldwall up --iface {iface}")
     existing = pinned_maps(directory)
     try:
-        pipeline = Pipeline.load(config, reuse={n: m.fd for n, m in existing.items()}, apply=False)
+        carried = carry(existing)
+        pipeline = Pipeline.load(config, reuse={n: m.fd for n, m in existing.items()
+                                                if n in state_maps()})
     finally:
         for m in existing.values():
             m.close()
     link_fd = libbpf.obj_get(directory / LINK_PIN)
     try:
-        # The new root first: it shares every map with the old one and reaches the old
-        # stages through the same prog array, so until apply() nothing it does differs.
-        # A failure here leaves the running configuration untouched.
+        # The new root brings its whole chain and config with it: one swap changes all
+        # of it. A failure before here leaves the running configuration untouched.
         libbpf.link_update(link_fd, pipeline.root_program.fd)
-        pipeline.apply(config)
+        after_swap(pipeline, carried)
         pipeline.pin(directory)
         state = xdp.query(index)
-        return AttachResult(iface, state.mode or "none", "programs replaced in place; maps kept",
+        return AttachResult(iface, state.mode or "none", "programs replaced in place; state kept",
                             pipeline.root_program.id, directory, reloaded=True)
     finally:
         os.close(link_fd)
@@ -231,28 +232,22 @@ def _status_of(iface: str) -> dict:
         report["counters"] = [
             {"action": a, "reason": r, "packets": p, "bytes": b}
             for (a, r), (p, b) in sorted(read_counters(maps["sw_counters"]).items())]
-        if "sw_fastpath" in maps:
-            report["fastpath_entries"] = sum(1 for _ in maps["sw_fastpath"].keys())
-        if classifier.STATE in maps:
-            report["rules"] = _rules(maps)
+        report["stages"] = {}
+        for c in report["chain"]:
+            found = stages().get(c["stage"])
+            if found is not None:
+                report["stages"][found.name] = found.status(maps)
+        rules = report["stages"].get("policy", {}).get("rules")
+        if rules is not None:
+            report["rules"] = rules
     finally:
         for m in maps.values():
             m.close()
     return report
 
 
-def _rules(maps: dict) -> list[dict]:
-    """Per-rule counters of the active ruleset; id 0 is what default_action decided."""
-    names = classifier.rule_names(maps)
-    now = time.monotonic_ns()
-    return [{"id": rule_id, "name": names.get(rule_id) if rule_id else None,
-             "packets": c.packets, "bytes": c.bytes, "would_drop": c.would_drop,
-             "last_hit_seconds_ago": round(max(0, now - c.last_hit_ns) / 1e9, 1) if c.last_hit_ns else None}
-            for rule_id, c in classifier.rule_counters(maps).items()]
-
-
 def _chain(directory: Path, maps: dict) -> list[dict]:
-    ids = {_pinned_prog_id(directory, f"prog_{name}"): name for name in STAGES}
+    ids = {_pinned_prog_id(directory, f"prog_{name}"): name for name in stages()}
     cfg = maps["sw_config"].lookup(0)
     chain = []
     for slot in range(cfg.chain_len):

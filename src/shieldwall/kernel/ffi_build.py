@@ -47,6 +47,8 @@ __u32 bpf_map__value_size(const struct bpf_map *map);
 int bpf_map__type(const struct bpf_map *map);
 int bpf_map__reuse_fd(struct bpf_map *map, int fd);
 int bpf_map__set_inner_map_fd(struct bpf_map *map, int fd);
+int bpf_map__set_initial_value(struct bpf_map *map, const void *data, size_t size);
+const void *bpf_map__initial_value(struct bpf_map *map, size_t *psize);
 
 
 struct bpf_map_batch_opts { size_t sz; __u64 elem_flags; __u64 flags; };

@@ -28,6 +28,7 @@ MAP_F_NO_PREALLOC = 1
 MAP_F_INNER_MAP = 1 << 12  # an inner array map of any size
 MAP_TYPE_LRU_PERCPU_HASH = 10
 PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH}
+_FD_VALUE_TYPES = {MAP_TYPE_PROG_ARRAY, MAP_TYPE_ARRAY_OF_MAPS, MAP_TYPE_HASH_OF_MAPS}
 
 
 # libbpf prints through one process-wide callback; collect per thread while a call that
@@ -89,9 +90,12 @@ class Map:
         self.map_type = map_type
         self.max_entries = max_entries
         self._owned = owned
-        # Per-CPU maps hold a list of values, one per CPU, even on a single CPU.
+        # Per-CPU maps hold a list of values, one per CPU, even on a single CPU; the
+        # kernel lays them out 8 bytes apart at least, whatever the value's own size.
         self.percpu = map_type in PERCPU_TYPES
         self.ncpus = possible_cpus() if self.percpu else 1
+        size = ffi.sizeof(value_type) if map_type not in _FD_VALUE_TYPES else 4
+        self.stride = (size + 7) & ~7 if self.percpu else size
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -130,13 +134,23 @@ class Map:
     def _key(self, key: Any) -> Any:
         return ffi.new(f"{self.key_type} *", key)
 
-    def _value_buf(self) -> Any:
-        return ffi.new(f"{self.value_type}[{self.ncpus}]")
+    def _value_buf(self, count: int = 1) -> Any:
+        return ffi.new("char[]", count * self.ncpus * self.stride)
+
+    def _cells(self, buf: Any, element: int = 0) -> list[Any]:
+        """The values of one element (one per CPU) from a buffer of the kernel's layout."""
+        base = element * self.ncpus * self.stride
+        return [self._own(self.value_type, ffi.cast(f"{self.value_type} *", buf + base + i * self.stride)[0])
+                for i in range(self.ncpus)]
 
     def _value_in(self, value: Any) -> Any:
         if self.percpu:
-            values = value if isinstance(value, (list, tuple)) else [value] * self.ncpus
-            return ffi.new(f"{self.value_type}[{self.ncpus}]", list(values))
+            values = list(value) if isinstance(value, (list, tuple)) else [value] * self.ncpus
+            buf = self._value_buf()
+            for i, v in enumerate(values):
+                cell = ffi.new(f"{self.value_type} *", v)
+                ffi.memmove(buf + i * self.stride, cell, ffi.sizeof(self.value_type))
+            return buf
         return ffi.new(f"{self.value_type} *", value)
 
     @staticmethod
@@ -155,7 +169,7 @@ class Map:
             if -ret == 2:  # ENOENT: not there is an answer, not an error
                 return None
             raise BpfError(-ret, f"looking up in map {self.name}")
-        cells = [self._own(self.value_type, cell) for cell in buf]
+        cells = self._cells(buf)
         return cells if self.percpu else cells[0]
 
     def update(self, key: Any, value: Any, flags: int = 0) -> None:
@@ -192,13 +206,14 @@ class Map:
 
         keys and values are lists of elements, or bytes laid out as C arrays of the key
         and value types (for a million elements, building cdata one by one is the slow
-        part). Only bytes can fill a per-CPU map: one value per CPU, element after element.
+        part). Only bytes can fill a per-CPU map: one value per CPU, element after element,
+        each `stride` bytes apart.
         """
         if not keys:
             return 0
         if isinstance(keys, (bytes, bytearray, memoryview)):
             n = len(keys) // ffi.sizeof(self.key_type)
-            if len(values) != n * ffi.sizeof(self.value_type) * self.ncpus:
+            if len(values) != n * self.stride * self.ncpus:
                 raise ValueError(f"{n} keys but {len(values)} bytes of values for map {self.name}")
             kbuf, vbuf = ffi.from_buffer(keys), ffi.from_buffer(values)
         elif self.percpu:
@@ -223,14 +238,13 @@ class Map:
         opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
         while True:
             kbuf = ffi.new(f"{self.key_type}[{chunk}]")
-            vbuf = ffi.new(f"{self.value_type}[{chunk * self.ncpus}]")
+            vbuf = self._value_buf(chunk)
             count = ffi.new("__u32 *", chunk)
             ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf, count, opts)
             if ret < 0 and -ret != 2:
                 raise BpfError(-ret, f"batch lookup of map {self.name}")
             for i in range(count[0]):
-                cells = [self._own(self.value_type, vbuf[j])
-                         for j in range(i * self.ncpus, (i + 1) * self.ncpus)]
+                cells = self._cells(vbuf, i)
                 out.append((self._own(self.key_type, kbuf[i]),
                             cells if self.percpu else cells[0]))
             if ret < 0:  # ENOENT: that was the last chunk
@@ -318,6 +332,19 @@ class BpfObject:
     def reuse_map(self, name: str, fd: int) -> None:
         """Makes this object use an existing map (a shared or pinned one) instead of its own."""
         _check(lib.bpf_map__reuse_fd(self._raw_map(name), fd), f"reusing map {name}")
+
+    def set_rodata(self, section: str, data: bytes) -> None:
+        """The initial contents of a read-only data section (".rodata.sw"): frozen at
+        load, so the verifier treats what the program reads from it as constants."""
+        m = lib.bpf_object__find_map_by_name(self._obj, section.encode())
+        if m == ffi.NULL:
+            raise KeyError(f"{self.path.name} has no section {section}")
+        have = ffi.new("size_t *")
+        lib.bpf_map__initial_value(m, have)
+        if have[0] != len(data):
+            raise BpfError(22, f"{section} of {self.path.name} holds {have[0]} bytes, "
+                               f"not the {len(data)} of the layout written to it")
+        _check(lib.bpf_map__set_initial_value(m, data, len(data)), f"setting {section} of {self.path.name}")
 
     def set_inner_map(self, name: str, fd: int) -> None:
         _check(lib.bpf_map__set_inner_map_fd(self._raw_map(name), fd), f"inner map of {name}")

@@ -56,8 +56,7 @@ class Summary:
     rules: int
     rules_by_action: dict[str, int]
     sets: dict[str, SetSummary]
-    fastpath_allow: int
-    fastpath_deny: int
+    stages: dict[str, list[str]]  # each stage's own summary lines
 
 
 @dataclass(frozen=True)
@@ -66,10 +65,11 @@ class Report:
     summary: Summary
 
 
-def analyze(policy: Policy, max_comparisons: int = 2_000_000) -> Report:
-    """Warnings and a summary. The shadowing check compares pairs of rules, so it stops
-    after max_comparisons of them (and says so) to stay quick on very large policies."""
-    warnings = [*_rule_warnings(policy, max_comparisons), *_set_warnings(policy)]
+def analyze(policy: Policy) -> Report:
+    """Warnings (each stage's, then the sets') and a summary."""
+    from ..stages import stages  # the stages are built on this module
+    warnings = [w for s in stages().values() for w in s.warnings(policy)]
+    warnings += _set_warnings(policy)
     return Report(tuple(warnings), _summary(policy))
 
 
@@ -185,7 +185,9 @@ def _describe(policy: Policy, index: int) -> str:
     return f"rules[{index}] ({policy.rules[index].name})"
 
 
-def _rule_warnings(policy: Policy, max_comparisons: int) -> Iterable[Issue]:
+def rule_warnings(policy: Policy, max_comparisons: int = 2_000_000) -> Iterable[Issue]:
+    """Rules that never match. The shadowing check compares pairs of rules, so it stops
+    after max_comparisons of them (and says so) to stay quick on very large policies."""
     deciding: list[tuple[int, Profile]] = []
     budget = max_comparisons
     for index, rule in enumerate(policy.rules):
@@ -278,12 +280,8 @@ def _contradiction(fields: Profile) -> str | None:
 
 
 def _used_sets(policy: Policy) -> set[str]:
-    values: list[AddrValue] = [*policy.fastpath.allow, *policy.fastpath.deny]
-    for rule in policy.rules:
-        for items in (rule.match.src, rule.match.dst):
-            if items is not None:
-                values.extend(item.value for item in items.items)
-    return {value.name for value in values if isinstance(value, PrefixSet)}
+    from ..stages import stages
+    return {name for n, s in stages().items() for name in s.sets_used(policy.sections[n])}
 
 
 def nested_prefixes(prefixes: Iterable[Network]) -> list[tuple[Network, Network]]:
@@ -316,7 +314,7 @@ def _set_warnings(policy: Policy) -> Iterable[Issue]:
                 f"{len(nested)} prefixes lie inside other prefixes of the set: {examples}{more}",
             )
         if name not in used:
-            yield Issue(policy.source, path, "the set is not used by any rule or the fastpath")
+            yield Issue(policy.source, path, "the set is not used by any rule or stage")
 
 
 # --- summary ------------------------------------------------------------------------
@@ -334,10 +332,10 @@ def _summary(policy: Policy) -> Summary:
         )
         for name, s in policy.sets.items()
     }
+    from ..stages import stages
     return Summary(
         rules=len(policy.rules),
         rules_by_action=by_action,
         sets=sets,
-        fastpath_allow=len(set(expand(policy.fastpath.allow))),
-        fastpath_deny=len(set(expand(policy.fastpath.deny))),
+        stages={n: s.summary(policy.sections[n]) for n, s in stages().items()},
     )

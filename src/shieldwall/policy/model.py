@@ -327,33 +327,48 @@ class Pipeline:
     stages: tuple[str, ...] | None = None
 
 
-# Stages a chain can name: the data plane's modules, less the root that runs them.
-STAGE_NAMES = tuple(name for code, name in sorted(abi.MODULE_NAMES.items()) if name != "root")
-
-
 @dataclass(frozen=True)
-class Fastpath:
-    """Source addresses decided before the rules: the longest matching prefix wins."""
+class RuleSet:
+    """The rules and what happens when none decides: the policy stage's section."""
 
-    allow: tuple[AddrValue, ...] = ()
-    deny: tuple[AddrValue, ...] = ()
-    allow_table: PrefixTable = field(init=False, repr=False, compare=False)
-    deny_table: PrefixTable = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "allow_table", PrefixTable(expand(self.allow)))
-        object.__setattr__(self, "deny_table", PrefixTable(expand(self.deny)))
+    default_action: Verdict = "pass"
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
 class Policy:
+    """A validated policy: the document's own parts, and each stage's section by stage
+    name (the stage modules define and validate them).
+
+    `rules` and `default_action` are the policy stage's, named here because they are
+    what a policy is mostly about; any other section is `policy.<stage name>`.
+    """
+
     source: str
     version: int
-    default_action: Verdict
-    rules: tuple[Rule, ...]
     sets: Mapping[str, PrefixSet] = field(default_factory=lambda: MappingProxyType({}))
     pipeline: Pipeline = Pipeline()
-    fastpath: Fastpath = Fastpath()
+    sections: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def ruleset(self) -> RuleSet:
+        found = self.sections.get("policy")
+        return found if isinstance(found, RuleSet) else RuleSet()
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.ruleset.rules
+
+    @property
+    def default_action(self) -> Verdict:
+        return self.ruleset.default_action
+
+    def __getattr__(self, name: str) -> object:
+        # Sections of the stages, by stage name (policy.fastpath, ...).
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
 
     def rule(self, name: str) -> Rule:
         for rule in self.rules:

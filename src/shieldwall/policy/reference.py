@@ -5,9 +5,11 @@ the validated policy, and is written for clarity, not speed; the kernel tests co
 BPF stages with it.
 
 - Non-IP frames are never subject to the policy: they pass (reason non_ip).
-- The fastpath lists are looked up first by source address; the longest matching prefix
-  of allow and deny decides (allowlisted / blocklisted).
-- Then the rules, in order. pass and drop decide; count and monitor record the hit and
+- Then the stages of the chain decide in turn (each stage module holds its own part
+  of this model: stages/<name>.py, `decide`). The fastpath looks up the source in its
+  lists; the longest matching prefix of allow and deny decides (allowlisted /
+  blocklisted).
+- The policy stage applies the rules, in order. pass and drop decide; count and monitor record the hit and
   go on. When no rule decides, default_action applies (reason default), except that
   default_action: drop never drops IPv6 neighbor discovery (reason nd_protected).
 """
@@ -19,7 +21,7 @@ from typing import Any, Callable
 
 from .. import abi
 from ..model.parse import ICMP_PROTO, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
-from .model import Fastpath, Fragment, Items, Match, Policy, Range, TcpFlags, Verdict
+from .model import Fragment, Items, Match, Policy, Range, RuleSet, TcpFlags, Verdict
 
 # Router/neighbor solicitation and advertisement, redirect: without them IPv6 stops
 # working on the link, so a drop-by-default policy must not cut the host off.
@@ -45,25 +47,27 @@ class Decision:
 
 
 def evaluate(policy: Policy, pkt: ParsedPacket) -> Decision:
-    """The decision for a packet the root parsed without error: fastpath, then rules."""
+    """The decision for a packet the root parsed without error: each stage of the
+    policy's chain in turn, until one decides; pass at the end of the chain."""
     if pkt.family == abi.SW_FAMILY_NONE:
         return Decision("pass", "non_ip")
-    return evaluate_fastpath(policy.fastpath, pkt) or evaluate_rules(policy, pkt)
+    from ..stages import stages  # the stages are built on this module
+    for stage in chain(policy):
+        decision = stages()[stage].decide(policy.sections[stage], pkt)
+        if decision is not None:
+            return decision
+    return Decision("pass", "end_of_chain")
 
 
-def evaluate_fastpath(fastpath: Fastpath, pkt: ParsedPacket) -> Decision | None:
-    """allowlisted / blocklisted by the longest matching prefix, or None for neither."""
-    allow = fastpath.allow_table.longest_match(pkt.src_ip)
-    deny = fastpath.deny_table.longest_match(pkt.src_ip)
-    if allow is None and deny is None:
-        return None
-    # The loader refuses a prefix in both lists, so the lengths never tie.
-    if deny is None or (allow is not None and allow > deny):
-        return Decision("pass", "allowlisted")
-    return Decision("drop", "blocklisted")
+def chain(policy: Policy) -> tuple[str, ...]:
+    """The stages the policy runs, in order: pipeline.stages, or those with work."""
+    from ..stages import stages
+    if policy.pipeline.stages is not None:
+        return policy.pipeline.stages
+    return tuple(name for name, s in stages().items() if s.busy(policy.sections[name]))
 
 
-def evaluate_rules(policy: Policy, pkt: ParsedPacket) -> Decision:
+def evaluate_rules(policy: Policy | RuleSet, pkt: ParsedPacket) -> Decision:
     """The rules and default_action alone, as the policy stage applies them."""
     counted: list[str] = []
     would_drop: list[str] = []

@@ -1,0 +1,138 @@
+"""What a stage is: one C program (bpf/stages/<name>.bpf.c) and one Python module here.
+
+A stage module subclasses Stage and registers an instance (stages/__init__.py finds the
+modules by themselves). Everything else — the policy loader, the reference model,
+`check`, the pipeline loader, `status` — asks the registry, so a new stage touches its
+C file, its module, and the header entry for the layouts it shares with C.
+
+The life of a stage's data, in the order the pipeline uses it:
+
+    section(doc, v)      its part of the policy file, validated (issues reported to v)
+    image(section)       what the stage computes from it, in pure Python
+    sources(image)       its longest-prefix view of source addresses, if it keys on them
+    build(image, column) its config maps' contents and its program's constants; column
+                         maps the pipeline's source classes to its own values
+    carry(maps)          what must follow from the load it replaces (read before the swap)
+    after_swap(...)      work that must wait until the new programs run (counters)
+    status(maps)         its part of `status`, read back from the pinned maps
+
+Config maps are rebuilt from the policy for every load; state maps (counters, buckets,
+blocks) are pinned and handed to the next load, so they survive reloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+from .. import abi
+
+if TYPE_CHECKING:
+    from ..dataplane.sources import SourceMap
+    from ..kernel.libbpf import Map
+    from ..model.parse import ParsedPacket
+    from ..policy.errors import Issue
+    from ..policy.model import Policy
+    from ..policy.reference import Decision
+    from ..policy.validator import Validator
+
+MapTypes = dict[str, tuple[str, str]]  # map name -> (key type, value type), cffi names
+
+
+@dataclass(eq=False)
+class StageBuild:
+    """A stage's part of one load: its program's constants (rodata section -> bytes),
+    its config maps' sizes, and their contents as (keys, values) bytes for one batch
+    update each."""
+
+    rodata: dict[str, bytes] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    contents: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    memory: int = 0  # bytes its config maps take, about
+
+
+class Stage:
+    name: ClassVar[str]                      # what pipeline.stages calls it
+    reasons: ClassVar[tuple[str, ...]] = ()  # reason codes it decides with (header SW_R_*)
+    keys: ClassVar[tuple[str, ...]] = ()     # top-level keys of the policy file it owns
+    order: ClassVar[int]                     # its place in the default chain
+    config_maps: ClassVar[MapTypes] = {}
+    state_maps: ClassVar[MapTypes] = {}
+
+    @property
+    def module(self) -> int:
+        """SW_MOD_<NAME>: what sw_pkt.module says when this stage decides."""
+        return abi.defines()[f"SW_MOD_{self.name.upper()}"]
+
+    @property
+    def program(self) -> str:
+        return f"sw_stage_{self.name}"
+
+    @property
+    def object(self) -> str:
+        return self.name
+
+    @property
+    def maps(self) -> MapTypes:
+        return {**self.config_maps, **self.state_maps}
+
+    # -- the policy file ----------------------------------------------------------------
+    def section(self, doc: dict, v: "Validator") -> Any:
+        """Its keys of the (mapping) document, validated; problems go to v.report with
+        their field paths. Called with the keys absent too: return the default."""
+        raise NotImplementedError
+
+    def busy(self, section: Any) -> bool:
+        """Whether it has work to do: a stage with none stays out of the default chain,
+        where it would cost a tail call per packet for nothing."""
+        return True
+
+    def summary(self, section: Any) -> list[str]:
+        """Its lines in `check`."""
+        return []
+
+    def warnings(self, policy: "Policy") -> Iterable["Issue"]:
+        """Legal but suspicious things in its section, for `check`."""
+        return ()
+
+    def sets_used(self, section: Any) -> set[str]:
+        """Names of the policy's sets it references."""
+        return set()
+
+    # -- the reference model ------------------------------------------------------------
+    def decide(self, section: Any, pkt: "ParsedPacket") -> "Decision | None":
+        """Its decision for a packet the root parsed, or None to hand it on."""
+        raise NotImplementedError
+
+    # -- the data plane -----------------------------------------------------------------
+    def image(self, section: Any) -> Any:
+        """Everything its maps will hold, computed in pure Python (may raise ValueError
+        when the kernel maps could not hold it)."""
+        return section
+
+    def sources(self, image: Any) -> "SourceMap | None":
+        """Its longest-prefix map of source addresses, when it keys on the source."""
+        return None
+
+    def build(self, image: Any, column: list[int] | None) -> StageBuild:
+        raise NotImplementedError
+
+    def carry(self, maps: dict[str, "Map"]) -> Any:
+        """What must follow from the maps of the load about to be replaced (read before
+        the swap); handed to after_swap."""
+        return None
+
+    def after_swap(self, maps: dict[str, "Map"], image: Any, carried: Any) -> None:
+        """Runs once the new programs are live."""
+
+    def status(self, maps: dict[str, "Map"]) -> dict:
+        """Its part of `status --json`, read from the pinned maps."""
+        return {}
+
+    def status_lines(self, report: dict) -> list[str]:
+        """Its lines in `status` (report: what status() returned)."""
+        return []
+
+    def describe(self, image: Any) -> list[str]:
+        """What its maps hold and cost, for `check`."""
+        return []

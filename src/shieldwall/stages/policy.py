@@ -1,0 +1,259 @@
+"""The policy stage: the rules and default_action (bpf/stages/policy.bpf.c).
+
+The rules compile into decision chains (policy.classifier, docs/classifier.md); this
+module lays the chains out in the stage's table, its hash of sparse exceptions and its
+program constants, and carries each rule's counters across rulesets by the rule's name.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .. import abi
+from ..dataplane import addrtrie
+from ..dataplane.images import pack
+from ..dataplane.sources import SourceMap
+from ..dataplane.tables import TableImage
+from ..kernel._libbpf import ffi
+from ..model.parse import ParsedPacket
+from ..policy.analysis import rule_warnings
+from ..policy.classes import FIELDS
+from ..policy.classifier import MISC, Plan, plan
+from ..policy.errors import Issue
+from ..policy.model import Policy, PrefixSet, RuleSet
+from ..policy.reference import Decision, evaluate_rules
+from ..policy.rules import parse_ruleset
+from ..policy.validator import Validator
+from . import register
+from .base import Stage, StageBuild
+
+TABLE, HOSTS, SPARSE, HITS, NAMES = "sw_pol_tab", "sw_pol_hosts", "sw_pol_sparse", "sw_pol_hits", "sw_pol_names"
+CONSTS = ".rodata.pol"
+
+
+@dataclass(frozen=True)
+class RuleCounter:
+    packets: int
+    bytes: int
+    last_hit_ns: int  # bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE); 0 if never hit
+    would_drop: int
+
+
+_COUNTER_FIELDS = ("packets", "bytes", "last_hit_ns", "would_drop")
+
+
+class PolicyStage(Stage):
+    name = "policy"
+    reasons = ("rule", "default", "nd_protected")
+    keys = ("default_action", "rules")
+    order = 20
+    config_maps = {
+        TABLE: ("__u32", "struct sw_tab_chunk"),
+        HOSTS: ("struct sw_addr_key", "__u32"),
+        SPARSE: ("__u64", "__u32"),
+        NAMES: ("__u32", "struct sw_rule_name"),
+    }
+    state_maps = {HITS: ("__u32", "struct sw_rule_counter")}
+
+    # -- the policy file ----------------------------------------------------------------
+    def section(self, doc: dict, v: Validator) -> RuleSet | None:
+        return parse_ruleset(doc, v)
+
+    def busy(self, section: RuleSet) -> bool:
+        # Even without rules the default action is a decision (reason `default`).
+        return True
+
+    def summary(self, section: RuleSet) -> list[str]:
+        by_action: dict[str, int] = {}
+        for rule in section.rules:
+            by_action[rule.action.name] = by_action.get(rule.action.name, 0) + 1
+        actions = ", ".join(f"{n} {a}" for a, n in sorted(by_action.items())) or "none"
+        return [f"rules: {len(section.rules)} ({actions}); default action: {section.default_action}"]
+
+    def warnings(self, policy: Policy) -> Iterable[Issue]:
+        return rule_warnings(policy)
+
+    def sets_used(self, section: RuleSet) -> set[str]:
+        used = set()
+        for rule in section.rules:
+            for items in (rule.match.src, rule.match.dst):
+                if items is not None:
+                    used |= {i.value.name for i in items.items if isinstance(i.value, PrefixSet)}
+        return used
+
+    # -- the reference model ------------------------------------------------------------
+    def decide(self, section: RuleSet, pkt: ParsedPacket) -> Decision:
+        return evaluate_rules(section, pkt)
+
+    # -- the data plane -----------------------------------------------------------------
+    def image(self, section: RuleSet) -> Plan:
+        if len(section.rules) > abi.SW_POL_MAX_RULES:
+            raise ValueError(f"{len(section.rules)} rules: the policy stage holds at most "
+                             f"{abi.SW_POL_MAX_RULES}")
+        return plan(section)
+
+    def sources(self, image: Plan) -> SourceMap | None:
+        src = image.fields.get("src")
+        return SourceMap(src.nodes) if src is not None else None
+
+    def build(self, image: Plan, column: list[int] | None) -> StageBuild:
+        return _Layout(image, column).build()
+
+    def describe(self, image: Plan) -> list[str]:
+        n = image.lookups()
+        return [f"policy: {len(image.rules)} rules in {n['buckets']} buckets; per packet "
+                f"{n['field_lookups']} field lookups, {n['misc_lookups']} for the small fields, "
+                f"{n['chain_steps']} chain steps ({n['sparse_steps']} hashed)"]
+
+    # -- counters follow rule names -----------------------------------------------------
+    def carry(self, maps: dict[str, Any]) -> dict[str, list[dict]]:
+        """Every rule's per-CPU counters by name ("" for id 0, the default's), read from
+        the maps of the ruleset about to be replaced."""
+        if HITS not in maps or NAMES not in maps:
+            return {}
+        names = rule_names(maps)
+        return {names.get(i, ""): _cells(maps[HITS], i) for i in [0, *names]}
+
+    def after_swap(self, maps: dict[str, Any], image: Plan, carried: Any) -> None:
+        """Rule ids may name other rules now: the counter array is zeroed, then every
+        surviving name's counters written at its new id. What the new ruleset counts
+        between the swap and this is lost: a few packets at most."""
+        carried = carried or {}
+        hits = maps[HITS]
+        _zero(hits, hits.max_entries)
+        for rule_id, name in enumerate(("",) + tuple(r.name for r in image.rules)):
+            if name in carried:
+                hits.update(rule_id, carried[name])
+
+    # -- status ------------------------------------------------------------------------
+    def status(self, maps: dict[str, Any]) -> dict:
+        if HITS not in maps or NAMES not in maps:
+            return {}
+        names = rule_names(maps)
+        now = time.monotonic_ns()
+        rules = []
+        for rule_id in [0, *names]:
+            c = counter(maps, rule_id)
+            rules.append({"id": rule_id, "name": names.get(rule_id) if rule_id else None,
+                          "packets": c.packets, "bytes": c.bytes, "would_drop": c.would_drop,
+                          "last_hit_seconds_ago": round(max(0, now - c.last_hit_ns) / 1e9, 1)
+                          if c.last_hit_ns else None})
+        return {"rules": rules}
+
+
+def rule_names(maps: dict[str, Any]) -> dict[int, str]:
+    """Names of the active ruleset's rules by id (the map holds exactly the ruleset's:
+    id 0, the default's, has none)."""
+    names: dict[int, str] = {}
+    for key, value in maps[NAMES].lookup_batch():
+        name = ffi.string(value.name, abi.SW_RULE_NAME_LEN).decode(errors="replace")
+        if name:
+            names[int(key)] = name
+    return dict(sorted(names.items()))
+
+
+def counter(maps: dict[str, Any], rule_id: int) -> RuleCounter:
+    cells = maps[HITS].lookup(rule_id)
+    return RuleCounter(sum(c.packets for c in cells), sum(c.bytes for c in cells),
+                       max(c.last_hit_ns for c in cells), sum(c.would_drop for c in cells))
+
+
+def rule_counters(maps: dict[str, Any]) -> dict[int, RuleCounter]:
+    """Counters of the active ruleset by rule id, summed over CPUs (id 0: no rule decided)."""
+    return {rule_id: counter(maps, rule_id) for rule_id in [0, *rule_names(maps)]}
+
+
+def _cells(hits: Any, rule_id: int) -> list[dict]:
+    return [{f: getattr(c, f) for f in _COUNTER_FIELDS} for c in hits.lookup(rule_id)]
+
+
+def _zero(hits: Any, count: int) -> None:
+    cell = hits.stride * hits.ncpus
+    hits.update_batch(array("I", range(count)).tobytes(), bytes(cell * count))
+
+
+class _Layout:
+    """Where each part of a Plan lives in the stage's table, and its constants."""
+
+    def __init__(self, image: Plan, column: list[int] | None) -> None:
+        self.image = image
+        self.column = column
+        self.tab = TableImage()
+        self.sparse: dict[int, int] = {}
+        self.consts: dict[str, Any] = {"enabled": 1, "default_action": abi.ACTION_CODES[image.default_action],
+                                       "field_used": [0] * 13, "field_base": [0] * 13,
+                                       "field_na": [0] * 13, "misc_stride": [0] * 13}
+
+    def build(self) -> StageBuild:
+        image, tab, c = self.image, self.tab, self.consts
+        hosts: dict[bytes, int] = {}
+        for name, fc in image.fields.items():
+            fid = FIELDS[name]
+            c["field_used"][fid] = 1
+            if name == "src":
+                c["field_base"][fid] = tab.add(array("I", self.column or [0]))
+            elif name == "dst":
+                trie = addrtrie.build(tab, fc.nodes)
+                c["dst_root4"], c["dst_root6"] = trie.root4, trie.root6
+                hosts = trie.hosts
+            else:
+                c["field_base"][fid] = tab.add(fc.keys)
+                c["field_na"][fid] = fc.na_class
+        if image.misc_fields:
+            c["misc_used"] = 1
+            c["misc_base"] = tab.add(image.misc_table)
+            for name, stride in zip(image.misc_fields, image.misc_strides):
+                c["misc_stride"][FIELDS[name]] = stride
+        lists: dict[tuple, int] = {(): 0}
+        buckets = []
+        state_base = 0
+        for bucket in image.buckets:
+            steps = []
+            for step in bucket.steps:
+                entry = {"dim": step.dim, "sparse": int(not step.dense), "width": step.width,
+                         "remap_base": tab.add(step.remap)}
+                if step.dense:
+                    entry["table_base"] = tab.add(step.table)
+                else:
+                    entry["table_base"] = tab.add(step.default)
+                    entry["state_base"] = state_base
+                    for (s, cls), n in step.exceptions.items():
+                        self.sparse[(state_base + s) << 32 | cls] = n
+                    state_base += step.states
+                steps.append(entry)
+            words = array("I")
+            for d in bucket.decisions:
+                if d.counted not in lists:
+                    lists[d.counted] = tab.add([len(d.counted)] + [
+                        rule | (abi.SW_POL_WOULD_DROP if would else 0) for rule, would in d.counted])
+                words.append(d.rule_id | (abi.SW_POL_DROPS if d.verdict == "drop" else 0))
+                words.append(lists[d.counted])
+            buckets.append({"nsteps": len(steps), "decision_base": tab.add(words), "step": steps})
+        c["nbuckets"] = len(buckets)
+        c["bucket"] = buckets
+        c["counting"] = int(any(r.action.counts for r in image.rules))
+        return self._maps(hosts)
+
+    def _maps(self, hosts: dict[bytes, int]) -> StageBuild:
+        chunks, keys, values = self.tab.chunks()
+        names = b"".join(r.name.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for r in self.image.rules)
+        build = StageBuild(rodata={CONSTS: pack("struct sw_pol_consts", self.consts)})
+        build.sizes = {TABLE: chunks, HOSTS: max(1, len(hosts)), SPARSE: max(1, len(self.sparse)),
+                       NAMES: len(self.image.rules) + 1}
+        build.contents = {TABLE: (keys, values)}
+        if hosts:
+            build.contents[HOSTS] = (b"".join(hosts), array("I", hosts.values()).tobytes())
+        if self.sparse:
+            build.contents[SPARSE] = (struct.pack(f"={len(self.sparse)}Q", *self.sparse),
+                                      array("I", self.sparse.values()).tobytes())
+        if names:
+            build.contents[NAMES] = (array("I", range(1, len(self.image.rules) + 1)).tobytes(), names)
+        build.memory = self.tab.bytes + 72 * (len(hosts) + len(self.sparse))
+        return build
+
+
+register(PolicyStage())
