@@ -15,6 +15,8 @@ from shieldwall.dataplane import bpffs
 from shieldwall.kernel import xdp
 from shieldwall.kernel.libbpf import BpfObject
 from shieldwall.lab import topology
+from shieldwall.lab.probes import tcp_connect
+from shieldwall.lab.servers import start_tcp_server
 from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.traffic import IPV4_SRC_OFFSET, syn_flood_v4
 from shieldwall.lab.trafgen import TrafficGenerator
@@ -67,10 +69,10 @@ def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
     assert up.returncode == 0, up.stderr
     assert "native mode" in up.stdout
 
-    with topology.start_tcp_server(topo, PORT):
-        assert topology.tcp_connect(topo, PORT)
-        assert topology.tcp_connect(topo, PORT, dst=topo.server_v6)
-        assert not topology.tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
+    with start_tcp_server(topo, PORT):
+        assert tcp_connect(topo, PORT)
+        assert tcp_connect(topo, PORT, dst=topo.server_v6)
+        assert not tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
 
     template = syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4)
     with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
@@ -88,8 +90,8 @@ def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
     assert topology.lab_status(topo)["xdp"] is None
     with enter_netns(topo.server_ns):
         assert not bpffs.pin_dir(topo.server_if).exists()
-    with topology.start_tcp_server(topo, PORT):
-        assert topology.tcp_connect(topo, PORT, src=topo.attacker_v4)
+    with start_tcp_server(topo, PORT):
+        assert tcp_connect(topo, PORT, src=topo.attacker_v4)
 
 
 def test_reload_keeps_counters_and_swaps_programs(lab, policy):
@@ -104,8 +106,8 @@ def test_reload_keeps_counters_and_swaps_programs(lab, policy):
     second = server_status(topo)
     assert second["prog_id"] != first["prog_id"]
     assert counter(second, "pass", "end_of_chain") >= 1000  # kept across the reload
-    with topology.start_tcp_server(topo, PORT):
-        assert not topology.tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
+    with start_tcp_server(topo, PORT):
+        assert not tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
 
 
 def test_lab_down_removes_attached_pipeline_and_pins(policy):
