@@ -3,10 +3,7 @@ read back from a new process, and nothing left behind."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,8 @@ from shieldwall.lab.traffic import IPV4_SRC_OFFSET, syn_flood_v4
 from shieldwall.lab.trafgen import TrafficGenerator
 from shieldwall.paths import object_path
 
+from ..helpers import counter, server_status, shieldwall
+
 pytestmark = pytest.mark.netns
 
 PORT = 8081
@@ -33,33 +32,11 @@ fastpath:
 """
 
 
-def shieldwall(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shieldwall", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture()
-def lab():
-    with topology.lab() as topo:
-        yield topo
-
-
 @pytest.fixture()
 def policy(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     return path
-
-
-def server_status(topo) -> dict:
-    out = shieldwall("status", "--netns", topo.server_ns, "--iface", topo.server_if, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)[0]
-
-
-def counter(report: dict, action: str, reason: str) -> int:
-    return sum(c["packets"] for c in report["counters"]
-               if c["action"] == action and c["reason"] == reason)
 
 
 def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
@@ -110,14 +87,15 @@ def test_reload_keeps_counters_and_swaps_programs(lab, policy):
         assert not tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
 
 
-def test_lab_down_removes_attached_pipeline_and_pins(policy):
-    topo = topology.lab_up()
+def test_lab_down_removes_attached_pipeline_and_pins(topo, policy):
+    topo = topology.lab_up(topo)
     try:
         assert shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if,
                           "--config", str(policy)).returncode == 0
+        assert bpffs.netns_pin_scope(topo.server_ns).is_dir()
     finally:
         topology.lab_down(topo)
-    assert not (bpffs.BPFFS / "shieldwall" / f"netns-{topo.server_ns}").exists()
+    assert not bpffs.netns_pin_scope(topo.server_ns).exists()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     assert not set(topo.namespaces) & set(listed)
 

@@ -10,7 +10,7 @@ import pytest
 from shieldwall.lab.probes import tcp_connect
 from shieldwall.lab.servers import start_tcp_server
 
-from .test_attach import counter, lab, server_status, shieldwall  # noqa: F401 (fixture)
+from ..helpers import counter, server_status, shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -28,7 +28,7 @@ rules:
 """
 
 
-def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
+def test_policy_decides_real_traffic(lab, tmp_path: Path):
     topo = lab
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -65,7 +65,7 @@ def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
         assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
 
 
-def test_an_invalid_policy_changes_nothing_that_runs(lab, tmp_path: Path):  # noqa: F811
+def test_an_invalid_policy_changes_nothing_that_runs(lab, tmp_path: Path):
     topo = lab
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(POLICY)

@@ -1,9 +1,14 @@
-"""The default lab: a client/attacker namespace wired to a protected server by one veth.
+"""The lab: a client/attacker namespace wired to a protected server by one veth.
 
     sw-outside                                sw-server
     sw-out0  192.0.2.2   (client)    <-->     sw-srv0  192.0.2.1        (XDP here)
              192.0.2.66  (attacker)                    2001:db8:0:1::1
              2001:db8:0:1::2 / ::66
+
+Those are the names of the default lab, the one `shieldwall lab up` gives a user. Labs
+that a run builds for itself (tests, the demo, the benchmark) take names of their own,
+LabTopology.unique() (`sw-<token>-outside`, `sw-<token>-out0`, ...), so that any number
+of them and the user's lab coexist and each is torn down without touching the others.
 
 LabTopology holds these facts (and the MACs and ifindexes read back after creation) so
 tests, the traffic generator and the CLI agree on them. What runs in the lab is
@@ -13,17 +18,20 @@ elsewhere: servers.py (inside the server namespace), probes.py (traffic from out
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..dataplane.bpffs import remove_netns_pins
+from ..kernel.netns import NamespaceError, check_name
 from . import netns as ns
 from .netns import LabError
 
 LAB_PREFIX = "sw-"
+IFNAMSIZ = 16  # the kernel's buffer for an interface name, its terminating NUL included
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,30 @@ class LabTopology:
     outside_mac: str = ""
     server_ifindex: int = 0
     outside_ifindex: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (self.outside_if, self.server_if):
+            if not 0 < len(name.encode()) < IFNAMSIZ or any(c in name for c in "/: \t\n"):
+                raise ValueError(f"{name!r} is not an interface name "
+                                 f"(1 to {IFNAMSIZ - 1} bytes, no '/', ':' or blanks)")
+        for name in self.namespaces:
+            try:
+                check_name(name)
+            except NamespaceError as exc:
+                raise ValueError(str(exc)) from None
+
+    @classmethod
+    def unique(cls, prefix: str = LAB_PREFIX, **facts: Any) -> LabTopology:
+        """A topology named for one run: namespaces `<prefix><token>-outside` and
+        `-server`, interfaces `<prefix><token>-out0` and `-srv0`, with a random token no
+        existing namespace carries. Other fields (addresses, MTU) come from `facts`."""
+        taken = ns.list_netns(prefix)
+        while True:
+            stem = f"{prefix}{secrets.token_hex(3)}-"
+            if not any(name.startswith(stem) for name in taken):
+                break
+        return cls(outside_ns=f"{stem}outside", server_ns=f"{stem}server",
+                   outside_if=f"{stem}out0", server_if=f"{stem}srv0", **facts)
 
     @property
     def namespaces(self) -> tuple[str, str]:
@@ -111,9 +143,12 @@ def _cidr(addr_info: dict[str, Any]) -> str:
     return str(ipaddress.ip_interface(f"{addr_info['local']}/{addr_info['prefixlen']}"))
 
 
-def _build(topo: LabTopology) -> None:
+def _build(topo: LabTopology, created: list[str]) -> None:
+    """Builds the lab, appending each namespace to `created` as soon as it exists: one
+    that could not be created (its name taken meanwhile) is someone else's."""
     for netns in topo.namespaces:
         ns.create_netns(netns)
+        created.append(netns)
         # Before the veth exists, so its ends inherit "default" and never run DAD/RS.
         for scope in ("all", "default"):
             ns.disable_ipv6_dad_ra(netns, scope)
@@ -157,17 +192,19 @@ def _read_back(topo: LabTopology) -> LabTopology:
 def lab_up(topo: LabTopology = DEFAULT_TOPOLOGY) -> LabTopology:
     """Create the lab, or return the existing one if it is healthy.
 
-    A partial or broken lab (e.g. left by a crash) is torn down and rebuilt; anything
-    attached to the old interfaces, XDP programs included, goes with it.
+    A partial or broken lab of this topology's names (e.g. left by a crash) is torn down
+    and rebuilt; anything attached to the old interfaces, XDP programs included, goes
+    with it. A build that fails removes what it created, and only that.
     """
     if not _problems(topo):
         return _read_back(topo)
     lab_down(topo)
+    created: list[str] = []
     try:
-        _build(topo)
+        _build(topo, created)
         _wait_healthy(topo)
     except BaseException:
-        lab_down(topo)
+        _remove(created)
         raise
     return _read_back(topo)
 
@@ -180,8 +217,12 @@ def lab_down(topo: LabTopology = DEFAULT_TOPOLOGY) -> None:
     Processes left inside (servers from a crashed run) are killed, so the namespaces
     are really freed instead of lingering unnamed.
     """
+    _remove(topo.namespaces)
+
+
+def _remove(namespaces: Iterable[str]) -> None:
     errors = []
-    for name in sorted(set(topo.namespaces)):
+    for name in sorted(set(namespaces)):
         try:
             ns.delete_netns(name)
             # The interfaces went with the namespace; their pinned pipelines must too.
@@ -219,7 +260,6 @@ def lab_status(topo: LabTopology = DEFAULT_TOPOLOGY) -> dict[str, Any]:
         "healthy": not problems,
         "problems": problems,
         "namespaces": {name: ns.netns_exists(name) for name in topo.namespaces},
-        "stray_namespaces": [n for n in ns.list_netns(LAB_PREFIX) if n not in topo.namespaces],
         "links": links,
         "xdp_attached": server_xdp is not None,
         "xdp": server_xdp,
@@ -227,8 +267,14 @@ def lab_status(topo: LabTopology = DEFAULT_TOPOLOGY) -> dict[str, Any]:
 
 
 @contextmanager
-def lab(topo: LabTopology = DEFAULT_TOPOLOGY) -> Iterator[LabTopology]:
-    """The lab for the duration of a block, torn down afterwards whatever happens."""
+def lab(topo: LabTopology | None = None) -> Iterator[LabTopology]:
+    """A lab for the duration of a block, torn down afterwards whatever happens.
+
+    Without a topology the lab gets names of its own (LabTopology.unique()): a
+    throw-away lab must neither adopt nor tear down one that somebody else has up.
+    """
+    if topo is None:
+        topo = LabTopology.unique()
     try:
         yield lab_up(topo)
     finally:
