@@ -14,7 +14,7 @@ from shieldwall.dataplane import bpffs
 from shieldwall.kernel import xdp
 from shieldwall.lab import topology
 from shieldwall.kernel.netns import enter_netns
-from shieldwall.paths import BPF_SRC_DIR, object_dir
+from shieldwall.paths import BPF_SRC_DIR, clang, object_dir
 
 from .test_attach import shieldwall
 
@@ -64,7 +64,7 @@ def test_verifier_rejection_shows_the_log_and_attaches_nothing(tmp_path: Path):
     src = tmp_path / "bad.c"
     src.write_text(REJECTED)
     arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip()
-    subprocess.run(["clang-19", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}",
+    subprocess.run([clang(), "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}",
                     f"-I{BPF_SRC_DIR}", f"-I{BPF_SRC_DIR / 'include'}", "-c",
                     str(src), "-o", str(objects / "root.bpf.o")], check=True)
     with topology.lab() as topo:
