@@ -207,14 +207,6 @@ def test_lab_down_leaves_other_labs_alone(topo) -> None:
     assert not bpffs.netns_pin_scope(other.server_ns).exists()
 
 
-def test_lab_down_when_nothing_exists(topo) -> None:
-    lab_down(topo)
-    lab_down(topo)
-    status = lab_status(topo)
-    assert status["namespaces"] == {topo.outside_ns: False, topo.server_ns: False}
-    assert status["links"][topo.server_if]["present"] is False
-
-
 def test_lab_context_tears_down_after_an_error(topo) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         with topology.lab(topo):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from shieldwall.kernel.netns import NamespaceError
-from shieldwall.lab import DEFAULT_TOPOLOGY, LabError, LabTopology, enter_netns, run
+from shieldwall.lab import (DEFAULT_TOPOLOGY, LabError, LabTopology, enter_netns, lab_down,
+                            lab_status, run)
 from shieldwall.lab import netns as ns
 from shieldwall.lab import topology
 
@@ -51,6 +52,16 @@ def test_unique_skips_a_token_an_existing_namespace_carries(monkeypatch) -> None
 def test_unusable_names_are_refused(field, name) -> None:
     with pytest.raises(ValueError):
         LabTopology(**{field: name})
+
+
+def test_a_lab_that_does_not_exist() -> None:
+    topo = LabTopology.unique()
+    lab_down(topo)
+    lab_down(topo)
+    status = lab_status(topo)
+    assert status["healthy"] is False
+    assert status["namespaces"] == {topo.outside_ns: False, topo.server_ns: False}
+    assert status["links"][topo.server_if]["present"] is False
 
 
 def test_run_errors_name_the_command() -> None:
