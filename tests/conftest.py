@@ -57,7 +57,8 @@ def private_bpffs() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="shieldwall-test-"))
     where = base / "bpffs"
     where.mkdir()
-    mount = subprocess.run(["mount", "-t", "bpf", "bpf", str(where)], capture_output=True, text=True)
+    mount = subprocess.run(["mount", "-t", "bpf", "bpf", str(where)],
+                           capture_output=True, text=True)
     if mount.returncode != 0:
         shutil.rmtree(base)
         pytest.fail(f"mounting a bpffs for this run at {where}: {mount.stderr.strip()}")

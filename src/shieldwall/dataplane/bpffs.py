@@ -92,8 +92,9 @@ def missing_capabilities() -> list[str]:
 def require_root() -> None:
     missing = missing_capabilities()
     if missing:
+        lacks = " and ".join(missing)
         raise EnvironmentProblem(
-            errno.EPERM, f"shieldwall needs root for this; this process lacks {' and '.join(missing)}",
+            errno.EPERM, f"shieldwall needs root for this; this process lacks {lacks}",
             "run it with sudo, or as root with CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN")
 
 

@@ -41,8 +41,8 @@ def tcp_banner(
     src: str | None = None,
     timeout: float = 1.0,
 ) -> str | None:
-    """Connect from the outside namespace and return the server's line ("sw-lab <client address>"),
-    or None if the connection or the line did not make it in time.
+    """Connect from the outside namespace and return the server's line ("sw-lab <client
+    address>"), or None if the connection or the line did not make it in time.
 
     `dst` defaults to the server's IPv4 address, `src` to the kernel's choice (the
     client address; the attacker addresses are never picked by default).
