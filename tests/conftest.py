@@ -2,9 +2,20 @@
 
 Kernel and namespace tests are not optional: on a machine without BPF they fail, and a
 skipped test anywhere fails the run, so a green suite always means the tiers ran.
+
+A run keeps to what it creates: its labs have names of their own (LabTopology.unique())
+and its pins live on a bpffs mounted for the run alone, so it neither sees nor touches a
+user's lab, another run's, or anything pinned under /sys/fs/bpf.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +37,46 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:  # noqa:
         terminalreporter.write_line(
             f"FAILED: {len(_skipped)} test(s) skipped; every tier must run here: "
             + ", ".join(_skipped[:5]), red=True)
+
+
+def _unmount(where: Path) -> bool:
+    if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+        return True
+    # Busy (a process still inside a directory of it): detached now, freed when it lets go.
+    return subprocess.run(["umount", "--lazy", str(where)], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def private_bpffs() -> Iterator[Path]:
+    """A bpffs mounted for this run, with a lock of its own, for this process and the
+    commands it starts (SHIELDWALL_BPFFS, SHIELDWALL_LOCK); unmounted at the end.
+
+    It is not under /sys: `ip netns exec` gives a command a fresh /sys, without it.
+    Whatever the run left pinned there fails the run.
+    """
+    base = Path(tempfile.mkdtemp(prefix="shieldwall-test-"))
+    where = base / "bpffs"
+    where.mkdir()
+    mount = subprocess.run(["mount", "-t", "bpf", "bpf", str(where)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        shutil.rmtree(base)
+        pytest.fail(f"mounting a bpffs for this run at {where}: {mount.stderr.strip()}")
+    saved = {name: os.environ.get(name) for name in ("SHIELDWALL_BPFFS", "SHIELDWALL_LOCK")}
+    os.environ["SHIELDWALL_BPFFS"] = str(where)
+    os.environ["SHIELDWALL_LOCK"] = str(base / "shieldwall.lock")
+    leftovers: list[str] = []
+    fresh = set(where.iterdir())  # what the kernel puts on every new bpffs
+    try:
+        yield where
+        leftovers = sorted(str(path.relative_to(where)) for path in where.rglob("*")
+                           if path not in fresh)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if _unmount(where):
+            shutil.rmtree(base)
+    assert not leftovers, f"pins left behind on this run's bpffs: {', '.join(leftovers)}"

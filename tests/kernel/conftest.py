@@ -7,6 +7,11 @@ import pytest
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig, one_cpu
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _pins_of_this_run(private_bpffs):
+    yield private_bpffs
+
+
 @pytest.fixture(scope="session")
 def cpu():
     with one_cpu() as cpu:

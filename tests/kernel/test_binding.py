@@ -72,8 +72,7 @@ def test_batch_update_and_lookup_of_a_hash_map():
 
 
 def test_pin_reuse_and_unpin():
-    bpffs.ensure_bpffs()
-    pin = bpffs.BPFFS / "shieldwall-test-pin"
+    pin = bpffs.ensure_bpffs() / "shieldwall-test-pin"
     m = Map.create(libbpf.MAP_TYPE_PERCPU_ARRAY, "sw_counters", "__u32", "struct sw_counter",
                    abi.SW_ACT_MAX * abi.SW_R_MAX)
     try:
@@ -97,7 +96,7 @@ def test_pin_reuse_and_unpin():
 
 def test_errors_carry_errno_and_message():
     with pytest.raises(BpfError) as info:
-        Map.open_pinned("/sys/fs/bpf/shieldwall-does-not-exist", "__u32", "__u32")
+        Map.open_pinned(bpffs.root() / "shieldwall-does-not-exist", "__u32", "__u32")
     assert info.value.errno == errno.ENOENT
     assert "opening pinned map" in str(info.value) and "No such file" in str(info.value)
     with pytest.raises(BpfError) as info:

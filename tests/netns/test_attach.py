@@ -3,10 +3,7 @@ read back from a new process, and nothing left behind."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +12,14 @@ from shieldwall.dataplane import bpffs
 from shieldwall.kernel import xdp
 from shieldwall.kernel.libbpf import BpfObject
 from shieldwall.lab import topology
+from shieldwall.lab.probes import tcp_connect
+from shieldwall.lab.servers import start_tcp_server
 from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.traffic import IPV4_SRC_OFFSET, syn_flood_v4
 from shieldwall.lab.trafgen import TrafficGenerator
 from shieldwall.paths import object_path
+
+from ..helpers import counter, server_status, shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -31,33 +32,11 @@ fastpath:
 """
 
 
-def shieldwall(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shieldwall", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture()
-def lab():
-    with topology.lab() as topo:
-        yield topo
-
-
 @pytest.fixture()
 def policy(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     return path
-
-
-def server_status(topo) -> dict:
-    out = shieldwall("status", "--netns", topo.server_ns, "--iface", topo.server_if, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)[0]
-
-
-def counter(report: dict, action: str, reason: str) -> int:
-    return sum(c["packets"] for c in report["counters"]
-               if c["action"] == action and c["reason"] == reason)
 
 
 def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
@@ -67,10 +46,10 @@ def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
     assert up.returncode == 0, up.stderr
     assert "native mode" in up.stdout
 
-    with topology.start_tcp_server(topo, PORT):
-        assert topology.tcp_connect(topo, PORT)
-        assert topology.tcp_connect(topo, PORT, dst=topo.server_v6)
-        assert not topology.tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
+    with start_tcp_server(topo, PORT):
+        assert tcp_connect(topo, PORT)
+        assert tcp_connect(topo, PORT, dst=topo.server_v6)
+        assert not tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
 
     template = syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4)
     with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
@@ -88,8 +67,8 @@ def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
     assert topology.lab_status(topo)["xdp"] is None
     with enter_netns(topo.server_ns):
         assert not bpffs.pin_dir(topo.server_if).exists()
-    with topology.start_tcp_server(topo, PORT):
-        assert topology.tcp_connect(topo, PORT, src=topo.attacker_v4)
+    with start_tcp_server(topo, PORT):
+        assert tcp_connect(topo, PORT, src=topo.attacker_v4)
 
 
 def test_reload_keeps_counters_and_swaps_programs(lab, policy):
@@ -104,18 +83,19 @@ def test_reload_keeps_counters_and_swaps_programs(lab, policy):
     second = server_status(topo)
     assert second["prog_id"] != first["prog_id"]
     assert counter(second, "pass", "end_of_chain") >= 1000  # kept across the reload
-    with topology.start_tcp_server(topo, PORT):
-        assert not topology.tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
+    with start_tcp_server(topo, PORT):
+        assert not tcp_connect(topo, PORT, src=topo.attacker_v4, timeout=0.5)
 
 
-def test_lab_down_removes_attached_pipeline_and_pins(policy):
-    topo = topology.lab_up()
+def test_lab_down_removes_attached_pipeline_and_pins(topo, policy):
+    topo = topology.lab_up(topo)
     try:
         assert shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if,
                           "--config", str(policy)).returncode == 0
+        assert bpffs.netns_pin_scope(topo.server_ns).is_dir()
     finally:
         topology.lab_down(topo)
-    assert not (bpffs.BPFFS / "shieldwall" / f"netns-{topo.server_ns}").exists()
+    assert not bpffs.netns_pin_scope(topo.server_ns).exists()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     assert not set(topo.namespaces) & set(listed)
 

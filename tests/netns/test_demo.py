@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
+import re
 
 import pytest
 
 from shieldwall.dataplane import bpffs
+from shieldwall.lab import DEFAULT_TOPOLOGY
+from shieldwall.lab import netns as ns
 
-from .test_attach import shieldwall
+from ..helpers import shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -18,6 +20,10 @@ def test_demo_passes_its_checks_and_cleans_up():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[FAIL]" not in out.stdout and "drop blocklisted" in out.stdout
     assert "drop-attacker" in out.stdout
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not any(name.startswith("sw-") for name in namespaces.split())
-    assert not list((bpffs.BPFFS / "shieldwall").glob("netns-sw-*"))
+    # The demo names its lab; the names are its own, and gone with their pins.
+    built = re.search(r"^lab: (\S+) \(.*\) <-> (\S+) \(", out.stdout, re.MULTILINE)
+    assert built, out.stdout
+    namespaces = built.groups()
+    assert not set(namespaces) & set(DEFAULT_TOPOLOGY.namespaces)
+    assert not [name for name in namespaces if ns.netns_exists(name)]
+    assert not [name for name in namespaces if bpffs.netns_pin_scope(name).exists()]

@@ -1,4 +1,6 @@
-"""The namespace lab: build, real traffic over v4/v6, status, idempotence, teardown."""
+"""The namespace lab: build, real traffic over v4/v6, status, idempotence, teardown, and
+labs that coexist. Each test builds its own lab under names of its own (the `topo`
+fixture) and never touches any other namespace."""
 
 from __future__ import annotations
 
@@ -12,14 +14,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from shieldwall.kernel.netns import NamespaceError
+from shieldwall.dataplane import bpffs
 from shieldwall.lab import netns as ns
-from shieldwall.lab import topology as topo_mod
+from shieldwall.lab import topology
 from shieldwall.lab import (
+    DEFAULT_TOPOLOGY,
     LabError,
     LabTopology,
     enter_netns,
-    lab,
     lab_down,
     lab_status,
     lab_up,
@@ -32,24 +34,19 @@ from shieldwall.lab import (
     udp_roundtrip,
 )
 
+from ..helpers import shieldwall
+
 pytestmark = pytest.mark.netns
 
 PORT = 8080
 
 
-def sw_namespaces() -> list[str]:
-    return ns.list_netns(topo_mod.LAB_PREFIX)
+def existing(topo: LabTopology) -> list[str]:
+    return [name for name in topo.namespaces if ns.netns_exists(name)]
 
 
 def own_netns_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-@pytest.fixture(autouse=True)
-def no_lab_left_behind() -> Iterator[None]:
-    yield
-    lab_down()
-    assert sw_namespaces() == []
 
 
 # --- a minimal XDP program, loaded without a compiler ------------------------------
@@ -97,11 +94,12 @@ def xdp_returning(action: int, netns: str, ifname: str) -> Iterator[None]:
 # --- tests ------------------------------------------------------------------------
 
 
-def test_lab_carries_v4_and_v6_traffic_then_goes_away() -> None:
-    with lab() as topo:
-        assert set(sw_namespaces()) == {"sw-outside", "sw-server"}
-        assert topo.server_mac and topo.outside_mac and topo.server_mac != topo.outside_mac
-        assert topo.server_ifindex > 0
+def test_lab_carries_v4_and_v6_traffic_then_goes_away(topo) -> None:
+    with topology.lab(topo) as built:
+        assert existing(topo) == list(topo.namespaces)
+        assert built.server_mac and built.outside_mac and built.server_mac != built.outside_mac
+        assert built.server_ifindex > 0
+        topo = built
 
         for dst, attacker in ((topo.server_v4, topo.attacker_v4),
                               (topo.server_v6, topo.attacker_v6)):
@@ -120,21 +118,30 @@ def test_lab_carries_v4_and_v6_traffic_then_goes_away() -> None:
         assert not tcp_connect(topo, PORT, timeout=0.5)
         assert not udp_roundtrip(topo, PORT, timeout=0.3)
 
-        status = lab_status()
+        status = lab_status(topo)
         assert status["healthy"], status["problems"]
-        assert status["stray_namespaces"] == []
-        srv = status["links"]["sw-srv0"]
+        srv = status["links"][topo.server_if]
         assert srv["state"] == "UP" and srv["mtu"] == 1500
         assert srv["mac"] == topo.server_mac
         assert set(srv["addresses"]) == {"192.0.2.1/24", "2001:db8:0:1::1/64"}
-        assert set(status["links"]["sw-out0"]["addresses"]) == set(topo.outside_cidrs())
+        assert set(status["links"][topo.outside_if]["addresses"]) == set(topo.outside_cidrs())
         assert status["xdp_attached"] is False and srv["xdp"] is None
-    assert sw_namespaces() == []
-    assert lab_status()["healthy"] is False
+    assert existing(topo) == []
+    assert lab_status(topo)["healthy"] is False
 
 
-def test_default_source_is_the_client() -> None:
-    with lab() as topo, start_tcp_server(topo, PORT, lifetime=30):
+def test_a_throw_away_lab_has_names_of_its_own() -> None:
+    with topology.lab() as first, topology.lab() as second:
+        names = {*first.namespaces, *second.namespaces}
+        assert len(names) == 4 and not names & set(DEFAULT_TOPOLOGY.namespaces)
+        assert lab_status(first)["healthy"] and lab_status(second)["healthy"]
+        assert ping(first) and ping(second)
+    assert not [name for name in names if ns.netns_exists(name)]
+
+
+def test_default_source_is_the_client(lab) -> None:
+    topo = lab
+    with start_tcp_server(topo, PORT, lifetime=30):
         assert tcp_banner(topo, PORT) == f"sw-lab {topo.client_v4}"
         assert tcp_banner(topo, PORT, dst=topo.server_v6) == f"sw-lab {topo.client_v6}"
         assert tcp_banner(topo, PORT, src=topo.attacker_v4) == f"sw-lab {topo.attacker_v4}"
@@ -142,77 +149,102 @@ def test_default_source_is_the_client() -> None:
         assert got == f"sw-lab {topo.attacker_v6}"
 
 
-def test_lab_up_is_idempotent() -> None:
-    first = lab_up()
-    inode = os.stat("/run/netns/sw-server").st_ino
-    second = lab_up()
+def test_lab_up_is_idempotent(topo) -> None:
+    first = lab_up(topo)
+    inode = os.stat(f"/run/netns/{topo.server_ns}").st_ino
+    second = lab_up(topo)
     assert second == first
-    assert os.stat("/run/netns/sw-server").st_ino == inode  # not rebuilt
+    assert os.stat(f"/run/netns/{topo.server_ns}").st_ino == inode  # not rebuilt
 
 
-def test_lab_up_rebuilds_a_partial_lab_and_down_removes_strays() -> None:
-    lab_up()
-    ns.delete_netns("sw-outside")
-    ns.create_netns("sw-stale")
-    assert lab_status()["healthy"] is False
-    topo = lab_up()
-    assert lab_status()["healthy"]
+def test_lab_up_rebuilds_a_partial_lab(topo) -> None:
+    lab_up(topo)
+    ns.delete_netns(topo.outside_ns)
+    assert lab_status(topo)["healthy"] is False
+    topo = lab_up(topo)
+    assert lab_status(topo)["healthy"]
     assert ping(topo)
-    lab_down()
-    assert sw_namespaces() == []
+    lab_down(topo)
+    assert existing(topo) == []
 
 
-def test_lab_down_when_nothing_exists() -> None:
-    lab_down()
-    lab_down()
-    status = lab_status()
-    assert status["namespaces"] == {"sw-outside": False, "sw-server": False}
-    assert status["links"]["sw-srv0"]["present"] is False
+def test_a_failed_build_removes_what_it_created_and_only_that(topo, monkeypatch) -> None:
+    # The server's name is taken between the check and the build (another run got there
+    # first): the build fails, and the namespace that run made is left alone.
+    create = ns.create_netns
+
+    def taken_meanwhile(name: str) -> None:
+        if name == topo.server_ns:
+            create(name)  # the other run's
+        create(name)
+
+    monkeypatch.setattr(ns, "create_netns", taken_meanwhile)
+    try:
+        with pytest.raises(LabError, match="File exists"):
+            lab_up(topo)
+        assert existing(topo) == [topo.server_ns]
+    finally:
+        ns.delete_netns(topo.server_ns)
 
 
-def test_lab_context_tears_down_after_an_error() -> None:
+def test_lab_down_leaves_other_labs_alone(topo) -> None:
+    other = LabTopology.unique()
+    try:
+        other = lab_up(other)
+        up = shieldwall("up", "--netns", other.server_ns, "--iface", other.server_if)
+        assert up.returncode == 0, up.stderr
+        with start_udp_echo(other, PORT, lifetime=30) as echo:
+            lab_up(topo)
+            lab_down(topo)
+            assert existing(topo) == []
+            assert echo.alive
+            assert udp_roundtrip(other, PORT)
+            status = lab_status(other)
+            assert status["healthy"] and status["xdp_attached"]
+        assert bpffs.netns_pin_scope(other.server_ns).is_dir()
+    finally:
+        lab_down(other)
+    assert not bpffs.netns_pin_scope(other.server_ns).exists()
+
+
+def test_lab_context_tears_down_after_an_error(topo) -> None:
     with pytest.raises(RuntimeError, match="boom"):
-        with lab():
+        with topology.lab(topo):
+            assert existing(topo) == list(topo.namespaces)
             raise RuntimeError("boom")
-    assert sw_namespaces() == []
+    assert existing(topo) == []
 
 
-def test_enter_netns_switches_and_restores() -> None:
-    topo = lab_up()
+def test_enter_netns_switches_and_restores(lab) -> None:
+    topo = lab
     outside = own_netns_inode()
     with pytest.raises(OSError):
-        socket.if_nametoindex("sw-srv0")
-    with enter_netns("sw-server"):
+        socket.if_nametoindex(topo.server_if)
+    with enter_netns(topo.server_ns):
         assert own_netns_inode() != outside
-        assert socket.if_nametoindex("sw-srv0") == topo.server_ifindex
-        with enter_netns("sw-outside"):  # nesting restores to the enclosing one
-            assert socket.if_nametoindex("sw-out0") == topo.outside_ifindex
-        assert socket.if_nametoindex("sw-srv0") == topo.server_ifindex
+        assert socket.if_nametoindex(topo.server_if) == topo.server_ifindex
+        with enter_netns(topo.outside_ns):  # nesting restores to the enclosing one
+            assert socket.if_nametoindex(topo.outside_if) == topo.outside_ifindex
+        assert socket.if_nametoindex(topo.server_if) == topo.server_ifindex
     assert own_netns_inode() == outside
     with pytest.raises(OSError):
-        socket.if_nametoindex("sw-srv0")
+        socket.if_nametoindex(topo.server_if)
 
     with pytest.raises(KeyError):
-        with enter_netns("sw-server"):
+        with enter_netns(topo.server_ns):
             raise KeyError("restored even on error")
     assert own_netns_inode() == outside
     # Only the network namespace moved: the mount namespace (and bpffs) is the host's.
     mnt = os.stat("/proc/thread-self/ns/mnt").st_ino
-    with enter_netns("sw-server"):
+    with enter_netns(topo.server_ns):
         assert os.stat("/proc/thread-self/ns/mnt").st_ino == mnt
 
 
-def test_enter_netns_unknown_namespace() -> None:
-    with pytest.raises(NamespaceError, match="sw-nonexistent"):
-        with enter_netns("sw-nonexistent"):
-            pass
-
-
-def test_status_reports_xdp_and_probes_see_drops() -> None:
-    topo = lab_up()
+def test_status_reports_xdp_and_probes_see_drops(lab) -> None:
+    topo = lab
     with start_tcp_server(topo, PORT, lifetime=30):
         with xdp_returning(_XDP_PASS, topo.server_ns, topo.server_if):
-            status = lab_status()
+            status = lab_status(topo)
             assert status["xdp_attached"] is True
             assert status["xdp"]["mode"] == "native"
             assert status["xdp"]["programs"][0]["name"] == "sw_lab_test"
@@ -221,12 +253,12 @@ def test_status_reports_xdp_and_probes_see_drops() -> None:
             assert not ping(topo, timeout=0.3)
             assert not tcp_connect(topo, PORT, timeout=0.5)
             assert not tcp_connect(topo, PORT, dst=topo.server_v6, timeout=0.5)
-        assert lab_status()["xdp_attached"] is False
+        assert lab_status(topo)["xdp_attached"] is False
         assert tcp_connect(topo, PORT)
 
 
-def test_servers_have_a_bounded_lifetime() -> None:
-    topo = lab_up()
+def test_servers_have_a_bounded_lifetime(lab) -> None:
+    topo = lab
     server = start_tcp_server(topo, PORT, lifetime=0.5)
     try:
         assert server.proc.wait(timeout=10) == 0
@@ -237,59 +269,31 @@ def test_servers_have_a_bounded_lifetime() -> None:
     assert not echo.alive
 
 
-def test_server_start_failure_is_reported() -> None:
-    topo = lab_up()
+def test_server_start_failure_is_reported(lab) -> None:
     with pytest.raises(LabError, match="did not start"):
-        start_tcp_server(topo, PORT, addrs=["203.0.113.9"])  # not an address of the server
+        start_tcp_server(lab, PORT, addrs=["203.0.113.9"])  # not an address of the server
 
 
-def test_offloads_are_set_for_xdp() -> None:
-    lab_up()
-    for link in lab_status()["links"].values():
+def test_offloads_are_set_for_xdp(lab) -> None:
+    for link in lab_status(lab)["links"].values():
         assert link["offloads"].get("gro") is True
         assert link["offloads"].get("tx") is False
 
 
-def test_run_errors_name_the_command() -> None:
-    with pytest.raises(LabError, match=r"ip link show dev sw-nope.*exit status"):
-        run(["ip", "link", "show", "dev", "sw-nope"])
-    with pytest.raises(LabError, match="sw-no-such-binary"):
-        run(["sw-no-such-binary"])
-    assert run(["false"], check=False).returncode == 1
+def test_run_inside_a_namespace(lab) -> None:
+    topo = lab
+    out = run(["ip", "-br", "link", "show", "dev", topo.server_if], netns=topo.server_ns).stdout
+    assert out.startswith(f"{topo.server_if}@")
+    with pytest.raises(LabError, match=topo.server_if):
+        run(["ip", "link", "show", "dev", topo.server_if], netns=topo.outside_ns)
 
 
-def test_run_inside_a_namespace() -> None:
-    lab_up()
-    out = run(["ip", "-br", "link", "show", "dev", "sw-srv0"], netns="sw-server").stdout
-    assert out.startswith("sw-srv0@")
-    with pytest.raises(LabError, match="sw-srv0"):
-        run(["ip", "link", "show", "dev", "sw-srv0"], netns="sw-outside")
-
-
-def test_xdp_attachment_parsing() -> None:
-    assert ns.xdp_attachment({"ifname": "x"}) is None
-    multi = {"xdp": {"mode": 4, "attached": [
-        {"mode": 2, "prog": {"id": 7, "name": "a"}},
-        {"mode": 1, "prog": {"id": 9, "name": "b"}},
-    ]}}
-    assert ns.xdp_attachment(multi) == {"mode": "multi", "programs": [
-        {"mode": "generic", "id": 7, "name": "a"},
-        {"mode": "native", "id": 9, "name": "b"},
-    ]}
-
-
-def test_topology_facts() -> None:
-    topo = LabTopology()
-    assert topo.namespaces == ("sw-outside", "sw-server")
-    assert topo.server_cidrs() == ["192.0.2.1/24", "2001:db8:0:1::1/64"]
-    assert topo.outside_cidrs()[0] == "192.0.2.2/24"
-
-
-def test_lab_down_kills_processes_left_inside() -> None:
-    topo = lab_up()
+def test_lab_down_kills_processes_left_inside(lab) -> None:
+    topo = lab
     server = start_tcp_server(topo, PORT, lifetime=30)
     try:
-        lab_down()  # as after a crash: nobody stopped the server
+        lab_down(topo)  # as after a crash: nobody stopped the server
         assert server.proc.wait(timeout=5) != 0
     finally:
         server.stop()
+

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from shieldwall.lab import topology
+from shieldwall.lab.probes import tcp_connect
+from shieldwall.lab.servers import start_tcp_server
 
-from .test_attach import counter, lab, server_status, shieldwall  # noqa: F401 (fixture)
+from ..helpers import counter, server_status, shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -27,7 +28,7 @@ rules:
 """
 
 
-def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
+def test_policy_decides_real_traffic(lab, tmp_path: Path):
     topo = lab
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -35,11 +36,11 @@ def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
                     "--mode", "native", "--config", str(policy))
     assert up.returncode == 0, up.stderr
     try:
-        with topology.start_tcp_server(topo, WEB), topology.start_tcp_server(topo, OTHER):
-            assert topology.tcp_connect(topo, WEB)
-            assert topology.tcp_connect(topo, WEB, dst=topo.server_v6)
-            assert not topology.tcp_connect(topo, OTHER, timeout=0.5)
-            assert not topology.tcp_connect(topo, WEB, src=topo.attacker_v4, timeout=0.5)
+        with start_tcp_server(topo, WEB), start_tcp_server(topo, OTHER):
+            assert tcp_connect(topo, WEB)
+            assert tcp_connect(topo, WEB, dst=topo.server_v6)
+            assert not tcp_connect(topo, OTHER, timeout=0.5)
+            assert not tcp_connect(topo, WEB, src=topo.attacker_v4, timeout=0.5)
         report = server_status(topo)
         assert counter(report, "pass", "rule") > 0
         assert counter(report, "drop", "default") > 0
@@ -64,7 +65,7 @@ def test_policy_decides_real_traffic(lab, tmp_path: Path):  # noqa: F811
         assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
 
 
-def test_an_invalid_policy_changes_nothing_that_runs(lab, tmp_path: Path):  # noqa: F811
+def test_an_invalid_policy_changes_nothing_that_runs(lab, tmp_path: Path):
     topo = lab
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(POLICY)
@@ -80,8 +81,8 @@ def test_an_invalid_policy_changes_nothing_that_runs(lab, tmp_path: Path):  # no
         after = server_status(topo)
         assert after["prog_id"] == before["prog_id"]
         assert [r["name"] for r in after["rules"]] == [r["name"] for r in before["rules"]]
-        with topology.start_tcp_server(topo, WEB):
-            assert topology.tcp_connect(topo, WEB)
-            assert not topology.tcp_connect(topo, WEB, src=topo.attacker_v4, timeout=0.5)
+        with start_tcp_server(topo, WEB):
+            assert tcp_connect(topo, WEB)
+            assert not tcp_connect(topo, WEB, src=topo.attacker_v4, timeout=0.5)
     finally:
         shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if)

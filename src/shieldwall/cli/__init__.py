@@ -125,14 +125,15 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from ..lab import topology
+    # The user's lab has the fixed default names; labs of tests and commands never do.
+    topo = topology.DEFAULT_TOPOLOGY
     if args.lab_cmd == "up":
-        topo = topology.lab_up()
-        print(json.dumps(topo.to_dict(), indent=2))
+        print(json.dumps(topology.lab_up(topo).to_dict(), indent=2))
     elif args.lab_cmd == "down":
-        topology.lab_down()
+        topology.lab_down(topo)
         print("lab removed")
     else:
-        print(json.dumps(topology.lab_status(), indent=2))
+        print(json.dumps(topology.lab_status(topo), indent=2))
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import Iterator
 
 from .. import abi
 from ..config import Config
+from ..dataplane.bpffs import require_root
 from ..dataplane.pipeline import Pipeline, one_cpu
 from ..model.parse import ETH_HLEN, parse
 from ..pcapio import read_frames
@@ -14,6 +15,7 @@ from ..pcapio import read_frames
 
 def verdicts(pcap: Path, config: Config) -> Iterator[dict]:
     frames = read_frames(pcap)  # a corrupt capture fails here, before anything is loaded
+    require_root()  # before libbpf fails with a bare EPERM that does not say what is missing
     with Pipeline.load(config.pipeline) as pipeline, one_cpu() as cpu:
         for frame in frames:
             line = {"index": frame.index}

@@ -11,6 +11,8 @@ from tempfile import TemporaryDirectory
 from ..config import load_config
 from ..engine import lifecycle
 from . import topology
+from .probes import tcp_connect
+from .servers import start_tcp_server
 from ..kernel.netns import enter_netns
 from .traffic import IPV4_SRC_OFFSET, SPOOFED_V4, syn_flood_v4
 from .trafgen import TrafficGenerator
@@ -56,24 +58,24 @@ def run_demo() -> int:
     with topology.lab() as topo:
         _say(f"lab: {topo.outside_ns} (client {topo.client_v4}, attacker {topo.attacker_v4}) "
              f"<-> {topo.server_ns} (server {topo.server_v4}, {topo.server_v6})")
-        with topology.start_tcp_server(topo, PORT):
+        with start_tcp_server(topo, PORT):
             _say("before shieldwall:")
-            ok &= _check("client -> server", topology.tcp_connect(topo, PORT), True)
-            ok &= _check("attacker -> server", topology.tcp_connect(topo, PORT, src=topo.attacker_v4), True)
+            ok &= _check("client -> server", tcp_connect(topo, PORT), True)
+            ok &= _check("attacker -> server", tcp_connect(topo, PORT, src=topo.attacker_v4), True)
 
             with enter_netns(topo.server_ns):
                 result = lifecycle.up(topo.server_if, config, mode="native")
             _say(f"shieldwall up on {topo.server_if}: {result.mode} mode\n  why: {result.why}\n"
                  "  policy:\n" + "".join(f"    {line}\n" for line in POLICY.splitlines()).rstrip())
             try:
-                ok &= _check("client -> server", topology.tcp_connect(topo, PORT), True)
+                ok &= _check("client -> server", tcp_connect(topo, PORT), True)
                 ok &= _check("client -> server over IPv6",
-                             topology.tcp_connect(topo, PORT, dst=topo.server_v6), True)
+                             tcp_connect(topo, PORT, dst=topo.server_v6), True)
                 ok &= _check("attacker -> server",
-                             topology.tcp_connect(topo, PORT, src=topo.attacker_v4), False)
-                with topology.start_tcp_server(topo, PORT + 1):
+                             tcp_connect(topo, PORT, src=topo.attacker_v4), False)
+                with start_tcp_server(topo, PORT + 1):
                     ok &= _check("client -> another port",
-                                 topology.tcp_connect(topo, PORT + 1, timeout=0.5), False)
+                                 tcp_connect(topo, PORT + 1, timeout=0.5), False)
 
                 _say(f"flood: {FLOOD_PACKETS:,} spoofed SYNs from {SPOOFED_V4} at kernel speed")
                 template = syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4)
@@ -81,7 +83,7 @@ def run_demo() -> int:
                     sent = gen.send(template, FLOOD_PACKETS, spread_sources=250,
                                     src_offset=IPV4_SRC_OFFSET)
                 _say(f"  sent {sent.sent:,} frames in {sent.seconds:.2f} s ({sent.mpps:.2f} Mpps)")
-                ok &= _check("client -> server during the attack", topology.tcp_connect(topo, PORT), True)
+                ok &= _check("client -> server during the attack", tcp_connect(topo, PORT), True)
 
                 with enter_netns(topo.server_ns):
                     report = lifecycle.status(topo.server_if)[0]

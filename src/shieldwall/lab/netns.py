@@ -16,8 +16,7 @@ import signal
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +91,16 @@ def list_netns(prefix: str = "") -> list[str]:
 
 
 def create_netns(name: str) -> None:
-    """Create a namespace with its loopback up (servers may bind to 127.0.0.1)."""
+    """Create a namespace with its loopback up (servers may bind to 127.0.0.1).
+
+    Fails if the name is taken. Either the namespace exists and is ready when this
+    returns, or it was not created (a failure after creating it removes it again)."""
     ip("netns", "add", name)
-    ip("link", "set", "dev", "lo", "up", netns=name)
+    try:
+        ip("link", "set", "dev", "lo", "up", netns=name)
+    except BaseException:
+        delete_netns(name)
+        raise
 
 
 def netns_pids(name: str) -> list[int]:

@@ -1,38 +1,37 @@
-"""The default lab: a client/attacker namespace wired to a protected server by one veth.
+"""The lab: a client/attacker namespace wired to a protected server by one veth.
 
     sw-outside                                sw-server
     sw-out0  192.0.2.2   (client)    <-->     sw-srv0  192.0.2.1        (XDP here)
              192.0.2.66  (attacker)                    2001:db8:0:1::1
              2001:db8:0:1::2 / ::66
 
+Those are the names of the default lab, the one `shieldwall lab up` gives a user. Labs
+that a run builds for itself (tests, the demo, the benchmark) take names of their own,
+LabTopology.unique() (`sw-<token>-outside`, `sw-<token>-out0`, ...), so that any number
+of them and the user's lab coexist and each is torn down without touching the others.
+
 LabTopology holds these facts (and the MACs and ifindexes read back after creation) so
-tests, the traffic generator and the CLI agree on them. The probes at the end of the
-module send real traffic from sw-outside to prove it passes or is dropped.
+tests, the traffic generator and the CLI agree on them. What runs in the lab is
+elsewhere: servers.py (inside the server namespace), probes.py (traffic from outside).
 """
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
-import itertools
-import os
-import selectors
-import signal
-import socket
-import struct
-import subprocess
-import sys
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..dataplane.bpffs import remove_netns_pins
+from ..kernel.netns import NamespaceError, check_name
 from . import netns as ns
 from .netns import LabError
 
 LAB_PREFIX = "sw-"
+IFNAMSIZ = 16  # the kernel's buffer for an interface name, its terminating NUL included
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,30 @@ class LabTopology:
     outside_mac: str = ""
     server_ifindex: int = 0
     outside_ifindex: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (self.outside_if, self.server_if):
+            if not 0 < len(name.encode()) < IFNAMSIZ or any(c in name for c in "/: \t\n"):
+                raise ValueError(f"{name!r} is not an interface name "
+                                 f"(1 to {IFNAMSIZ - 1} bytes, no '/', ':' or blanks)")
+        for name in self.namespaces:
+            try:
+                check_name(name)
+            except NamespaceError as exc:
+                raise ValueError(str(exc)) from None
+
+    @classmethod
+    def unique(cls, prefix: str = LAB_PREFIX, **facts: Any) -> LabTopology:
+        """A topology named for one run: namespaces `<prefix><token>-outside` and
+        `-server`, interfaces `<prefix><token>-out0` and `-srv0`, with a random token no
+        existing namespace carries. Other fields (addresses, MTU) come from `facts`."""
+        taken = ns.list_netns(prefix)
+        while True:
+            stem = f"{prefix}{secrets.token_hex(3)}-"
+            if not any(name.startswith(stem) for name in taken):
+                break
+        return cls(outside_ns=f"{stem}outside", server_ns=f"{stem}server",
+                   outside_if=f"{stem}out0", server_if=f"{stem}srv0", **facts)
 
     @property
     def namespaces(self) -> tuple[str, str]:
@@ -120,9 +143,12 @@ def _cidr(addr_info: dict[str, Any]) -> str:
     return str(ipaddress.ip_interface(f"{addr_info['local']}/{addr_info['prefixlen']}"))
 
 
-def _build(topo: LabTopology) -> None:
+def _build(topo: LabTopology, created: list[str]) -> None:
+    """Builds the lab, appending each namespace to `created` as soon as it exists: one
+    that could not be created (its name taken meanwhile) is someone else's."""
     for netns in topo.namespaces:
         ns.create_netns(netns)
+        created.append(netns)
         # Before the veth exists, so its ends inherit "default" and never run DAD/RS.
         for scope in ("all", "default"):
             ns.disable_ipv6_dad_ra(netns, scope)
@@ -166,17 +192,19 @@ def _read_back(topo: LabTopology) -> LabTopology:
 def lab_up(topo: LabTopology = DEFAULT_TOPOLOGY) -> LabTopology:
     """Create the lab, or return the existing one if it is healthy.
 
-    A partial or broken lab (e.g. left by a crash) is torn down and rebuilt; anything
-    attached to the old interfaces, XDP programs included, goes with it.
+    A partial or broken lab of this topology's names (e.g. left by a crash) is torn down
+    and rebuilt; anything attached to the old interfaces, XDP programs included, goes
+    with it. A build that fails removes what it created, and only that.
     """
     if not _problems(topo):
         return _read_back(topo)
     lab_down(topo)
+    created: list[str] = []
     try:
-        _build(topo)
+        _build(topo, created)
         _wait_healthy(topo)
     except BaseException:
-        lab_down(topo)
+        _remove(created)
         raise
     return _read_back(topo)
 
@@ -189,8 +217,12 @@ def lab_down(topo: LabTopology = DEFAULT_TOPOLOGY) -> None:
     Processes left inside (servers from a crashed run) are killed, so the namespaces
     are really freed instead of lingering unnamed.
     """
+    _remove(topo.namespaces)
+
+
+def _remove(namespaces: Iterable[str]) -> None:
     errors = []
-    for name in sorted(set(topo.namespaces)):
+    for name in sorted(set(namespaces)):
         try:
             ns.delete_netns(name)
             # The interfaces went with the namespace; their pinned pipelines must too.
@@ -228,7 +260,6 @@ def lab_status(topo: LabTopology = DEFAULT_TOPOLOGY) -> dict[str, Any]:
         "healthy": not problems,
         "problems": problems,
         "namespaces": {name: ns.netns_exists(name) for name in topo.namespaces},
-        "stray_namespaces": [n for n in ns.list_netns(LAB_PREFIX) if n not in topo.namespaces],
         "links": links,
         "xdp_attached": server_xdp is not None,
         "xdp": server_xdp,
@@ -236,288 +267,15 @@ def lab_status(topo: LabTopology = DEFAULT_TOPOLOGY) -> dict[str, Any]:
 
 
 @contextmanager
-def lab(topo: LabTopology = DEFAULT_TOPOLOGY) -> Iterator[LabTopology]:
-    """The lab for the duration of a block, torn down afterwards whatever happens."""
+def lab(topo: LabTopology | None = None) -> Iterator[LabTopology]:
+    """A lab for the duration of a block, torn down afterwards whatever happens.
+
+    Without a topology the lab gets names of its own (LabTopology.unique()): a
+    throw-away lab must neither adopt nor tear down one that somebody else has up.
+    """
+    if topo is None:
+        topo = LabTopology.unique()
     try:
         yield lab_up(topo)
     finally:
         lab_down(topo)
-
-
-# --- servers inside sw-server -----------------------------------------------------
-
-# Each server binds the given addresses, prints "ready" once listening, and exits by
-# itself after `lifetime` seconds even if nobody stops it.
-_TCP_SERVER = """
-import selectors, socket, sys, time
-lifetime, port, addrs = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-deadline = time.monotonic() + lifetime
-sel = selectors.DefaultSelector()
-for addr in addrs:
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(128)
-    sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while (left := deadline - time.monotonic()) > 0:
-    for key, _ in sel.select(min(left, 1.0)):
-        try:
-            conn, peer = key.fileobj.accept()
-        except OSError:
-            continue
-        with conn:
-            conn.settimeout(1.0)
-            try:
-                conn.sendall(b"sw-lab " + peer[0].encode() + b"\\n")
-            except OSError:
-                pass
-"""
-
-_UDP_ECHO = """
-import selectors, socket, sys, time
-lifetime, port, addrs = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-deadline = time.monotonic() + lifetime
-sel = selectors.DefaultSelector()
-for addr in addrs:
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((addr, port))
-    sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while (left := deadline - time.monotonic()) > 0:
-    for key, _ in sel.select(min(left, 1.0)):
-        try:
-            data, peer = key.fileobj.recvfrom(65535)
-            key.fileobj.sendto(data, peer)
-        except OSError:
-            pass
-"""
-
-_live_servers: set[LabServer] = set()
-
-
-class LabServer:
-    """A server process in a lab namespace; stop() (or leaving the with-block) kills it."""
-
-    def __init__(self, proc: subprocess.Popen[str], description: str) -> None:
-        self.proc = proc
-        self.description = description
-        _live_servers.add(self)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        self._kill()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
-
-    def _kill(self) -> None:
-        _live_servers.discard(self)
-        if self.alive:
-            try:
-                # Its own session: the group holds `ip netns exec` and the interpreter.
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def __enter__(self) -> LabServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<LabServer {self.description} pid={self.proc.pid} alive={self.alive}>"
-
-
-@atexit.register
-def _stop_leftover_servers() -> None:
-    for server in list(_live_servers):
-        server.stop()
-
-
-def _start_server(
-    script: str, netns: str, port: int, addrs: list[str], lifetime: float, description: str
-) -> LabServer:
-    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", script,
-            str(lifetime), str(port), *addrs]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
-    server = LabServer(proc, description)
-    if not _wait_ready(proc, timeout=10.0):
-        server._kill()
-        stderr = proc.stderr.read().strip() if proc.stderr else ""
-        server.stop()
-        raise LabError(f"{description} did not start: {stderr or 'no ready line'}")
-    return server
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> bool:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return False
-    return proc.stdout.readline().strip() == "ready"
-
-
-def _server_addrs(topo: LabTopology, addrs: list[str] | None) -> list[str]:
-    return addrs if addrs is not None else [topo.server_v4, topo.server_v6]
-
-
-def start_tcp_server(
-    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0
-) -> LabServer:
-    """A TCP server in the server namespace (default: on both server addresses).
-
-    Each connection is sent one line, "sw-lab <client address>", and closed.
-    """
-    addrs = _server_addrs(topo, addrs)
-    return _start_server(_TCP_SERVER, topo.server_ns, port, addrs, lifetime,
-                         f"tcp server {','.join(addrs)} port {port}")
-
-
-def start_udp_echo(
-    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0
-) -> LabServer:
-    """A UDP echo server in the server namespace (default: on both server addresses)."""
-    addrs = _server_addrs(topo, addrs)
-    return _start_server(_UDP_ECHO, topo.server_ns, port, addrs, lifetime,
-                         f"udp echo {','.join(addrs)} port {port}")
-
-
-# --- probes from sw-outside -------------------------------------------------------
-
-
-def _family(addr: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
-
-
-def _outside_socket(
-    topo: LabTopology, dst: str, kind: socket.SocketKind, proto: int = 0, src: str | None = None
-) -> socket.socket:
-    # Created inside the namespace, the socket stays there after enter_netns returns.
-    with ns.enter_netns(topo.outside_ns):
-        sock = socket.socket(_family(dst), kind, proto)
-    try:
-        if src is not None:
-            sock.bind((src, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def tcp_banner(
-    topo: LabTopology,
-    port: int,
-    dst: str | None = None,
-    src: str | None = None,
-    timeout: float = 1.0,
-) -> str | None:
-    """Connect from sw-outside and return the server's line ("sw-lab <client address>"),
-    or None if the connection or the line did not make it in time.
-
-    `dst` defaults to the server's IPv4 address, `src` to the kernel's choice (the
-    client address; the attacker addresses are never picked by default).
-    """
-    dst = dst or topo.server_v4
-    try:
-        with _outside_socket(topo, dst, socket.SOCK_STREAM, src=src) as sock:
-            sock.settimeout(timeout)
-            sock.connect((dst, port))
-            line = sock.recv(256).decode(errors="replace").strip()
-    except OSError:  # includes timeouts and refusals
-        return None
-    return line if line.startswith("sw-lab ") else None
-
-
-def tcp_connect(
-    topo: LabTopology,
-    port: int,
-    dst: str | None = None,
-    src: str | None = None,
-    timeout: float = 1.0,
-) -> bool:
-    """True if a connection from sw-outside completes and the server's line arrives.
-
-    Waiting for the line proves data flows both ways, not just the handshake.
-    """
-    return tcp_banner(topo, port, dst=dst, src=src, timeout=timeout) is not None
-
-
-def udp_roundtrip(
-    topo: LabTopology,
-    port: int,
-    dst: str | None = None,
-    src: str | None = None,
-    payload: bytes = b"sw-lab probe",
-    timeout: float = 1.0,
-) -> bool:
-    """True if a datagram sent from sw-outside comes back from the echo server."""
-    dst = dst or topo.server_v4
-    try:
-        with _outside_socket(topo, dst, socket.SOCK_DGRAM, src=src) as sock:
-            sock.settimeout(timeout)
-            sock.sendto(payload, (dst, port))
-            data, _ = sock.recvfrom(65535)
-            return data == payload
-    except OSError:
-        return False
-
-
-_ping_seq = itertools.count(1)
-
-
-def _icmp_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ping(
-    topo: LabTopology, dst: str | None = None, src: str | None = None, timeout: float = 1.0
-) -> bool:
-    """One ICMP/ICMPv6 echo from sw-outside; True if the reply arrives in time.
-
-    Raw sockets rather than the ping binary, which need not be installed.
-    """
-    dst = dst or topo.server_v4
-    v6 = _family(dst) == socket.AF_INET6
-    proto, request, reply = (
-        (socket.IPPROTO_ICMPV6, 128, 129) if v6 else (socket.IPPROTO_ICMP, 8, 0)
-    )
-    ident, seq = os.getpid() & 0xFFFF, next(_ping_seq) & 0xFFFF
-    body = b"sw-lab ping"
-    header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
-    if not v6:  # the kernel fills in the ICMPv6 checksum itself
-        header = struct.pack("!BBHHH", request, 0, _icmp_checksum(header + body), ident, seq)
-    deadline = time.monotonic() + timeout
-    try:
-        with _outside_socket(topo, dst, socket.SOCK_RAW, proto, src=src) as sock:
-            sock.sendto(header + body, (dst, 0))
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                packet, peer = sock.recvfrom(65535)
-                # IPv4 raw sockets deliver the IP header too, IPv6 ones do not.
-                icmp = packet if v6 else packet[(packet[0] & 0x0F) * 4:]
-                if len(icmp) < 8 or ipaddress.ip_address(peer[0]) != ipaddress.ip_address(dst):
-                    continue
-                rtype, _, _, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
-                if rtype == reply and rid == ident and rseq == seq:
-                    return True
-    except OSError:
-        return False
-    return False
