@@ -1,0 +1,49 @@
+"""The package's metadata."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "src" / "shieldwall"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {_normal(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in requirements}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def third_party_distributions(directory: Path) -> set[str]:
+    """The distributions that the modules imported below directory come from."""
+    modules: set[str] = set()
+    for path in directory.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    modules -= set(sys.stdlib_module_names) | {"shieldwall", "tests", "__future__"}
+    owners = packages_distributions()
+    unknown = sorted(m for m in modules if m not in owners)
+    assert not unknown, f"imported but installed by no distribution: {unknown}"
+    return {_normal(dist) for m in modules for dist in owners[m]}
+
+
+def test_every_runtime_import_is_a_declared_dependency():
+    assert third_party_distributions(PACKAGE) == requirement_names(PYPROJECT["dependencies"])
+
+
+def test_the_test_extra_holds_what_only_the_tests_import():
+    runtime = requirement_names(PYPROJECT["dependencies"])
+    only_tests = third_party_distributions(ROOT / "tests") - runtime
+    assert only_tests == requirement_names(PYPROJECT["optional-dependencies"]["test"])
