@@ -1,4 +1,4 @@
-"""The package's metadata."""
+"""The package's metadata and its version."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
+
+import shieldwall
+from shieldwall.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "shieldwall"
@@ -47,3 +51,15 @@ def test_the_test_extra_holds_what_only_the_tests_import():
     runtime = requirement_names(PYPROJECT["dependencies"])
     only_tests = third_party_distributions(ROOT / "tests") - runtime
     assert only_tests == requirement_names(PYPROJECT["optional-dependencies"]["test"])
+
+
+def test_version_prints_the_one_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"shieldwall {shieldwall.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", shieldwall.__version__)
+    # The package metadata takes it from the package, not from a second copy.
+    assert "version" not in PYPROJECT and "version" in PYPROJECT["dynamic"]
+    dynamic = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
+    assert dynamic["version"] == {"attr": "shieldwall.__version__"}

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import __version__
 from ..kernel.errors import BpfError, VerifierError
 from ..kernel.netns import NamespaceError
 from ..lab.netns import LabError
@@ -148,6 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shieldwall", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help: str,
