@@ -86,9 +86,11 @@ def test_the_installed_package_runs_from_anywhere(wheel_venv, tmp_path: Path):
     assert out.stdout == f"shieldwall {shieldwall.__version__}\n"
 
     pcap = tmp_path / "tiny.pcap"
-    write_pcap(pcap, [bytes(eth() / ARP()), bytes(eth() / v4() / TCP())[:25]])
+    write_pcap(pcap, [bytes(eth() / ARP()), bytes(eth() / v4() / TCP())[:25],
+                      b"\x02" * 12 + b"\x88\xb5" + bytes(100_000)])
     out = run(venv / "bin" / "shieldwall", "verdict", "--pcap", pcap, "--json", cwd="/",
               env=elsewhere())
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(l["action"], l["reason"], l["module"]) for l in lines] == [
-        ("pass", "non_ip", "root"), ("drop", "truncated_ipv4", "root")]
+        ("pass", "non_ip", "root"), ("drop", "truncated_ipv4", "root"), ("pass", "non_ip", "root")]
+    assert lines[2]["note"].startswith("judged on its first ")

@@ -111,8 +111,10 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     from .verdicts import verdicts
     config = _config(args)
     for line in verdicts(Path(args.pcap), config):
+        note = f"  [{line['note']}]" if "note" in line else ""
         print(json.dumps(line) if args.json else
-              f"{line['index']:>6} {line['action']:<8} {line['reason']:<22} {line['module']:<9} {line['rule'] or '-'}")
+              f"{line['index']:>6} {line['action']:<8} {line['reason']:<22} {line['module']:<9} "
+              f"{line['rule'] or '-'}{note}")
     return 0
 
 
