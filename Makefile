@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-FFI_SO := $(wildcard src/shieldwall/kernel/_libbpf*.so)
-FFI_DEPS := src/shieldwall/kernel/ffi_build.py bpf/include/shieldwall.h
+# The editable install also compiles the cffi module in place (setup.py), against the
+# shared header, so it is redone when the header changes. A module left by an earlier
+# build is removed first: Python would load it in preference to the new one.
+INSTALL_DEPS := pyproject.toml setup.py src/shieldwall/kernel/ffi_build.py bpf/include/shieldwall.h
 
 .PHONY: all deps venv build bpf ffi test test-unit test-kernel test-netns demo bench clean
 
@@ -15,9 +17,10 @@ all: build
 deps:
 	@scripts/install-deps.sh
 
-$(STAMP): pyproject.toml | deps
+$(STAMP): $(INSTALL_DEPS) | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	rm -f src/shieldwall/kernel/_libbpf*.so
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
@@ -26,14 +29,9 @@ venv: deps $(STAMP)
 bpf: deps
 	@$(MAKE) -s -C bpf
 
-# The cffi module is compiled against bpf/include/shieldwall.h: rebuilt when it changes.
-src/shieldwall/kernel/.ffi-built: $(FFI_DEPS) $(STAMP)
-	cd src/shieldwall/kernel && ../../../$(PY) ffi_build.py
-	@touch $@
+ffi: venv
 
-ffi: src/shieldwall/kernel/.ffi-built
-
-build: venv bpf ffi
+build: venv bpf
 
 test: build
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -54,4 +52,4 @@ bench: build
 	$(VENV)/bin/shieldwall bench
 
 clean:
-	rm -rf build src/shieldwall/kernel/_libbpf* src/shieldwall/kernel/.ffi-built
+	rm -rf build dist src/shieldwall.egg-info src/shieldwall/kernel/_libbpf* src/shieldwall/kernel/.ffi-built $(STAMP)

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import __version__
 from ..kernel.errors import BpfError, VerifierError
 from ..kernel.netns import NamespaceError
 from ..lab.netns import LabError
@@ -118,8 +119,10 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     from .verdicts import verdicts
     config = _config(args)
     for line in verdicts(Path(args.pcap), config):
+        note = f"  [{line['note']}]" if "note" in line else ""
         print(json.dumps(line) if args.json else
-              f"{line['index']:>6} {line['action']:<8} {line['reason']:<22} {line['module']:<9} {line['rule'] or '-'}")
+              f"{line['index']:>6} {line['action']:<8} {line['reason']:<22} {line['module']:<9} "
+              f"{line['rule'] or '-'}{note}")
     return 0
 
 
@@ -157,6 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shieldwall", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help: str,

@@ -1,4 +1,4 @@
-"""Builds shieldwall.kernel._libbpf, the cffi (API mode) module over libbpf.
+"""The cffi (API mode) module over libbpf, shieldwall.kernel._libbpf: setup.py builds it.
 
 API mode means a C compiler sees both libbpf's headers and shieldwall.h: every struct
 declared here, and every struct of the shared header, is checked against the real
@@ -199,6 +199,3 @@ ffibuilder.set_source(
     include_dirs=[str(_HEADER_DIR)],
     extra_compile_args=["-Werror=incompatible-pointer-types"],
 )
-
-if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=str(_HERE.parents[1]), verbose=False)
