@@ -21,6 +21,8 @@ pytestmark = pytest.mark.netns
 
 REJECTED = r"""
 #include "lib/pipeline.h"
+SW_TABLE_MAP(sw_src_tab);
+SW_HOSTS_MAP(sw_src_hosts);
 SEC("xdp.frags")
 int sw_root(struct xdp_md *ctx)
 {

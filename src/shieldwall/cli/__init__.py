@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -207,12 +208,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shieldwall: {exc.what}: {exc.strerror.splitlines()[0]}", file=sys.stderr)
         print("verifier log (end):\n" + exc.detail, file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        # `shieldwall verdict ... | head`: the reader has all it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (BpfError, OSError, ValueError, RuntimeError, PcapError, PolicyError, LabError,
             NamespaceError) as exc:
         print(f"shieldwall: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: say so in one line, never with a traceback
+        if os.environ.get("SHIELDWALL_DEBUG"):
+            raise
+        print(f"shieldwall: internal error ({type(exc).__name__}: {exc}); "
+              "run again with SHIELDWALL_DEBUG=1 for the details", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

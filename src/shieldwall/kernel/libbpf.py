@@ -304,7 +304,7 @@ class BpfObject:
     def _raw_map(self, name: str) -> Any:
         m = lib.bpf_object__find_map_by_name(self._obj, name.encode())
         if m == ffi.NULL:
-            raise KeyError(f"{self.path.name} has no map {name}")
+            raise _mismatch(self.path, f"map {name}")
         return m
 
     def map_names(self) -> list[str]:
@@ -338,7 +338,7 @@ class BpfObject:
         load, so the verifier treats what the program reads from it as constants."""
         m = lib.bpf_object__find_map_by_name(self._obj, section.encode())
         if m == ffi.NULL:
-            raise KeyError(f"{self.path.name} has no section {section}")
+            raise _mismatch(self.path, f"section {section}")
         have = ffi.new("size_t *")
         lib.bpf_map__initial_value(m, have)
         if have[0] != len(data):
@@ -364,7 +364,7 @@ class BpfObject:
     def program(self, name: str) -> Program:
         p = lib.bpf_object__find_program_by_name(self._obj, name.encode())
         if p == ffi.NULL:
-            raise KeyError(f"{self.path.name} has no program {name}")
+            raise _mismatch(self.path, f"program {name}")
         return Program(lib.bpf_program__fd(p), name)
 
     def map(self, name: str) -> Map:
@@ -372,6 +372,12 @@ class BpfObject:
         key_type, value_type = self._types.get(name, ("__u32", "__u32"))
         return Map(lib.bpf_map__fd(m), name, key_type, value_type, lib.bpf_map__type(m),
                    lib.bpf_map__max_entries(m))
+
+
+def _mismatch(path: Path, what: str) -> BpfError:
+    return BpfError(2, f"{path.name} has no {what}",
+                    "the BPF objects do not match this version of shieldwall: rebuild them "
+                    "(make build) or reinstall the package")
 
 
 def obj_get(path: str | Path) -> int:
