@@ -210,6 +210,7 @@ struct sw_gen_template {
 	__u16 vlan_off;		/* offset of the innermost tag's TCI, 0 when untagged */
 	__u8 family;		/* SW_FAMILY_IPV4 or SW_FAMILY_IPV6 */
 	__u8 src_bits;		/* low bits of the source address drawn at random */
+	__u32 pad0;		/* data starts 8-byte aligned: it is copied a word at a time */
 	__u8 data[128];
 };
 

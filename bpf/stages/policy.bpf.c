@@ -10,11 +10,13 @@
  * ruleset does not use, so the program that runs is specialized to it. A new ruleset
  * is a new program with new tables, swapped in whole with the pipeline's root.
  */
+#include "lib/clock.h"
 #include "lib/pipeline.h"
 
 const volatile struct sw_pol_consts sw_pol SEC(".rodata.pol") = {};
 
 SW_TABLE_MAP(sw_pol_tab);
+SW_CLOCK_MAP(sw_pol_clock);	/* last-hit times */
 SW_HOSTS_MAP(sw_pol_hosts);	/* single destination addresses of the dst trie */
 
 /* Exceptions of sparse steps: (state_base + state) << 32 | class -> next state. */
@@ -223,8 +225,7 @@ int sw_stage_policy(struct xdp_md *ctx)
 			lists[b] = sw_tab_read(&sw_pol_tab, sw_pol.bucket[b].decision_base + 2 * state + 1);
 	}
 
-	/* Last-hit times need no better than the coarse clock's few milliseconds. */
-	now = bpf_ktime_get_coarse_ns();
+	now = sw_clock_now(&sw_pol_clock);
 	if (sw_pol.counting) {
 #pragma unroll
 		for (int b = 0; b < SW_POL_MAX_BUCKETS; b++) {

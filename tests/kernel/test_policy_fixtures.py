@@ -8,7 +8,9 @@ import textwrap
 import pytest
 from scapy.layers.inet6 import ICMPv6ND_RA
 
+from shieldwall import abi
 from shieldwall.config import configure
+from shieldwall.dataplane import addrtrie
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate, parse_policy_text
@@ -239,9 +241,9 @@ def test_counters_follow_rule_names_across_rulesets(pipeline, cpu):
     assert rule_counters(pipeline.maps)[2].packets == kept.packets + 1
 
 
-def test_a_million_single_addresses_live_in_the_host_hash(pipeline, cpu, tmp_path):
-    # Addresses 2001:db8::a:b, in a set file as a blocklist would come: each a host
-    # entry of the root's source classification, none a trie node of its own.
+def test_a_million_single_addresses(pipeline, cpu, tmp_path):
+    # Addresses 2001:db8::a:b, in a set file as a blocklist would come: the first fill
+    # trie nodes while those stay few (neighbours share them), the rest go to the hash.
     (tmp_path / "big.txt").write_text("".join(f"2001:db8::{i >> 16:x}:{i & 0xffff:x}\n"
                                               for i in range(1_000_000)))
     text = ("version: 1\ndefault_action: pass\n"
@@ -250,8 +252,11 @@ def test_a_million_single_addresses_live_in_the_host_hash(pipeline, cpu, tmp_pat
     pol = parse_policy_text(text, "big.yaml", tmp_path)
     pipeline.apply(configure(pol))
     _installed.clear()
-    assert pipeline.maps["sw_src_hosts"].max_entries == 1_000_000
-    assert pipeline.maps["sw_src_tab"].max_entries <= 8  # a few trie nodes of 256 entries
+    nodes = pipeline.maps["sw_src_tab"].max_entries * abi.SW_TAB_CHUNK // abi.SW_TRIE_FANOUT
+    hashed = pipeline.maps["sw_src_hosts"].max_entries
+    assert nodes <= addrtrie.HOST_NODES + 64
+    assert 0 < hashed < 1_000_000 - 255 * addrtrie.HOST_NODES // 2
     for src, reason in [("2001:db8::f:423f", "rule"), ("2001:db8::f:4241", "default"),
-                        ("2001:db8::", "rule"), ("2001:db8::1:0", "rule"), ("2001:db9::", "default")]:
+                        ("2001:db8::", "rule"), ("2001:db8::1:0", "rule"), ("2001:db9::", "default"),
+                        ("2001:db8::e:ffff", "rule"), ("2001:db8::10:0", "default")]:
         assert pipeline.run(bytes(eth() / v6(src=src) / UDP()), cpu).reason == reason, src

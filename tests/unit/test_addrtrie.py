@@ -40,8 +40,17 @@ def _probe(rnd: random.Random, nodes, version: int) -> int:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(0, 2**32), st.integers(0, 40))
-def test_trie_lookups_are_longest_prefix_matches(seed, count):
+@given(st.integers(0, 2**32), st.integers(0, 40), st.sampled_from([0, 3, addrtrie.HOST_NODES]))
+def test_trie_lookups_are_longest_prefix_matches(seed, count, host_nodes):
+    # Single addresses in the trie, in the hash, and some of each.
+    addrtrie.HOST_NODES, saved = host_nodes, addrtrie.HOST_NODES
+    try:
+        _lookups_match(seed, count)
+    finally:
+        addrtrie.HOST_NODES = saved
+
+
+def _lookups_match(seed: int, count: int) -> None:
     rnd = random.Random(seed)
     nodes = _nodes(rnd, count)
     tab = TableImage()
@@ -54,7 +63,17 @@ def test_trie_lookups_are_longest_prefix_matches(seed, count):
         assert got == longest_match(nodes[version], addr, 32 if version == 4 else 128)
 
 
-def test_single_addresses_live_in_the_host_hash_under_a_flagged_leaf():
+def test_a_few_single_addresses_live_in_the_trie():
+    nodes = {4: [(0, 0, 0), (V4_BASE | 7, 32, 2)], 6: [(0, 0, 0), (1, 128, 3)]}
+    tab = TableImage()
+    trie = addrtrie.build(tab, nodes)
+    assert trie.hosts == {}
+    assert addrtrie.lookup(tab, trie, addrtrie.host_key(V4_BASE | 7, 4), abi.SW_FAMILY_IPV4) == 2
+    assert addrtrie.lookup(tab, trie, addrtrie.host_key(1, 6), abi.SW_FAMILY_IPV6) == 3
+
+
+def test_single_addresses_live_in_the_host_hash_under_a_flagged_leaf(monkeypatch):
+    monkeypatch.setattr(addrtrie, "HOST_NODES", 0)
     nodes = {4: [(0, 0, 0), (V4_BASE, 24, 1), (V4_BASE | 7, 32, 2)], 6: [(0, 0, 0)]}
     tab = TableImage()
     trie = addrtrie.build(tab, nodes)
@@ -65,7 +84,8 @@ def test_single_addresses_live_in_the_host_hash_under_a_flagged_leaf():
     assert len(tab) <= 1 + 256 * 5
 
 
-def test_an_ipv6_packet_never_finds_the_ipv4_host_of_its_mapped_address():
+def test_an_ipv6_packet_never_finds_the_ipv4_host_of_its_mapped_address(monkeypatch):
+    monkeypatch.setattr(addrtrie, "HOST_NODES", 0)
     nodes = {4: [(0, 0, 0), (V4_BASE | 7, 32, 2)], 6: [(0, 0, 5), (1, 128, 6)]}  # ::1 flags ::/8
     tab = TableImage()
     trie = addrtrie.build(tab, nodes)

@@ -149,12 +149,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.scaling:
         from .scaling import run_scaling
-        report = run_scaling()
-        print(json.dumps(report, indent=2) if args.json else report["summary"])
-        return 0
-    from .bench import run_bench
-    config = _config(args)
-    report = run_bench(config, Path(args.pcap) if args.pcap else None, packets=args.packets)
+        report = run_scaling(packets=args.packets, rounds=args.rounds)
+    else:
+        from .bench import run_bench
+        config = _config(args) if args.config else None
+        report = run_bench(config, Path(args.pcap) if args.pcap else None,
+                           adversarial=args.adversarial, packets=args.packets, rounds=args.rounds)
     print(json.dumps(report, indent=2) if args.json else report["summary"])
     return 0
 
@@ -193,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", cmd_demo, "build the lab, attack it, show shieldwall at work, clean up")
     p = command("bench", cmd_bench, "measure the pipeline against bare XDP_DROP", config=True)
     p.add_argument("--pcap")
-    p.add_argument("--packets", type=int, default=2_000_000, help="frames per generator run")
+    p.add_argument("--packets", type=int, default=2_000_000, help="frames per veth run")
+    p.add_argument("--rounds", type=int, default=3, help="runs per measurement (median / best)")
+    p.add_argument("--adversarial", action="store_true",
+                   help="every frame rewritten: traffic no cache absorbs")
     p.add_argument("--scaling", action="store_true",
                    help="cost as rules grow 10 -> 10k and sets 1 -> 1M prefixes")
     p.add_argument("--json", action="store_true")

@@ -1,11 +1,22 @@
-"""`shieldwall bench`: what the pipeline costs, as ratios to the bare XDP_DROP limit and
-to peers measured in the same run.
+"""`shieldwall bench`: what the pipeline costs, as ratios to the bare XDP_DROP limit and to
+peers given the equivalent policy, all measured in the same run on the same traffic.
 
-Two paths:
-(a) BPF_PROG_TEST_RUN in live-frames mode on the programs themselves: ns per packet;
-(b) the lab's generator -> veth -> the server end: Mpps that reach the filter.
-Live frames that pass are handed to a network stack, so both paths run inside the lab's
-server namespace, never the host's.
+Two paths (docs/results.md):
+(a) BPF_PROG_TEST_RUN on the programs themselves. The lab's generator rewrites each
+    frame and hands it to the program under test in the same run (a tail call), so
+    "live" (live-frames mode: verdicts carried out, a passed frame goes up the lab's
+    stack) and "program" (the programs alone) both see exactly the generator's traffic;
+    bare XDP_DROP pays the same generator cost.
+(b) generator -> veth -> the server end's XDP program: Mpps that reach the filter.
+
+Traffic:
+- the default: one spoofed SYN template whose source cycles through 250 addresses (a
+  classic flood, and what xdp-filter, which matches exact addresses, can be given);
+- --adversarial: every frame rewritten (source inside the documentation ranges, ports,
+  TTL, length, protocol, TCP flags; IPv4, IPv6 and VLAN-tagged): nothing repeats, so
+  nothing cached can help;
+- --pcap: the capture's frames taken round-robin, each once per round.
+Everything runs inside a lab built for this run, never on the host's interfaces.
 """
 
 from __future__ import annotations
@@ -14,131 +25,209 @@ import os
 import platform
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean, median
+from statistics import median
 from typing import Callable, Iterator
 
-from ..config import Config
-from ..dataplane.pipeline import Pipeline, PipelineConfig, parse_networks
+from .. import abi
+from ..config import Config, configure
+from ..dataplane.pipeline import Pipeline, PipelineConfig
 from ..kernel import libbpf, xdp
 from ..kernel.libbpf import BpfObject
-from ..kernel.testrun import prog_test_run, prog_test_run_live
-from ..lab import peers, topology
 from ..kernel.netns import enter_netns
-from ..lab.traffic import (FLOOD_SOURCES, IPV4_SRC_OFFSET, SPOOFED_V4, SPOOFED_V6, builtin_mix,
-                          flood_sources, syn_flood_v4)
+from ..lab import peers, topology
+from ..lab.policies import realistic
+from ..lab.traffic import (FLOOD_SOURCES, IPV4_SRC_OFFSET, SPOOFED_V4, SPOOFED_V6,
+                           adversarial_templates, syn_flood_v4)
 from ..lab.trafgen import TrafficGenerator, xdp_rx_packets
-from ..model.parse import ETH_HLEN
 from ..paths import object_path
 from ..pcapio import read_frames
+from ..policy import parse_policy
+from ..policy.model import Policy
 
-LIVE_REPEAT = 200_000
-PROGRAM_REPEAT = 200_000
-ROUNDS = 3  # the veth path shares two CPUs with everything else: report the median
+ROUNDS = 3                # the veth path shares two CPUs with everything: report the median
+PROGRAM_PACKETS = 1_000_000
+ADVERSARIAL_RULES = 1000  # the built-in adversarial policy's size
 
 Counter = Callable[[], int]
 
 
-def default_bench_config() -> PipelineConfig:
-    """The built-in mix is a flood from blocklisted ranges: every packet walks the whole
-    chain (parse, fastpath lookup) and is dropped by its last stage."""
-    return PipelineConfig(chain=("fastpath",), fastpath_deny=parse_networks([SPOOFED_V4, SPOOFED_V6]))
+def default_policy(adversarial: bool) -> Policy:
+    """Without --config: a flood from blocklisted ranges for the default traffic (every
+    packet walks the chain and the fastpath drops it), the realistic default-drop policy
+    for adversarial traffic."""
+    if adversarial:
+        return realistic(ADVERSARIAL_RULES)
+    return parse_policy({"version": 1, "default_action": "pass",
+                         "fastpath": {"deny": [SPOOFED_V4, SPOOFED_V6]}},
+                        "built-in benchmark policy (fastpath deny)", ".")
 
 
-def _per_packet_ns(prog_fd: int, packets: list[bytes], live: bool) -> float:
-    if live:
-        return mean(prog_test_run_live(prog_fd, p, LIVE_REPEAT, batch_size=64).duration_ns
-                    for p in packets)
-    return mean(prog_test_run(prog_fd, p, PROGRAM_REPEAT).duration_ns for p in packets)
+@dataclass(frozen=True)
+class Setup:
+    traffic: str
+    policy: Policy
+    config: PipelineConfig
 
 
-@contextmanager
-def _xdp_attached(topo: topology.LabTopology, prog_fd: int) -> Iterator[Counter]:
-    """A program on the server end for one measurement; arrivals are the driver's count
-    of frames its XDP program saw."""
-    link = libbpf.xdp_link_create(prog_fd, topo.server_ifindex, xdp.MODE_FLAGS["native"])
-    try:
-        yield lambda: xdp_rx_packets(topo.server_ns, topo.server_if)
-    finally:
-        os.close(link)
+def _setup(config: Config | None, pcap: Path | None, adversarial: bool) -> tuple[Setup, list[bytes]]:
+    policy = config.policy if config and config.policy else default_policy(adversarial)
+    pipeline = config.pipeline if config and config.policy else configure(policy)
+    frames = []
+    if pcap:
+        frames = [f.data for f in read_frames(pcap) if 14 <= len(f.data) <= abi.SW_GEN_FRAME_MAX]
+        if not frames:
+            raise ValueError(f"{pcap}: no frame between 14 and {abi.SW_GEN_FRAME_MAX} bytes to replay")
+        traffic = f"{pcap.name}: {len(frames)} frames, round-robin"
+    elif adversarial:
+        traffic = "random: every frame rewritten (IPv4, IPv6, VLAN-tagged)"
+    else:
+        traffic = f"SYN flood template, {FLOOD_SOURCES} spoofed sources from {SPOOFED_V4}"
+    return Setup(traffic, policy, pipeline), frames
 
 
-def _flood_mpps(gen: TrafficGenerator, template: bytes, packets: int, arrivals: Counter) -> float:
-    rates = []
-    for _ in range(ROUNDS):
-        before = arrivals()
-        sent = gen.send(template, packets, spread_sources=FLOOD_SOURCES, src_offset=IPV4_SRC_OFFSET)
-        rates.append((arrivals() - before) / sent.seconds / 1e6)
-    return median(rates)
+def _aim(gen: TrafficGenerator, topo: topology.LabTopology, frames: list[bytes],
+         adversarial: bool) -> None:
+    if frames:
+        gen.replay(frames)
+    elif adversarial:
+        gen.random(adversarial_templates(topo.server_mac, topo.outside_mac, topo.server_v4,
+                                         topo.server_v6))
+    else:
+        gen.fixed(syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4),
+                  FLOOD_SOURCES, IPV4_SRC_OFFSET)
 
 
-def run_bench(config: Config, pcap: Path | None, packets: int = 2_000_000) -> dict:
-    pipeline_config = config.pipeline if config.policy else default_bench_config()
+def run_bench(config: Config | None, pcap: Path | None, adversarial: bool = False,
+              packets: int = 2_000_000, rounds: int = ROUNDS,
+              program_packets: int = PROGRAM_PACKETS) -> dict:
+    setup, frames = _setup(config, pcap, adversarial)
     with topology.lab() as topo:
-        mix = ([f.data for f in read_frames(pcap) if len(f.data) >= ETH_HLEN] if pcap else
-               builtin_mix(topo.server_mac, topo.outside_mac, topo.server_v4, topo.server_v6))
-        if not mix:
-            raise ValueError(f"{pcap}: no frame long enough to run")
-        template = syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4)
-        with enter_netns(topo.server_ns), Pipeline.load(pipeline_config) as pipeline, \
+        with enter_netns(topo.server_ns), Pipeline.load(setup.config) as pipeline, \
                 BpfObject(object_path("bare_drop")) as bare, \
+                TrafficGenerator(None, None) as chained, \
                 TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
             bare.load()
             bare_fd = bare.program("sw_bare_drop").fd
-            root_fd = pipeline.root_program.fd
-            per_packet = {
-                "ns_per_packet": _per_packet_ns(root_fd, mix, live=True),
-                "bare_ns_per_packet": _per_packet_ns(bare_fd, mix, live=True),
-                "program_ns_per_packet": _per_packet_ns(root_fd, mix, live=False),
-                "bare_program_ns_per_packet": _per_packet_ns(bare_fd, mix, live=False),
-            }
-            with _xdp_attached(topo, bare_fd) as arrivals:
-                bare_mpps = _flood_mpps(gen, template, packets, arrivals)
-            with _xdp_attached(topo, root_fd) as arrivals:
-                mpps = _flood_mpps(gen, template, packets, arrivals)
-            peer_setups = {
-                "xdp-filter": lambda: peers.xdp_filter(topo, flood_sources()),
-                "nftables-netdev-ingress": lambda: peers.nftables_ingress(topo, SPOOFED_V4),
-            }
-            peer_results: dict[str, dict] = {}
-            for name, setup in peer_setups.items():
-                try:
-                    with setup() as counted:
-                        arrivals = counted or (lambda: xdp_rx_packets(topo.server_ns, topo.server_if))
-                        peer_mpps = _flood_mpps(gen, template, packets, arrivals)
-                    peer_results[name] = {"mpps": round(peer_mpps, 3),
-                                          "shieldwall_ratio": round(mpps / peer_mpps, 3) if peer_mpps else None}
-                except (RuntimeError, OSError) as exc:
-                    peer_results[name] = {"error": str(exc)}
-    return _report(per_packet, mpps, bare_mpps, peer_results, mix, packets, pipeline_config)
+            _aim(chained, topo, frames, adversarial)
+            _aim(gen, topo, frames, adversarial)
+            measure = _Measure(topo, chained, gen, rounds, program_packets, packets)
+            result = {"pipeline": measure.all(pipeline.root_program.fd, pipeline),
+                      "bare": measure.all(bare_fd)}
+            result["peers"] = _peers(topo, setup.policy, measure, result["pipeline"]["mpps"])
+    return _report(setup, result, adversarial, packets, rounds)
 
 
-def _report(per_packet: dict, mpps: float, bare_mpps: float, peer_results: dict, mix: list,
-            packets: int, pipeline_config: PipelineConfig) -> dict:
-    report = {k: round(v, 1) for k, v in per_packet.items()}
+class _Measure:
+    def __init__(self, topo: topology.LabTopology, chained: TrafficGenerator,
+                 gen: TrafficGenerator, rounds: int, program_packets: int, packets: int) -> None:
+        self.topo, self.chained, self.gen = topo, chained, gen
+        self.rounds, self.program_packets, self.packets = rounds, program_packets, packets
+
+    def all(self, fd: int, pipeline: Pipeline | None = None) -> dict:
+        before = pipeline.counters() if pipeline else {}
+        out = {"ns_per_packet": self.ns(fd, live=True)}
+        if pipeline:
+            out["passed_fraction"] = _passed(before, pipeline.counters())
+        out["program_ns_per_packet"] = self.ns(fd, live=False)
+        with self.attached(fd) as arrivals:
+            out["mpps"] = self.mpps(arrivals)
+        return out
+
+    def ns(self, fd: int, live: bool) -> float:
+        return min(self.chained.run_chained(fd, self.program_packets, live=live).ns_per_packet
+                   for _ in range(self.rounds))
+
+    def mpps(self, arrivals: Counter) -> float:
+        rates = []
+        for _ in range(self.rounds):
+            before = arrivals()
+            sent = self.gen.send(None, self.packets)
+            rates.append((arrivals() - before) / sent.seconds / 1e6)
+        return median(rates)
+
+    @contextmanager
+    def attached(self, prog_fd: int) -> Iterator[Counter]:
+        """A program on the server end for one measurement; arrivals are the driver's
+        count of frames its XDP program saw."""
+        link = libbpf.xdp_link_create(prog_fd, self.topo.server_ifindex, xdp.MODE_FLAGS["native"])
+        try:
+            yield lambda: xdp_rx_packets(self.topo.server_ns, self.topo.server_if)
+        finally:
+            os.close(link)
+
+
+def _passed(before: dict, after: dict) -> float:
+    delta = {k: after[k][0] - before.get(k, (0, 0))[0] for k in after}
+    total = sum(delta.values())
+    return round(sum(n for (action, _), n in delta.items() if action == "pass") / total, 4) if total else 0.0
+
+
+def _peers(topo: topology.LabTopology, policy: Policy, measure: _Measure, mpps: float) -> dict:
+    """Each peer given the equivalent policy, on the same path and traffic; a peer that
+    cannot express the policy says what it cannot, instead of a number."""
+    setups = {
+        "xdp-filter": lambda: peers.xdp_filter_policy(topo, policy),
+        "nftables": lambda: peers.nftables_policy(topo, policy),
+        "iptables+ipset": lambda: peers.iptables_policy(topo, policy),
+    }
+    out: dict[str, dict] = {}
+    for name, setup in setups.items():
+        try:
+            with setup() as counted:
+                arrivals = counted or (lambda: xdp_rx_packets(topo.server_ns, topo.server_if))
+                rate = measure.mpps(arrivals)
+            out[name] = {"mpps": round(rate, 3),
+                         "shieldwall_ratio": round(mpps / rate, 3) if rate else None}
+        except peers.NotExpressibleError as exc:
+            out[name] = {"not_expressible": str(exc)}
+        except (RuntimeError, OSError) as exc:
+            out[name] = {"error": str(exc)}
+    return out
+
+
+def _report(setup: Setup, result: dict, adversarial: bool, packets: int, rounds: int) -> dict:
+    p, b = result["pipeline"], result["bare"]
+    numbers = {
+        "ns_per_packet": round(p["ns_per_packet"], 1),
+        "bare_ns_per_packet": round(b["ns_per_packet"], 1),
+        "program_ns_per_packet": round(p["program_ns_per_packet"], 1),
+        "bare_program_ns_per_packet": round(b["program_ns_per_packet"], 1),
+        "ratio": round(p["ns_per_packet"] / b["ns_per_packet"], 3),
+        "mpps": round(p["mpps"], 3),
+        "bare_mpps": round(b["mpps"], 3),
+        "mpps_ratio": round(p["mpps"] / b["mpps"], 3) if b["mpps"] else None,
+        "passed_fraction": p["passed_fraction"],
+    }
+    report: dict = {"traffic": setup.traffic, "policy": setup.policy.source,
+                    "chain": list(setup.config.chain)}
+    if adversarial:
+        report["adversarial"] = numbers
+    else:
+        report.update(numbers)
     report.update({
-        "ratio": round(per_packet["ns_per_packet"] / per_packet["bare_ns_per_packet"], 3),
-        "mpps": round(mpps, 3),
-        "bare_mpps": round(bare_mpps, 3),
-        "mpps_ratio": round(mpps / bare_mpps, 3) if bare_mpps else None,
-        "peers": peer_results,
-        "packets_in_mix": len(mix),
+        "peers": result["peers"],
         "generator_packets": packets,
-        "rounds": ROUNDS,
-        "chain": list(pipeline_config.chain),
+        "rounds": rounds,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     lines = [
-        f"test run, live frames: {report['ns_per_packet']} ns/packet vs bare XDP_DROP "
-        f"{report['bare_ns_per_packet']} ns (x{report['ratio']})",
-        f"test run, program only: {report['program_ns_per_packet']} ns vs "
-        f"{report['bare_program_ns_per_packet']} ns",
-        f"generator -> veth: shieldwall {report['mpps']} Mpps, bare XDP_DROP {report['bare_mpps']} Mpps "
-        f"(x{report['mpps_ratio']})",
+        f"traffic: {setup.traffic}",
+        f"policy: {setup.policy.source}; chain: root -> {' -> '.join(setup.config.chain) or '(empty)'}",
+        f"(a) test run, live frames: {numbers['ns_per_packet']} ns/packet vs bare XDP_DROP "
+        f"{numbers['bare_ns_per_packet']} ns (x{numbers['ratio']}); {numbers['passed_fraction']:.1%} passed",
+        f"(a) programs only: {numbers['program_ns_per_packet']} ns vs "
+        f"{numbers['bare_program_ns_per_packet']} ns (both with the generator's cost)",
+        f"(b) generator -> veth: {numbers['mpps']} Mpps vs bare XDP_DROP {numbers['bare_mpps']} "
+        f"Mpps (x{numbers['mpps_ratio']})",
     ]
-    for name, r in peer_results.items():
-        lines.append(f"  peer {name}: " + (f"{r['mpps']} Mpps" if "mpps" in r else f"not measured: {r['error']}"))
+    for name, r in result["peers"].items():
+        if "mpps" in r:
+            lines.append(f"  peer {name}: {r['mpps']} Mpps (shieldwall x{r['shieldwall_ratio']})")
+        else:
+            lines.append(f"  peer {name}: not measured: {r.get('not_expressible') or r.get('error')}")
     report["summary"] = "\n".join(lines)
     return report

@@ -5,9 +5,10 @@ The kernel's own LPM trie is a binary trie: a lookup for a random address follow
 node per bit that distinguishes the stored prefixes, about 13 dependent reads for 10,000
 of them and over 20 for a million, and an attacker picks the addresses. Here a node is
 256 entries indexed by one byte, so an IPv4 lookup reads at most 4 entries and an IPv6
-one at most 16, fewer where no longer prefix lives. Single addresses (/32, /128) would
-each need a node of their own, so they go to a hash instead, which the leaf above them
-flags.
+one at most 16, fewer where no longer prefix lives. A single address (/32, /128) costs
+up to a node per byte of its own: the first ones go into the trie anyway (a hash
+lookup costs more than the few reads they add), and past HOST_NODES nodes the rest go
+to a hash, which the leaf above them flags.
 
 Nodes come as (address, prefix length, class) with longest-prefix semantics, the root
 (0, 0, class) included, as policy.classes and dataplane.sources produce them.
@@ -28,6 +29,9 @@ CLASS = abi.SW_TRIE_CLASS
 V4_MAPPED = bytes(10) + b"\xff\xff"
 
 Node = tuple[int, int, int]
+
+# Trie nodes (1 KiB each) that single addresses may add before they go to the hash.
+HOST_NODES = 2048
 
 
 @dataclass(eq=False)
@@ -81,8 +85,18 @@ def _family(tab: TableImage, nodes: list[Node], bits: int, version: int,
         first = (addr >> (bits - 8 * (level + 1))) & 0xFF & ~(span - 1)
         start = node * FANOUT + first
         e[start:start + span] = array("I", [cls]) * span
-    # Single addresses last, so each flags the leaf that really holds it.
-    for addr, cls in singles:
+    # Single addresses last (in address order, so neighbours share nodes), in the trie
+    # while it stays small, then in the hash, each flagging the leaf that holds it.
+    budget = len(tab.entries) // FANOUT + HOST_NODES
+    hashed = []
+    for addr, cls in sorted(singles):
+        if len(tab.entries) // FANOUT + bits // 8 > budget:
+            hashed.append((addr, cls))
+            continue
+        node = _descend(tab, root, addr, bits, bits // 8 - 1)
+        tab.entries[node * FANOUT + (addr & 0xFF)] = cls
+    e = tab.entries
+    for addr, cls in hashed:
         node, index = root, 0
         for level in range(bits // 8):
             index = node * FANOUT + ((addr >> (bits - 8 * (level + 1))) & 0xFF)

@@ -38,3 +38,31 @@ def builtin_mix(dst_mac: str = "02:00:00:00:00:01", src_mac: str = "02:00:00:00:
         bytes(eth / Dot1Q(vlan=42) / IP(src="198.51.100.9", dst=dst4) / UDP(dport=123) / (b"n" * 48)),
         bytes(eth / IP(src="198.51.100.77", dst=dst4, frag=64) / (b"f" * 512)),
     ]
+
+
+ADVERSARIAL_FRAME = 192  # bytes: room for the headers, and l3 lengths drawn up to it
+
+
+def _padded(layers) -> bytes:
+    frame = bytes(layers)
+    return frame + bytes(ADVERSARIAL_FRAME - len(frame))
+
+
+def adversarial_templates(dst_mac: str, src_mac: str, dst4: str, dst6: str) -> list:
+    """The random mode's templates: IPv4 sources from each documentation /24, IPv6
+    sources anywhere in 2001:db8::/32 (twice: an attacker has more of them), and both
+    families VLAN-tagged. The generator rewrites ports, TTL, length, protocol and flags."""
+    from .trafgen import Template  # the generator needs the kernel binding; this module not
+    from .. import abi
+    eth = Ether(dst=dst_mac, src=src_mac)
+    v4, v6 = abi.SW_FAMILY_IPV4, abi.SW_FAMILY_IPV6
+    templates = [Template(_padded(eth / IP(src=net, dst=dst4) / TCP()), ETH_HLEN, ETH_HLEN + 20, v4, 8)
+                 for net in ("198.51.100.0", "203.0.113.0", "192.0.2.0")]
+    v6_frame = _padded(eth / IPv6(src="2001:db8::", dst=dst6) / TCP())
+    templates += [Template(v6_frame, ETH_HLEN, ETH_HLEN + 40, v6, 96)] * 2
+    tagged = eth / Dot1Q(vlan=1)
+    templates.append(Template(_padded(tagged / IP(src="198.51.100.0", dst=dst4) / TCP()),
+                              ETH_HLEN + 4, ETH_HLEN + 24, v4, 8, vlan_off=ETH_HLEN))
+    templates.append(Template(_padded(tagged / IPv6(src="2001:db8::", dst=dst6) / TCP()),
+                              ETH_HLEN + 4, ETH_HLEN + 44, v6, 96, vlan_off=ETH_HLEN))
+    return templates

@@ -24,7 +24,7 @@ from typing import Sequence
 from .. import abi
 from ..kernel.libbpf import BpfObject
 from ..kernel.netns import enter_netns
-from ..kernel.testrun import prog_test_run_live
+from ..kernel.testrun import prog_test_run, prog_test_run_live
 from ..kernel.xdp import ifindex
 from ..paths import object_path
 
@@ -151,14 +151,19 @@ class TrafficGenerator:
             seconds = time.perf_counter() - start
         return SendResult(count, seconds)
 
-    def run_chained(self, target_fd: int, count: int) -> SendResult:
-        """Feeds `count` frames to the program `target_fd` in live-frames mode (its
-        verdicts carried out for real, in the caller's network namespace)."""
+    def run_chained(self, target_fd: int, count: int, live: bool = True) -> SendResult:
+        """Feeds `count` frames to the program `target_fd`. Live: in live-frames mode,
+        its verdicts carried out for real (in the caller's network namespace: a passed
+        frame goes up that stack). Not live: the programs alone, on one buffer the
+        generator rewrites every time, whatever the verdict."""
         _check_count(count)
         self.obj.map("sw_gen_target").set_fd(0, target_fd)
         prog = self.obj.program("sw_trafgen_chain")
         start = time.perf_counter()
-        result = prog_test_run_live(prog.fd, self._frame, repeat=count, batch_size=BATCH)
+        if live:
+            result = prog_test_run_live(prog.fd, self._frame, repeat=count, batch_size=BATCH)
+        else:
+            result = prog_test_run(prog.fd, self._frame, repeat=count)
         seconds = time.perf_counter() - start
         return SendResult(count, seconds, result.duration_ns)
 

@@ -128,7 +128,7 @@ def _check_chain(chain: tuple[str, ...], sections: dict, v: Validator) -> None:
     let an operator believe something protects the host that nothing enforces."""
     for name, stage in stages().items():
         section = sections.get(name)
-        if name not in chain and section is not None and stage.busy(section):
+        if name not in chain and section is not None and stage.required(section):
             keys = " and ".join(k for k in stage.keys)
             v.report("pipeline.stages", f"stage {name!r} is left out, but {keys} give it "
                                         "work: nothing would enforce it")

@@ -87,6 +87,11 @@ class Stage:
         where it would cost a tail call per packet for nothing."""
         return True
 
+    def required(self, section: Any) -> bool:
+        """Whether leaving it out of an explicit chain would change a decision (then the
+        loader refuses such a chain)."""
+        return self.busy(section)
+
     def summary(self, section: Any) -> list[str]:
         """Its lines in `check`."""
         return []

@@ -32,6 +32,7 @@ from . import register
 from .base import Stage, StageBuild
 
 TABLE, HOSTS, SPARSE, HITS, NAMES = "sw_pol_tab", "sw_pol_hosts", "sw_pol_sparse", "sw_pol_hits", "sw_pol_names"
+CLOCK = "sw_pol_clock"
 CONSTS = ".rodata.pol"
 
 
@@ -56,6 +57,8 @@ class PolicyStage(Stage):
         HOSTS: ("struct sw_addr_key", "__u32"),
         SPARSE: ("__u64", "__u32"),
         NAMES: ("__u32", "struct sw_rule_name"),
+        # lib/clock.h: a timer and a time, never read from here; pinned so it ticks.
+        CLOCK: ("__u32", "__u64[3]"),
     }
     state_maps = {HITS: ("__u32", "struct sw_rule_counter")}
 
@@ -66,6 +69,10 @@ class PolicyStage(Stage):
     def busy(self, section: RuleSet) -> bool:
         # Even without rules the default action is a decision (reason `default`).
         return True
+
+    def required(self, section: RuleSet) -> bool:
+        # Without rules, a default pass is what the end of the chain does anyway.
+        return bool(section.rules) or section.default_action == "drop"
 
     def summary(self, section: RuleSet) -> list[str]:
         by_action: dict[str, int] = {}
