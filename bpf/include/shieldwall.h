@@ -255,13 +255,23 @@ struct sw_gen_frame {
 #define SW_POL_FRAG_KEYS 4
 
 /* The policy stage's shape for one ruleset, in its .rodata.pol (see sw_consts for why).
- * A step maps (state, class) to the next state: dense, table[table_base + state * width
- * + class]; sparse, the hash's entry for (state_base + state) << 32 | class, else the
- * default table[table_base + state]. A bucket's final state indexes its decisions: two
- * entries, the deciding rule id (0: none) | SW_POL_DROPS when it drops, then where its
- * counted list starts: a length, then rule id | SW_POL_WOULD_DROP per counting rule. */
+ *
+ * A scalar field's class: a table indexed by the value; for fields wider than a byte,
+ * two levels (value >> 8, then value & 255), a level skipped where a whole block of 256
+ * values shares one class (SW_TRIE_CHILD marks a second-level node).
+ *
+ * A step maps (state, class) to the next state. Dense: table[table_base + state * width
+ * + class]. Sparse: two entries per state at table_base + 2 * state, the next state
+ * for classes not listed, then either SW_POL_ROW | the offset of a dense row of that
+ * state, or offset << 4 | n for n (at most SW_POL_SCAN) pairs of (class, next state).
+ *
+ * A bucket's final state indexes its decisions: two entries, the deciding rule id (0:
+ * none) | SW_POL_DROPS when it drops, then where its counted list starts (0: none): a
+ * length, then rule id | SW_POL_WOULD_DROP per counting rule. */
 #define SW_POL_DROPS 2147483648
 #define SW_POL_WOULD_DROP 2147483648
+#define SW_POL_ROW 2147483648
+#define SW_POL_SCAN 8
 #define SW_POL_MAX_RULES 10240
 
 struct sw_pol_step {
@@ -270,7 +280,7 @@ struct sw_pol_step {
 	__u32 remap_base;	/* the dimension's class -> this bucket's class */
 	__u32 width;
 	__u32 table_base;
-	__u32 state_base;	/* sparse: what makes this step's hash keys unique */
+	__u32 pad0;
 };
 
 struct sw_pol_bucket {

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Policy stage: prioritized multi-field rules by decision chains (docs/classifier.md).
- * A packet costs one lookup per field the rules use, one for the combined small fields,
- * and one or two per chain step: never a walk over the rules, never a cache an attacker
- * can miss on purpose.
+ * A packet costs one or two table reads per field the rules use, one for the combined
+ * small fields, and a few per chain step: never a walk over the rules, never a helper
+ * call, never a cache an attacker can miss on purpose.
  *
  * The ruleset's shape (which fields, which steps, where each table starts) is this
  * program's .rodata.pol, frozen at load: the verifier prunes every field and step the
@@ -18,14 +18,6 @@ const volatile struct sw_pol_consts sw_pol SEC(".rodata.pol") = {};
 SW_TABLE_MAP(sw_pol_tab);
 SW_CLOCK_MAP(sw_pol_clock);	/* last-hit times */
 SW_HOSTS_MAP(sw_pol_hosts);	/* single destination addresses of the dst trie */
-
-/* Exceptions of sparse steps: (state_base + state) << 32 | class -> next state. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, __u32);
-} sw_pol_sparse SEC(".maps");
 
 /* Indexed by rule id; 0 counts the packets no rule decided. State: kept across reloads,
  * and the control plane moves each rule's counters to its new id by name. */
@@ -112,11 +104,17 @@ static __always_inline int sw_pol_key(struct sw_pkt *pkt, int f, __u32 *key)
 	return 0;
 }
 
+/* Fields whose values do not fit a byte take a two-level table. */
+static __always_inline int sw_pol_wide(int f)
+{
+	return f == SW_POL_F_SPORT || f == SW_POL_F_DPORT || f == SW_POL_F_LENGTH || f == SW_POL_F_VLAN;
+}
+
 /* The packet's class in field f. The source was classified by the root; this
  * ruleset's class is its column entry for that class. */
 static __always_inline __u32 sw_pol_class(struct sw_pkt *pkt, int f)
 {
-	__u32 key;
+	__u32 key, e;
 
 	if (f == SW_POL_F_SRC)
 		return sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + pkt->src_class);
@@ -125,7 +123,32 @@ static __always_inline __u32 sw_pol_class(struct sw_pkt *pkt, int f)
 				     pkt->dst, pkt->family);
 	if (!sw_pol_key(pkt, f, &key))
 		return sw_pol.field_na[f];
-	return sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + key);
+	if (!sw_pol_wide(f))
+		return sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + key);
+	e = sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + (key >> 8));
+	if (e & SW_TRIE_CHILD)
+		e = sw_tab_read(&sw_pol_tab, (e & ~SW_TRIE_CHILD) * SW_TRIE_FANOUT + (key & 0xff));
+	return e;
+}
+
+/* A sparse step: the state's short list of exceptions, or its dense row. */
+static __always_inline __u32 sw_pol_sparse_next(__u32 table_base, __u32 state, __u32 cls)
+{
+	__u32 rec = table_base + 2 * state;
+	__u32 next = sw_tab_read(&sw_pol_tab, rec);
+	__u32 ref = sw_tab_read(&sw_pol_tab, rec + 1);
+	__u32 pairs = ref >> 4, n = ref & 15;
+
+	if (ref & SW_POL_ROW)
+		return sw_tab_read(&sw_pol_tab, (ref & ~SW_POL_ROW) + cls);
+#pragma unroll
+	for (int i = 0; i < SW_POL_SCAN; i++) {
+		if (i >= n)
+			break;
+		if (sw_tab_read(&sw_pol_tab, pairs + 2 * i) == cls)
+			return sw_tab_read(&sw_pol_tab, pairs + 2 * i + 1);
+	}
+	return next;
 }
 
 static __always_inline void sw_pol_hit(__u32 rule, __u32 bytes, __u64 now, int would_drop)
@@ -206,14 +229,10 @@ int sw_stage_policy(struct xdp_md *ctx)
 			if (k >= sw_pol.bucket[b].nsteps)
 				break;
 			c = sw_tab_read(&sw_pol_tab, st->remap_base + cls[st->dim & 15]);
-			if (!st->sparse) {
+			if (!st->sparse)
 				state = sw_tab_read(&sw_pol_tab, st->table_base + state * st->width + c);
-			} else {
-				__u64 key = (__u64)(st->state_base + state) << 32 | c;
-				__u32 *next = bpf_map_lookup_elem(&sw_pol_sparse, &key);
-
-				state = next ? *next : sw_tab_read(&sw_pol_tab, st->table_base + state);
-			}
+			else
+				state = sw_pol_sparse_next(st->table_base, state, c);
 		}
 		dec = sw_tab_read(&sw_pol_tab, sw_pol.bucket[b].decision_base + 2 * state);
 		rule = dec & ~SW_POL_DROPS;

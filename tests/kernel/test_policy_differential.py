@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shieldwall.config import configure
+from shieldwall.policy import classifier
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate
@@ -73,3 +74,16 @@ def test_pipeline_equals_reference(pipeline, cpu, policy, frames):
 def test_pipeline_equals_reference_on_large_policies(pipeline, cpu, policy, frames):
     # 513 to 1,500 rules: several buckets, sparse steps and host hashes in the kernel.
     same_as_reference(pipeline, cpu, policy, frames)
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(large_policies(min_rules=40, max_rules=300), st.lists(packets(), min_size=60, max_size=80))
+def test_sparse_steps_equal_reference(pipeline, cpu, policy, frames):
+    # Every step sparse: states with a few exceptions scan a short list, states with
+    # many get a dense row of their own; both must decide as the reference does.
+    saved = classifier.DENSE_FREE, classifier.DENSE_RATIO
+    classifier.DENSE_FREE, classifier.DENSE_RATIO = 0, 0
+    try:
+        same_as_reference(pipeline, cpu, policy, frames)
+    finally:
+        classifier.DENSE_FREE, classifier.DENSE_RATIO = saved

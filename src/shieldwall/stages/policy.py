@@ -1,13 +1,11 @@
 """The policy stage: the rules and default_action (bpf/stages/policy.bpf.c).
 
 The rules compile into decision chains (policy.classifier, docs/classifier.md); this
-module lays the chains out in the stage's table, its hash of sparse exceptions and its
-program constants, and carries each rule's counters across rulesets by the rule's name.
+module lays the chains out in the stage's table and its program constants, and carries each rule's counters across rulesets by the rule's name.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from array import array
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from ..policy.validator import Validator
 from . import register
 from .base import Stage, StageBuild
 
-TABLE, HOSTS, SPARSE, HITS, NAMES = "sw_pol_tab", "sw_pol_hosts", "sw_pol_sparse", "sw_pol_hits", "sw_pol_names"
+TABLE, HOSTS, HITS, NAMES = "sw_pol_tab", "sw_pol_hosts", "sw_pol_hits", "sw_pol_names"
 CLOCK = "sw_pol_clock"
 CONSTS = ".rodata.pol"
 
@@ -55,7 +53,6 @@ class PolicyStage(Stage):
     config_maps = {
         TABLE: ("__u32", "struct sw_tab_chunk"),
         HOSTS: ("struct sw_addr_key", "__u32"),
-        SPARSE: ("__u64", "__u32"),
         NAMES: ("__u32", "struct sw_rule_name"),
         # lib/clock.h: a timer and a time, never read from here; pinned so it ticks.
         CLOCK: ("__u32", "__u64[3]"),
@@ -114,7 +111,7 @@ class PolicyStage(Stage):
         n = image.lookups()
         return [f"policy: {len(image.rules)} rules in {n['buckets']} buckets; per packet "
                 f"{n['field_lookups']} field lookups, {n['misc_lookups']} for the small fields, "
-                f"{n['chain_steps']} chain steps ({n['sparse_steps']} hashed)"]
+                f"{n['chain_steps']} chain steps ({n['sparse_steps']} sparse)"]
 
     # -- counters follow rule names -----------------------------------------------------
     def carry(self, maps: dict[str, Any]) -> dict[str, list[dict]]:
@@ -190,7 +187,6 @@ class _Layout:
         self.image = image
         self.column = column
         self.tab = TableImage()
-        self.sparse: dict[int, int] = {}
         self.consts: dict[str, Any] = {"enabled": 1, "default_action": abi.ACTION_CODES[image.default_action],
                                        "field_used": [0] * 13, "field_base": [0] * 13,
                                        "field_na": [0] * 13, "misc_stride": [0] * 13}
@@ -208,7 +204,7 @@ class _Layout:
                 c["dst_root4"], c["dst_root6"] = trie.root4, trie.root6
                 hosts = trie.hosts
             else:
-                c["field_base"][fid] = tab.add(fc.keys)
+                c["field_base"][fid] = self._scalar(fc.keys)
                 c["field_na"][fid] = fc.na_class
         if image.misc_fields:
             c["misc_used"] = 1
@@ -217,20 +213,12 @@ class _Layout:
                 c["misc_stride"][FIELDS[name]] = stride
         lists: dict[tuple, int] = {(): 0}
         buckets = []
-        state_base = 0
         for bucket in image.buckets:
             steps = []
             for step in bucket.steps:
                 entry = {"dim": step.dim, "sparse": int(not step.dense), "width": step.width,
                          "remap_base": tab.add(step.remap)}
-                if step.dense:
-                    entry["table_base"] = tab.add(step.table)
-                else:
-                    entry["table_base"] = tab.add(step.default)
-                    entry["state_base"] = state_base
-                    for (s, cls), n in step.exceptions.items():
-                        self.sparse[(state_base + s) << 32 | cls] = n
-                    state_base += step.states
+                entry["table_base"] = tab.add(step.table) if step.dense else self._sparse(step)
                 steps.append(entry)
             words = array("I")
             for d in bucket.decisions:
@@ -245,21 +233,52 @@ class _Layout:
         c["counting"] = int(any(r.action.counts for r in image.rules))
         return self._maps(hosts)
 
+    def _scalar(self, keys: array) -> int:
+        """A scalar field's classes by value: one level for byte-wide fields, else a
+        first level by value >> 8 whose uniform blocks need no second-level node."""
+        if len(keys) <= addrtrie.FANOUT:
+            return self.tab.add(keys)
+        fan = addrtrie.FANOUT
+        blocks = [keys[i:i + fan] for i in range(0, len(keys), fan)]
+        top = array("I", (b[0] if b.count(b[0]) == len(b) else 0 for b in blocks))
+        base = self.tab.add(top)
+        for i, b in enumerate(blocks):
+            if b.count(b[0]) != len(b):
+                self.tab.align(fan)
+                node = self.tab.add(b) // fan
+                self.tab.entries[base + i] = addrtrie.CHILD | node
+        return base
+
+    def _sparse(self, step: Any) -> int:
+        """Two entries per state: its default next state, and either its few exceptions
+        (a short list of (class, next) pairs, scanned) or a dense row of its own."""
+        by_state: dict[int, list[tuple[int, int]]] = {}
+        for (state, cls), nxt in step.exceptions.items():
+            by_state.setdefault(state, []).append((cls, nxt))
+        records = array("I")
+        for state, default in enumerate(step.default):
+            found = sorted(by_state.get(state, ()))
+            if len(found) <= abi.SW_POL_SCAN:
+                pairs = self.tab.add([v for pair in found for v in pair]) if found else 0
+                records.extend((default, pairs << 4 | len(found)))
+            else:
+                row = array("I", [default]) * step.width
+                for cls, nxt in found:
+                    row[cls] = nxt
+                records.extend((default, abi.SW_POL_ROW | self.tab.add(row)))
+        return self.tab.add(records)
+
     def _maps(self, hosts: dict[bytes, int]) -> StageBuild:
         chunks, keys, values = self.tab.chunks()
         names = b"".join(r.name.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for r in self.image.rules)
         build = StageBuild(rodata={CONSTS: pack("struct sw_pol_consts", self.consts)})
-        build.sizes = {TABLE: chunks, HOSTS: max(1, len(hosts)), SPARSE: max(1, len(self.sparse)),
-                       NAMES: len(self.image.rules) + 1}
+        build.sizes = {TABLE: chunks, HOSTS: max(1, len(hosts)), NAMES: len(self.image.rules) + 1}
         build.contents = {TABLE: (keys, values)}
         if hosts:
             build.contents[HOSTS] = (b"".join(hosts), array("I", hosts.values()).tobytes())
-        if self.sparse:
-            build.contents[SPARSE] = (struct.pack(f"={len(self.sparse)}Q", *self.sparse),
-                                      array("I", self.sparse.values()).tobytes())
         if names:
             build.contents[NAMES] = (array("I", range(1, len(self.image.rules) + 1)).tobytes(), names)
-        build.memory = self.tab.bytes + 72 * (len(hosts) + len(self.sparse))
+        build.memory = self.tab.bytes + 72 * len(hosts)
         return build
 
 
