@@ -16,11 +16,15 @@ int sw_root(struct xdp_md *ctx)
 
 	/* The scratch outlives the previous packet on this CPU: start clean. */
 	__builtin_memset(pkt, 0, sizeof(*pkt));
-	pkt->frame_len = bpf_xdp_get_buff_len(ctx);
+	/* The linear part; the parse asks for the whole length when the packet claims more
+	 * (lib/parse.h, sw_fits). */
+	pkt->frame_len = ctx->data_end - ctx->data;
 
 	reason = sw_parse(ctx, pkt);
-	if (reason == SW_R_NON_IP)
+	if (reason == SW_R_NON_IP) {
+		pkt->frame_len = bpf_xdp_get_buff_len(ctx);
 		return sw_finish(pkt, SW_ACT_PASS, reason, SW_MOD_ROOT, SW_RULE_NONE);
+	}
 	if (reason)
 		return sw_finish(pkt, SW_ACT_DROP, reason, SW_MOD_ROOT, SW_RULE_NONE);
 	if (sw_consts.src_classes)

@@ -14,6 +14,17 @@
 #include "common.h"
 
 
+/* Whether the IP packet's end lies inside the frame. frame_len starts as the linear
+ * part: only a multi-buffer frame is longer, and only then does the packet claim more,
+ * so the helper that counts the fragments runs for such frames alone. */
+static __always_inline int sw_fits(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 end)
+{
+	if (end <= pkt->frame_len)
+		return 1;
+	pkt->frame_len = bpf_xdp_get_buff_len(ctx);
+	return end <= pkt->frame_len;
+}
+
 static __always_inline int sw_parse_l2(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 *off)
 {
 	struct ethhdr *eth = sw_bytes(ctx, 0, sizeof(*eth));
@@ -75,7 +86,7 @@ static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt,
 	if (hlen > sizeof(*ip) && !sw_bytes(ctx, off, hlen))
 		return SW_R_TRUNCATED_IPV4;
 	tot = bpf_ntohs(ip->tot_len);
-	if (tot < hlen || off + tot > pkt->frame_len)
+	if (tot < hlen || !sw_fits(ctx, pkt, off + tot))
 		return SW_R_BAD_IPV4_LENGTH;
 
 	pkt->family = SW_FAMILY_IPV4;
@@ -142,7 +153,7 @@ static __always_inline int sw_parse_ipv6(struct xdp_md *ctx, struct sw_pkt *pkt,
 	/* Computed wide: payload length + 40 may not fit l3_len, and then no frame holds it. */
 	l3_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 	l3_end = off + l3_len;
-	if (l3_len > 0xffff || l3_end > pkt->frame_len)
+	if (l3_len > 0xffff || !sw_fits(ctx, pkt, l3_end))
 		return SW_R_BAD_IPV6_LENGTH;
 	pkt->l3_len = l3_len;
 
