@@ -277,7 +277,7 @@ struct sw_gen_frame {
 struct sw_pol_step {
 	__u32 dim;		/* SW_POL_F_* or SW_POL_DIM_MISC */
 	__u32 sparse;
-	__u32 remap_base;	/* the dimension's class -> this bucket's class */
+	__u32 remap_base;	/* the dimension's class -> this bucket's class; 0: read as is */
 	__u32 width;
 	__u32 table_base;
 	__u32 pad0;

@@ -228,7 +228,9 @@ int sw_stage_policy(struct xdp_md *ctx)
 
 			if (k >= sw_pol.bucket[b].nsteps)
 				break;
-			c = sw_tab_read(&sw_pol_tab, st->remap_base + cls[st->dim & 15]);
+			c = cls[st->dim & 15];
+			if (st->remap_base)	/* 0: the step reads the dimension's own class */
+				c = sw_tab_read(&sw_pol_tab, st->remap_base + c);
 			if (!st->sparse)
 				state = sw_tab_read(&sw_pol_tab, st->table_base + state * st->width + c);
 			else

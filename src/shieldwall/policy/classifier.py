@@ -40,6 +40,9 @@ DENSE_FREE = 1 << 16        # a dense step this small (256 KiB) is always taken
 DENSE_RATIO = 4             # else dense only if at most this many times the sparse size
 DENSE_MAX = 1 << 21         # and never larger than this
 TABLE_BUDGET = 1 << 24      # table entries (4 bytes each) one ruleset may take
+ONE_BUCKET_BUDGET = 1 << 16  # entries under which all rules share one bucket
+ONE_BUCKET_RULES = 512      # past this many rules, one bucket is not even tried
+REMAP_FREE = 1 << 12        # a dense step this small reads the dimension's class directly
 SPARSE_BUDGET = 1 << 21     # exceptions (hash entries) one ruleset may take
 
 
@@ -70,12 +73,14 @@ class Step:
     table: array | None = None
     default: array | None = None
     exceptions: dict[tuple[int, int], int] | None = None
+    direct: bool = False  # dense, indexed by the dimension's own class: no remap read
 
     @property
     def dense(self) -> bool:
         return self.table is not None
 
     def next(self, state: int, cls: int) -> int:
+        """cls: the bucket's class, or the dimension's own for a direct step."""
         if self.table is not None:
             return self.table[state * self.width + cls]
         assert self.default is not None and self.exceptions is not None
@@ -83,7 +88,8 @@ class Step:
 
     @property
     def entries(self) -> int:
-        return len(self.remap) + len(self.table if self.table is not None else self.default)
+        own = len(self.table if self.table is not None else self.default)
+        return own if self.direct else len(self.remap) + own
 
 
 @dataclass(eq=False)
@@ -121,7 +127,8 @@ class Plan:
     def _bucket_decision(self, bucket: Bucket, classes: dict[str, int]) -> Decision:
         state = 0
         for step in bucket.steps:
-            state = step.next(state, step.remap[self.dim_class(step.dim, classes)])
+            cls = self.dim_class(step.dim, classes)
+            state = step.next(state, cls if step.direct else step.remap[cls])
         return bucket.decisions[state]
 
     # -- what it costs -------------------------------------------------------------
@@ -178,6 +185,7 @@ class _Builder:
         self.deciding = mask(i for i, r in enumerate(rules) if r.action.decides)
         self.entries = 0
         self.sparse = 0
+        self.budget = TABLE_BUDGET
 
     def build(self) -> Plan:
         out = Plan(self.rules, self.default_action, self.fields)
@@ -191,8 +199,7 @@ class _Builder:
         self.uses = [frozenset(MISC if f in misc else FIELDS[f] for f in r.match.fields())
                      for r in self.rules]
         self.users = {d: mask(i for i, u in enumerate(self.uses) if d in u) for d in self.dims}
-        for group in self._groups():
-            out.buckets.extend(self._buckets(group))
+        out.buckets.extend(self._one_bucket() or [b for g in self._groups() for b in self._buckets(g)])
         if len(out.buckets) > abi.SW_POL_MAX_BUCKETS:
             raise ClassifierTooLarge(f"the rules need {len(out.buckets)} buckets; the stage runs "
                                      f"at most {abi.SW_POL_MAX_BUCKETS}")
@@ -229,6 +236,24 @@ class _Builder:
         self._charge(len(table))
 
     # -- buckets ------------------------------------------------------------------------
+    def _one_bucket(self) -> list[Bucket] | None:
+        """Every rule in one chain, if that stays small: each bucket costs a packet its
+        own steps, and a small ruleset needs no split."""
+        if not self.rules:
+            return []
+        if len(self.rules) > ONE_BUCKET_RULES:
+            return None
+        spent = (self.entries, self.sparse)
+        budget = self.budget
+        self.budget = ONE_BUCKET_BUDGET
+        try:
+            return [self._bucket(mask(range(len(self.rules))))]
+        except (_TooBig, ClassifierTooLarge):
+            self.entries, self.sparse = spent
+            return None
+        finally:
+            self.budget = budget
+
     def _groups(self) -> list[int]:
         """Rules by which address fields they use: sources and destinations named by
         different rules never multiply each other's classes."""
@@ -303,7 +328,9 @@ class _Builder:
                     n = nxt.add(s & lvecs[c], resolved)
                     if n != default[si]:
                         exceptions[(si, c)] = n
-            if self.sparse + len(exceptions) > SPARSE_BUDGET:
+            # Checked as it grows: an attempt that cannot fit must fail fast.
+            if (self.sparse + len(exceptions) > SPARSE_BUDGET
+                    or self.entries + len(default) + len(exceptions) > self.budget):
                 raise _TooBig(d)
         dense_size = len(states.vectors) * len(lvecs)
         step = Step(d, remap, len(states.vectors), len(lvecs))
@@ -316,6 +343,11 @@ class _Builder:
             for (si, c), n in exceptions.items():
                 table[si * w + c] = n
             step.table = table
+            if len(states.vectors) * len(remap) <= REMAP_FREE:
+                # Rows over the dimension's own classes: one read less per packet.
+                step.table = array("I", (table[s * w + remap[g]] for s in range(len(states.vectors))
+                                         for g in range(len(remap))))
+                step.width, step.direct = len(remap), True
         else:
             step.default, step.exceptions = default, exceptions
         return step, nxt
@@ -339,7 +371,7 @@ class _Builder:
     def _charge(self, entries: int, sparse: int = 0, dim: int | None = None) -> None:
         self.entries += entries
         self.sparse += sparse
-        if self.entries > TABLE_BUDGET or self.sparse > SPARSE_BUDGET:
+        if self.entries > self.budget or self.sparse > SPARSE_BUDGET:
             if dim is None:
                 raise ClassifierTooLarge(f"the rules need more than {TABLE_BUDGET:,} table entries")
             raise _TooBig(dim)

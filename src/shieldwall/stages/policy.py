@@ -217,7 +217,7 @@ class _Layout:
             steps = []
             for step in bucket.steps:
                 entry = {"dim": step.dim, "sparse": int(not step.dense), "width": step.width,
-                         "remap_base": tab.add(step.remap)}
+                         "remap_base": 0 if step.direct else tab.add(step.remap)}
                 entry["table_base"] = tab.add(step.table) if step.dense else self._sparse(step)
                 steps.append(entry)
             words = array("I")
