@@ -80,3 +80,22 @@ def private_bpffs() -> Iterator[Path]:
         if _unmount(where):
             shutil.rmtree(base)
     assert not leftovers, f"pins left behind on this run's bpffs: {', '.join(leftovers)}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def frames_never_ask_the_host_network() -> Iterator[None]:
+    """A scapy frame built without MAC addresses makes scapy ask the network (ARP on the
+    host's own interfaces) for them: every test must name them, and one that forgets
+    fails here instead."""
+    from scapy.config import conf
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a test frame without MAC addresses: scapy would ARP on the "
+                             "host's network; give Ether(src=..., dst=...)")
+
+    saved = conf.neighbor.resolve
+    conf.neighbor.resolve = refuse
+    try:
+        yield
+    finally:
+        conf.neighbor.resolve = saved

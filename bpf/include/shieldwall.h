@@ -289,8 +289,56 @@ struct sw_pol_bucket {
 	struct sw_pol_step step[12];
 };
 
+/* Direct mode, for small rulesets: each rule's fields tested against the packet in
+ * order, the rules being constants of the program (no table read at all). A field holds
+ * as Items.holds says: some plain item holds (or every item is negated) and no negated
+ * one does. tcp_flags is one item: flags & lo == hi. */
+#define SW_POL_SMALL_RULES 16
+#define SW_POL_SMALL_ITEMS 8
+
+struct sw_pol_range {
+	__u32 lo;
+	__u32 hi;
+};
+
+struct sw_pol_values {		/* a scalar field of a rule */
+	__u32 n;
+	__u32 negated;		/* bit i: item i is negated */
+	__u32 plain;		/* some item is not negated */
+	struct sw_pol_range item[8];
+};
+
+struct sw_pol_prefix {		/* 16-byte address and mask, IPv4 mapped; the family too */
+	__u64 addr0;		/* bytes 0-7 and 8-15 as loaded from memory */
+	__u64 addr1;
+	__u64 mask0;
+	__u64 mask1;
+	__u32 family;
+	__u32 pad0;
+};
+
+struct sw_pol_prefixes {	/* an address field of a rule */
+	__u32 n;
+	__u32 negated;
+	__u32 plain;
+	__u32 pad0;
+	struct sw_pol_prefix item[8];
+};
+
+struct sw_pol_rule {
+	__u32 used;		/* bit f: the rule tests field f */
+	__u32 verdict;		/* SW_ACT_PASS or SW_ACT_DROP; 0: it does not decide */
+	__u32 counts;
+	__u32 would_drop;
+	struct sw_pol_values value[13];		/* by field id (src and dst unused) */
+	struct sw_pol_prefixes prefix[2];	/* src, dst */
+};
+
 struct sw_pol_consts {
 	__u32 enabled;		/* 0: no policy, the stage hands packets on */
+	__u32 direct;		/* the rules themselves, not the chains */
+	__u32 nrules;		/* direct mode */
+	__u32 pad0;
 	__u32 default_action;
 	__u32 nbuckets;
 	__u32 counting;		/* some rule counts without deciding (count, monitor) */
@@ -303,6 +351,7 @@ struct sw_pol_consts {
 	__u32 misc_base;
 	__u32 misc_stride[13];	/* 0 for fields outside the product */
 	struct sw_pol_bucket bucket[6];
+	struct sw_pol_rule rule[16];
 };
 
 /* Per-CPU, per rule id of the active ruleset. */

@@ -183,23 +183,170 @@ static long sw_pol_count_one(__u32 i, void *data)
 	return 0;
 }
 
+/* Direct mode: whether one field of rule r holds for the packet (Items.holds). */
+static __always_inline int sw_pol_values_hold(const volatile struct sw_pol_values *v, __u32 key)
+{
+	int plain_hit = 0, negated_hit = 0;
+
+	/* Most fields name one value or range: that case needs no loop. */
+	if (v->n == 1) {
+		int in = key >= v->item[0].lo && key <= v->item[0].hi;
+
+		return v->negated ? !in : in;
+	}
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < SW_POL_SMALL_ITEMS; i++) {
+		int in;
+
+		if (i >= v->n)
+			break;
+		in = key >= v->item[i].lo && key <= v->item[i].hi;
+		if (v->negated & (1 << i))
+			negated_hit |= in;
+		else
+			plain_hit |= in;
+	}
+	return (plain_hit || !v->plain) && !negated_hit;
+}
+
+static __always_inline int sw_pol_prefixes_hold(const volatile struct sw_pol_prefixes *p,
+						struct sw_pkt *pkt, const __u8 *addr)
+{
+	/* sw_pkt's addresses sit at 8-byte offsets of a map value: word loads. */
+	const __u64 *a = (const __u64 *)addr;
+	int plain_hit = 0, negated_hit = 0;
+
+	if (p->n == 1) {
+		int in = pkt->family == p->item[0].family &&
+			 (a[0] & p->item[0].mask0) == p->item[0].addr0 &&
+			 (a[1] & p->item[0].mask1) == p->item[0].addr1;
+
+		return p->negated ? !in : in;
+	}
+
+	/* A loop, not unrolled: with every rule and field unrolled, the program would
+	 * outgrow the reach of a BPF jump. */
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < SW_POL_SMALL_ITEMS; i++) {
+		int in;
+
+		if (i >= p->n)
+			break;
+		in = pkt->family == p->item[i].family &&
+		     (a[0] & p->item[i].mask0) == p->item[i].addr0 &&
+		     (a[1] & p->item[i].mask1) == p->item[i].addr1;
+		if (p->negated & (1 << i))
+			negated_hit |= in;
+		else
+			plain_hit |= in;
+	}
+	return (plain_hit || !p->plain) && !negated_hit;
+}
+
+/* The order a rule's fields are tested in: the cheap, selective ones first (most rules
+ * fail on the protocol), the 16-byte addresses last. */
+static const int sw_pol_test_order[SW_POL_FIELDS] = {
+	SW_POL_F_PROTO, SW_POL_F_FAMILY, SW_POL_F_FRAGMENT, SW_POL_F_TCP_FLAGS, SW_POL_F_TTL,
+	SW_POL_F_ICMP_TYPE, SW_POL_F_ICMP_CODE, SW_POL_F_VLAN, SW_POL_F_DPORT, SW_POL_F_SPORT,
+	SW_POL_F_LENGTH, SW_POL_F_DST, SW_POL_F_SRC,
+};
+
+static __always_inline int sw_pol_rule_holds(struct sw_pkt *pkt, int r)
+{
+	const volatile struct sw_pol_rule *rule = &sw_pol.rule[r];
+	__u32 key;
+
+#pragma clang loop unroll(full)
+	for (int i = 0; i < SW_POL_FIELDS; i++) {
+		int f = sw_pol_test_order[i];
+
+		if (!(rule->used & (1 << f)))
+			continue;
+		if (f == SW_POL_F_SRC || f == SW_POL_F_DST) {
+			if (!sw_pol_prefixes_hold(&rule->prefix[f], pkt, f == SW_POL_F_SRC ? pkt->src : pkt->dst))
+				return 0;
+			continue;
+		}
+		if (!sw_pol_key(pkt, f, &key))
+			return 0;	/* a field that cannot apply never matches */
+		if (f == SW_POL_F_TCP_FLAGS) {
+			if ((key & rule->value[f].item[0].lo) != rule->value[f].item[0].hi)
+				return 0;
+			continue;
+		}
+		if (!sw_pol_values_hold(&rule->value[f], key))
+			return 0;
+	}
+	return 1;
+}
+
 static __always_inline int sw_pol_is_nd(struct sw_pkt *pkt)
 {
 	return pkt->family == SW_FAMILY_IPV6 && sw_pol_has_icmp(pkt) &&
 	       pkt->icmp_type >= ND_FIRST && pkt->icmp_type <= ND_LAST;
 }
 
+/* The verdict for the deciding rule, or the default action (which never drops IPv6
+ * neighbor discovery). */
+static __always_inline int sw_pol_decided(struct sw_pkt *pkt, __u32 best, __u32 drops, __u64 now)
+{
+	__u32 action;
+
+	if (best == NO_RULE) {
+		sw_pol_hit(0, pkt->frame_len, now, 0);
+		action = sw_pol.default_action;
+		if (action == SW_ACT_DROP && sw_pol_is_nd(pkt))
+			return sw_finish(pkt, SW_ACT_PASS, SW_R_ND_PROTECTED, SW_MOD_POLICY, SW_RULE_NONE);
+		return sw_finish(pkt, action, SW_R_DEFAULT, SW_MOD_POLICY, SW_RULE_NONE);
+	}
+	sw_pol_hit(best, pkt->frame_len, now, 0);
+	return sw_finish(pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, best);
+}
+
+static __always_inline int sw_pol_chains(struct sw_pkt *pkt);
+
 SEC("xdp.frags")
 int sw_stage_policy(struct xdp_md *ctx)
 {
 	SW_STAGE_PKT(pkt);
-	__u32 cls[16] = {};
-	__u32 lists[SW_POL_MAX_BUCKETS] = {};
-	__u32 best = NO_RULE, drops = 0, action, reason = SW_R_RULE;
+	__u32 best = NO_RULE, drops = 0;
 	__u64 now;
 
 	if (!sw_pol.enabled)
 		return sw_next(ctx, pkt);
+
+	if (sw_pol.direct) {
+		now = sw_clock_now(&sw_pol_clock);
+		/* Unrolled: each rule's tests read constants the verifier knows, so what runs
+		 * is this ruleset's tests alone. */
+#pragma clang loop unroll(full)
+		for (int r = 0; r < SW_POL_SMALL_RULES; r++) {
+			if (r >= sw_pol.nrules)
+				break;
+			if (!sw_pol_rule_holds(pkt, r))
+				continue;
+			/* In order: a counting rule here came before any decider. */
+			if (sw_pol.rule[r].counts)
+				sw_pol_hit(r + 1, pkt->frame_len, now, sw_pol.rule[r].would_drop);
+			if (sw_pol.rule[r].verdict) {
+				best = r + 1;
+				drops = sw_pol.rule[r].verdict == SW_ACT_DROP;
+				break;
+			}
+		}
+		return sw_pol_decided(pkt, best, drops, now);
+	}
+	return sw_pol_chains(pkt);
+}
+
+/* Chain mode: classes per field, then each bucket's chain (docs/classifier.md). */
+static __always_inline int sw_pol_chains(struct sw_pkt *pkt)
+{
+	__u32 cls[16] = {};
+	__u32 lists[SW_POL_MAX_BUCKETS] = {};
+	__u32 best = NO_RULE, drops = 0;
+	__u64 now;
 
 #pragma unroll
 	for (int f = 0; f < SW_POL_FIELDS; f++)
@@ -260,18 +407,7 @@ int sw_stage_policy(struct xdp_md *ctx)
 		}
 	}
 
-	if (best == NO_RULE) {
-		sw_pol_hit(0, pkt->frame_len, now, 0);
-		action = sw_pol.default_action;
-		reason = SW_R_DEFAULT;
-		if (action == SW_ACT_DROP && sw_pol_is_nd(pkt)) {
-			action = SW_ACT_PASS;
-			reason = SW_R_ND_PROTECTED;
-		}
-		return sw_finish(pkt, action, reason, SW_MOD_POLICY, SW_RULE_NONE);
-	}
-	sw_pol_hit(best, pkt->frame_len, now, 0);
-	return sw_finish(pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, reason, SW_MOD_POLICY, best);
+	return sw_pol_decided(pkt, best, drops, now);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -63,10 +63,22 @@ def same_as_reference(pipeline, cpu, policy, frames) -> None:
     assert {i: n for i, n in added_would.items() if n} == dict(would_drop)
 
 
-@settings(max_examples=100, **SETTINGS)
+@settings(max_examples=80, **SETTINGS)
 @given(policies(), st.lists(packets(), min_size=20, max_size=30))
 def test_pipeline_equals_reference(pipeline, cpu, policy, frames):
+    # Small rulesets: most in direct mode (rules as program constants).
     same_as_reference(pipeline, cpu, policy, frames)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(policies(), st.lists(packets(), min_size=20, max_size=30))
+def test_chains_equal_reference(pipeline, cpu, policy, frames):
+    # The same small rulesets through the decision chains.
+    classifier.DIRECT = False
+    try:
+        same_as_reference(pipeline, cpu, policy, frames)
+    finally:
+        classifier.DIRECT = True
 
 
 @settings(max_examples=8, **SETTINGS)
@@ -81,9 +93,9 @@ def test_pipeline_equals_reference_on_large_policies(pipeline, cpu, policy, fram
 def test_sparse_steps_equal_reference(pipeline, cpu, policy, frames):
     # Every step sparse: states with a few exceptions scan a short list, states with
     # many get a dense row of their own; both must decide as the reference does.
-    saved = classifier.DENSE_FREE, classifier.DENSE_RATIO
-    classifier.DENSE_FREE, classifier.DENSE_RATIO = 0, 0
+    saved = classifier.DENSE_FREE, classifier.DENSE_RATIO, classifier.DIRECT
+    classifier.DENSE_FREE, classifier.DENSE_RATIO, classifier.DIRECT = 0, 0, False
     try:
         same_as_reference(pipeline, cpu, policy, frames)
     finally:
-        classifier.DENSE_FREE, classifier.DENSE_RATIO = saved
+        classifier.DENSE_FREE, classifier.DENSE_RATIO, classifier.DIRECT = saved

@@ -14,6 +14,7 @@ from shieldwall.dataplane import addrtrie
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate, parse_policy_text
+from shieldwall.policy import classifier
 from shieldwall.stages.policy import rule_counters
 
 from .packets import (ICMP, TCP, UDP, ICMPv6EchoRequest, ICMPv6ND_NS, IPv6ExtHdrDestOpt,
@@ -34,10 +35,16 @@ def policy(rules: str, default: str = "pass"):
     return parse_policy_text(text, "fixture.yaml", ".")
 
 
-@pytest.fixture(scope="module")
-def pipeline():
-    with Pipeline.load(PipelineConfig()) as p:
-        yield p
+@pytest.fixture(scope="module", params=["direct", "chains"])
+def pipeline(request):
+    """Every case twice: small rulesets in direct mode, and through the chains."""
+    saved = classifier.DIRECT
+    classifier.DIRECT = request.param == "direct"
+    try:
+        with Pipeline.load(PipelineConfig()) as p:
+            yield p
+    finally:
+        classifier.DIRECT = saved
 
 
 _installed: dict[int, object] = {}

@@ -29,6 +29,12 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                       HealthCheck.data_too_large])
 
 
+@pytest.fixture(autouse=True)
+def chains(monkeypatch):
+    """These tests are about the decision chains: small rulesets would go direct."""
+    monkeypatch.setattr(classifier, "DIRECT", False)
+
+
 def policy(rules: str, default: str = "pass", sets: str = ""):
     text = f"version: 1\ndefault_action: {default}\n{sets}rules:\n" + \
         textwrap.indent(textwrap.dedent(rules), "  ")
@@ -140,6 +146,41 @@ def test_every_packet_costs_a_bounded_number_of_lookups():
     assert n["buckets"] <= abi.SW_POL_MAX_BUCKETS
     assert n["chain_steps"] <= abi.SW_POL_MAX_BUCKETS * abi.SW_POL_MAX_STEPS
     assert n["field_lookups"] == 3
+
+
+def test_small_rulesets_go_direct_and_decide_as_the_reference(monkeypatch):
+    monkeypatch.setattr(classifier, "DIRECT", True)
+    pol = policy("""\
+        - {name: a, action: count, match: {src: ["192.0.2.0/24", "!192.0.2.7"], proto: tcp}}
+        - {name: b, action: drop, match: {dport: ["!22", "1000-2000"], tcp_flags: "SYN,!ACK"}}
+        - {name: c, action: pass, match: {fragment: non_first, family: ipv6}}
+        """)
+    p = plan(pol)
+    assert p.direct is not None and p.buckets == []
+    frames = [bytes(ETH / IP(src=src, dst="198.51.100.1") / TCP(dport=dport, flags=flags))
+              for src in ("192.0.2.1", "192.0.2.7", "203.0.113.1")
+              for dport in (22, 1500, 80) for flags in ("S", "SA")]
+    same_as_reference(pol, frames)
+
+
+def test_a_ruleset_too_big_for_direct_mode_takes_the_chains(monkeypatch):
+    monkeypatch.setattr(classifier, "DIRECT", True)
+    many = "".join(f"- {{name: r{i}, action: drop, match: {{dport: {i}}}}}\n" for i in range(17))
+    assert plan(policy(many)).direct is None
+    wide = "- {name: r, action: drop, match: {dport: [1, 3, 5, 7, 9, 11, 13, 15, 17]}}\n"
+    assert plan(policy(wide)).direct is None
+    merged = "- {name: r, action: drop, match: {dport: [1, 2, 3, 4, 5, 6, 7, 8, 9, 100]}}\n"
+    assert plan(policy(merged)).direct[0].tests["dport"].items == ((1, 9), (100, 100))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(policies(max_rules=16), st.lists(packets(), min_size=5, max_size=15))
+def test_direct_mode_decides_as_the_reference(pol, frames):
+    classifier.DIRECT = True  # hypothesis does not take function-scoped fixtures
+    try:
+        same_as_reference(pol, frames)
+    finally:
+        classifier.DIRECT = False
 
 
 def test_capacity():

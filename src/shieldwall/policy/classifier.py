@@ -31,7 +31,9 @@ from typing import Iterator
 from .. import abi
 from ..model.parse import ParsedPacket
 from .classes import ADDRESS_FIELDS, FIELDS, FieldClasses, field_classes, mask
-from .model import Policy, Rule
+from .direct import decide as direct_decide
+from .direct import direct_rules
+from .model import Policy, Rule, RuleSet
 
 MISC = abi.SW_POL_DIM_MISC  # the dimension id of the combined small fields
 MISC_FIELD_CLASSES = 64     # a field with at most this many classes may join misc
@@ -111,6 +113,7 @@ class Plan:
     misc_table: array = field(default_factory=lambda: array("I"))
     misc_classes: int = 0
     buckets: list[Bucket] = field(default_factory=list)
+    direct: tuple | None = None  # policy.direct rules, when the ruleset is small enough
 
     def dim_class(self, dim: int, classes: dict[str, int]) -> int:
         if dim == MISC:
@@ -120,6 +123,8 @@ class Plan:
 
     def decide(self, pkt: ParsedPacket) -> Decision:
         """The rules' decision for a packet, by the data plane's own steps."""
+        if self.direct is not None:
+            return direct_decide(self.direct, pkt)
         classes = {name: fc.of(pkt) for name, fc in self.fields.items()}
         found = [self._bucket_decision(b, classes) for b in self.buckets]
         return merge(found)
@@ -138,6 +143,9 @@ class Plan:
 
     def lookups(self) -> dict[str, int]:
         """Table reads one packet costs, at most: the bound docs/classifier.md states."""
+        if self.direct is not None:
+            return {"direct_rules": len(self.direct), "field_lookups": 0, "misc_lookups": 0,
+                    "chain_steps": 0, "sparse_steps": 0, "buckets": 0}
         steps = [s for b in self.buckets for s in b.steps]
         return {
             "field_lookups": len(self.fields),
@@ -172,8 +180,16 @@ def set_bits(v: int) -> Iterator[int]:
         i = text.find("1", i + 1)
 
 
-def plan(policy: Policy) -> Plan:
-    """The decision chains of the policy's rules (ClassifierTooLarge past the budget)."""
+DIRECT = True  # small rulesets run in direct mode (tests turn it off to test the chains)
+
+
+def plan(policy: Policy | RuleSet) -> Plan:
+    """Direct mode for a small ruleset, else the decision chains of its rules
+    (ClassifierTooLarge past the budget)."""
+    if DIRECT:
+        direct = direct_rules(policy)
+        if direct is not None:
+            return Plan(policy.rules, policy.default_action, {}, direct=direct)
     return _Builder(policy.rules, policy.default_action).build()
 
 

@@ -21,6 +21,7 @@ from ..model.parse import ParsedPacket
 from ..policy.analysis import rule_warnings
 from ..policy.classes import FIELDS
 from ..policy.classifier import MISC, Plan, plan
+from ..policy.direct import words
 from ..policy.errors import Issue
 from ..policy.model import Policy, PrefixSet, RuleSet
 from ..policy.reference import Decision, evaluate_rules
@@ -101,6 +102,7 @@ class PolicyStage(Stage):
         return plan(section)
 
     def sources(self, image: Plan) -> SourceMap | None:
+        # Direct mode compares the address itself: no source classes to ask for.
         src = image.fields.get("src")
         return SourceMap(src.nodes) if src is not None else None
 
@@ -109,6 +111,8 @@ class PolicyStage(Stage):
 
     def describe(self, image: Plan) -> list[str]:
         n = image.lookups()
+        if image.direct is not None:
+            return [f"policy: {len(image.rules)} rules tested directly, in order (no table read)"]
         return [f"policy: {len(image.rules)} rules in {n['buckets']} buckets; per packet "
                 f"{n['field_lookups']} field lookups, {n['misc_lookups']} for the small fields, "
                 f"{n['chain_steps']} chain steps ({n['sparse_steps']} sparse)"]
@@ -194,6 +198,10 @@ class _Layout:
     def build(self) -> StageBuild:
         image, tab, c = self.image, self.tab, self.consts
         hosts: dict[bytes, int] = {}
+        if image.direct is not None:
+            c["direct"], c["nrules"] = 1, len(image.direct)
+            c["rule"] = [self._direct_rule(r) for r in image.direct]
+            return self._maps(hosts)
         for name, fc in image.fields.items():
             fid = FIELDS[name]
             c["field_used"][fid] = 1
@@ -232,6 +240,25 @@ class _Layout:
         c["bucket"] = buckets
         c["counting"] = int(any(r.action.counts for r in image.rules))
         return self._maps(hosts)
+
+    @staticmethod
+    def _direct_rule(rule: Any) -> dict:
+        entry: dict[str, Any] = {"used": 0, "verdict": abi.ACTION_CODES[rule.verdict] if rule.verdict else 0,
+                                 "counts": int(rule.counts), "would_drop": int(rule.would_drop),
+                                 "value": [{} for _ in range(13)], "prefix": [{}, {}]}
+        for name, test in rule.tests.items():
+            fid = FIELDS[name]
+            entry["used"] |= 1 << fid
+            shape = {"n": len(test.items), "negated": test.negated, "plain": int(test.plain)}
+            if name in ("src", "dst"):
+                shape["item"] = [{"family": fam, **dict(zip(("addr0", "addr1"), words(addr))),
+                                  **dict(zip(("mask0", "mask1"), words(mask)))}
+                                 for fam, addr, mask in test.items]
+                entry["prefix"][fid] = shape
+            else:
+                shape["item"] = [{"lo": lo, "hi": hi} for lo, hi in test.items]
+                entry["value"][fid] = shape
+        return entry
 
     def _scalar(self, keys: array) -> int:
         """A scalar field's classes by value: one level for byte-wide fields, else a
