@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .topology import LabTopology
+from ..topology import LabTopology
 
 
 def _run(args: list[str], stdin: str | None = None) -> str:

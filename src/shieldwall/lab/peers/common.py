@@ -1,0 +1,52 @@
+"""What every peer shares: the note for a policy a peer cannot express, and the count
+of frames that reached a peer's device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NotExpressible:
+    """A policy a peer cannot enforce with the same decisions, and exactly why: one
+    reason per rule, field or list, e.g. "rule web-only: port negation needs 65534
+    port entries (at most 1024)"."""
+
+    peer: str
+    reasons: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.peer} cannot express this policy: " + "; ".join(self.reasons)
+
+
+class NotExpressibleError(RuntimeError):
+    """Raised by the installers when given a policy their peer cannot express."""
+
+    def __init__(self, note: NotExpressible) -> None:
+        super().__init__(str(note))
+        self.note = note
+
+
+def device_rx_packets(netns: str, iface: str) -> int:
+    """Frames the device has received: what reached the peer's hook, dropped or not.
+    A veth counts them on either of its receive paths (its NAPI one, taken with GRO or
+    an XDP program, and the plain one)."""
+    proc = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", iface],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip -s link show dev {iface} in {netns}: {proc.stderr.strip()}")
+    return int(json.loads(proc.stdout)[0]["stats64"]["rx"]["packets"])
+
+
+class Installed:
+    """A peer's configuration installed on a device. Calling it gives the frames that
+    have reached the device so far (device_rx_packets): what a rate is measured on."""
+
+    def __init__(self, netns: str, device: str) -> None:
+        self.netns = netns
+        self.device = device
+
+    def __call__(self) -> int:
+        return device_rx_packets(self.netns, self.device)
