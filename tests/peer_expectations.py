@@ -9,6 +9,7 @@ frame where xdp-filter and shieldwall disagree is one a listed difference explai
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from dataclasses import replace
 
@@ -183,3 +184,13 @@ def expected_counts(policy: Policy, frames: list[bytes]) -> dict[str, int]:
         for name in names:
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def reason_rules(reason: str) -> list[str]:
+    """The rule names a NotExpressible reason lists ("rule a: ...", "rules a, b and 3
+    more: ..."); the ones left out as "N more" are not named."""
+    head = reason.split(": ", 1)[0]
+    if not head.startswith("rule"):
+        return []
+    head = re.sub(r" and \d+ more$", "", head.removeprefix("rules ").removeprefix("rule "))
+    return head.split(", ")

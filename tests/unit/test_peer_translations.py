@@ -411,3 +411,10 @@ def test_a_stage_no_peer_has_is_a_note():
         note = translate(pol, "eth1")
         assert isinstance(note, peers.NotExpressible)
         assert any(r.startswith("stage ratelimit: ") for r in note.reasons), note
+
+
+def test_many_rules_with_one_problem_are_one_reason():
+    rules = [{"name": f"t{i}", "action": "drop", "match": {"vlan": i}} for i in range(1, 8)]
+    note = ipt.iptables_rules(policy(rules), "eth1")
+    assert note.reasons == ("rules t1, t2, t3 and 4 more: vlan: iptables sees no VLAN tag "
+                            "(tagged frames never reach PREROUTING on the parent device)",)

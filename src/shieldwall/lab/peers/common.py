@@ -50,3 +50,26 @@ class Installed:
 
     def __call__(self) -> int:
         return device_rx_packets(self.netns, self.device)
+
+
+def grouped(reasons: list[str], shown: int = 3) -> tuple[str, ...]:
+    """Reasons of the form "rule NAME: problem" told once per problem, naming up to
+    `shown` rules ("rules r4, r9, r12 and 40 more: problem"); others as they are."""
+    problems: dict[str, list[str]] = {}
+    for reason in reasons:
+        if reason.startswith("rule ") and ": " in reason:
+            name, problem = reason[len("rule "):].split(": ", 1)
+            problems.setdefault(problem, []).append(name)
+        else:
+            problems.setdefault(reason, [])
+    out = []
+    for problem, names in problems.items():
+        if not names:
+            out.append(problem)
+        elif len(names) == 1:
+            out.append(f"rule {names[0]}: {problem}")
+        else:
+            listed = ", ".join(names[:shown])
+            more = f" and {len(names) - shown} more" if len(names) > shown else ""
+            out.append(f"rules {listed}{more}: {problem}")
+    return tuple(out)

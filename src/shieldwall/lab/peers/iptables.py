@@ -36,7 +36,7 @@ from typing import Iterator
 
 from ...policy.model import Fragment, Network, Policy, TCP_FLAG_BITS
 from . import ir
-from .common import Installed, NotExpressible, NotExpressibleError
+from .common import Installed, NotExpressible, NotExpressibleError, grouped
 from .ir import Clause, Group, Span
 
 PEER = "iptables"
@@ -540,7 +540,7 @@ def iptables_rules(policy: Policy, device: str, *, chain: str = DEFAULT_CHAIN,
         head.append(f"-A PREROUTING -i {device} -j {names[0]}")
         texts[family] = "\n".join(head + lines + ["COMMIT"]) + "\n"
     if compiler.reasons:
-        return NotExpressible(PEER, tuple(compiler.reasons))
+        return NotExpressible(PEER, grouped(list(compiler.reasons)))
     differences = [DIFFERENCES["vlan"]]
     v6 = ir.chain_clauses(policy, 6)
     if any(c.fragment is not None for c in v6):

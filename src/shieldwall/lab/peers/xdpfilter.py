@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from ...policy.model import Policy
+from ...policy.model import Fragment, Policy
 from . import ir
-from .common import Installed, NotExpressible, NotExpressibleError
+from .common import Installed, NotExpressible, NotExpressibleError, grouped
 
 PEER = "xdp-filter"
 # Each entry is one xdp-filter invocation; xdp-filter's address maps hold 10,000.
@@ -83,6 +83,7 @@ def xdp_filter_config(policy: Policy, device: str, *, xdp_mode: str = "native",
     sizes: dict[str, int] = {}  # entries each rule or fastpath list asks for
 
     rules = list(policy.rules) if ir.runs_rules(policy) else []
+    harmless = _harmless(rules, hit)
     for index, rule in enumerate(rules):
         verdict = rule.action.verdict
         if verdict is None:
@@ -90,8 +91,7 @@ def xdp_filter_config(policy: Policy, device: str, *, xdp_mode: str = "native",
                            "per-rule counters)")
             continue
         if verdict != hit:
-            later = [r for r in rules[index + 1:] if r.action.verdict == hit]
-            if all(_disjoint_rules(rule, other) for other in later):
+            if index in harmless:
                 ignored.append(f"rule {rule.name}: {verdict}, as default_action, and "
                                f"disjoint from every later {hit} rule")
             else:
@@ -198,7 +198,7 @@ def xdp_filter_config(policy: Policy, device: str, *, xdp_mode: str = "native",
     if strict:
         reasons += differences
     if reasons:
-        return NotExpressible(PEER, tuple(reasons))
+        return NotExpressible(PEER, grouped(reasons))
 
     features = []
     if port_flags:
@@ -232,12 +232,37 @@ def _ports_text(flags) -> str:
     return ", ".join(f"{proto} {'dport' if d == 'dst' else 'sport'}" for proto, d in sorted(flags))
 
 
-def _disjoint_rules(a, b) -> bool:
-    for family in ir.FAMILIES:
-        ca, cb = ir.clause(a, family), ir.clause(b, family)
-        if ca is not None and cb is not None and not ir.disjoint(ca, cb):
-            return False
-    return True
+# Past this many later rules, a rule is only checked against all of them at once.
+PAIR_CHECKS = 256
+
+
+def _harmless(rules, hit: str) -> set[int]:
+    """Positions of the rules of the other verdict that no later `hit` rule overlaps:
+    they decide as default_action would, so leaving them out changes nothing. Proven
+    with the later rules' hull (ir.Group), then pair by pair within a bound; what cannot
+    be proven counts as overlapping."""
+    later = {family: ir.Group(None, []) for family in ir.FAMILIES}
+    without_l4 = {family: 0 for family in ir.FAMILIES}  # later rules reading no header
+
+    def proven(c: ir.Clause) -> bool:
+        g = later[c.family]
+        if not g.members or g.disjoint_on(c, c.spans):
+            return True
+        if c.fragment is Fragment.NON_FIRST and not without_l4[c.family]:
+            return True  # a later fragment has no header for them to read
+        return len(g.members) <= PAIR_CHECKS and all(ir.disjoint(c, m) for m in g.members)
+
+    out = set()
+    for index in range(len(rules) - 1, -1, -1):
+        rule = rules[index]
+        clauses = [c for f in ir.FAMILIES if (c := ir.clause(rule, f)) is not None]
+        if rule.action.verdict == hit:
+            for c in clauses:
+                later[c.family].add(c)
+                without_l4[c.family] += not c.needs_l4
+        elif rule.action.verdict is not None and all(proven(c) for c in clauses):
+            out.add(index)
+    return out
 
 
 # --- installing it ----------------------------------------------------------------
