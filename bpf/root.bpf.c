@@ -27,9 +27,13 @@ int sw_root(struct xdp_md *ctx)
 	}
 	if (reason)
 		return sw_finish(pkt, SW_ACT_DROP, reason, SW_MOD_ROOT, SW_RULE_NONE);
-	if (sw_consts.src_classes)
-		pkt->src_class = sw_addr_class(&sw_src_tab, &sw_src_hosts, sw_consts.src_root4,
-					       sw_consts.src_root6, pkt->src, pkt->family);
+	if (sw_consts.src_classes) {
+		const __u32 *tab = sw_table(&sw_src_tab);
+
+		if (tab)
+			pkt->src_class = sw_addr_class(tab, &sw_src_hosts, sw_consts.src_root4,
+						       sw_consts.src_root6, pkt->src, pkt->family);
+	}
 	return sw_next(ctx, pkt);
 }
 

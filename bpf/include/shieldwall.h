@@ -141,6 +141,8 @@ struct sw_consts {
 	__u32 src_classes;	/* root: classify sources (some stage reads sw_pkt.src_class) */
 	__u32 src_root4;	/* root: the source trie's IPv4 and IPv6 root nodes */
 	__u32 src_root6;
+	__u32 table_entries;	/* entries of this program's table (lib/table.h) */
+	__u32 pad0;
 };
 
 /* The pipeline's record of its own configuration, for status (not read per packet). */
@@ -152,16 +154,10 @@ struct sw_config {
 };
 
 /*
- * Tables: arrays of 4 KiB chunks of u32 entries, one map per owner. Whole chunks keep
- * the kernel from padding every u32 to 8 bytes, and a lookup is an inlined bounds check
- * plus one load.
+ * Tables: each program's table is one map value of u32 entries, sized for what it holds
+ * (lib/table.h). The program looks it up once per packet; a read is then a bounds check
+ * against sw_consts.table_entries, a constant to the verifier, and one load.
  */
-#define SW_TAB_SHIFT 10
-#define SW_TAB_CHUNK 1024
-struct sw_tab_chunk {
-	__u32 e[1024];
-};
-
 /*
  * Address tries in a table: a node is 256 entries indexed by one address byte. An
  * entry is a child node, or a class (with SW_TRIE_HOSTS when single addresses below

@@ -42,13 +42,21 @@ struct {
 	__type(value, __u32);
 } sw_stages SEC(".maps");
 
-/* A table (lib/table.h) or a host hash, sized by the loader for what it holds. */
+/* Set by the loader for this program's place in this pipeline (struct sw_consts). */
+const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {
+	.next_slot = SW_SLOT_END,
+	.missed_action = SW_ACT_PASS,
+	.end_action = SW_ACT_PASS,
+};
+
+/* A program's table (lib/table.h): one value of u32 entries whose size the loader sets
+ * (no value type, so that it can), or a host hash the loader sizes. */
 #define SW_TABLE_MAP(name)                                   \
 	struct {                                             \
 		__uint(type, BPF_MAP_TYPE_ARRAY);            \
 		__uint(max_entries, 1);                      \
-		__type(key, __u32);                          \
-		__type(value, struct sw_tab_chunk);          \
+		__uint(key_size, sizeof(__u32));             \
+		__uint(value_size, sizeof(__u32));           \
 	} name SEC(".maps")
 
 #define SW_HOSTS_MAP(name)                                   \

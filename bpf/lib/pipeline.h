@@ -6,13 +6,6 @@
 #include "maps.h"
 #include "table.h"
 
-/* Set by the loader for this program's place in this pipeline (struct sw_consts). */
-const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {
-	.next_slot = SW_SLOT_END,
-	.missed_action = SW_ACT_PASS,
-	.end_action = SW_ACT_PASS,
-};
-
 static __always_inline struct sw_pkt *sw_scratch_pkt(void)
 {
 	__u32 zero = 0;

@@ -1,23 +1,31 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Reading the chunked u32 tables (struct sw_tab_chunk) every classifier is made of. */
+/* Reading a program's table (one map value of u32 entries) and the address tries in it. */
 #ifndef SW_TABLE_H
 #define SW_TABLE_H
 
-#include "common.h"
+#include "maps.h"
 
-/* Entry idx of a table map. A table is built whole by the control plane, which never
- * hands out an index past its end; a miss reads 0 rather than failing a packet. */
-static __always_inline __u32 sw_tab_read(void *tab, __u32 idx)
+/* The program's table, looked up once per packet; NULL only if the map is broken. */
+static __always_inline const __u32 *sw_table(void *map)
 {
-	__u32 chunk = idx >> SW_TAB_SHIFT;
-	struct sw_tab_chunk *c = bpf_map_lookup_elem(tab, &chunk);
+	__u32 zero = 0;
 
-	return c ? c->e[idx & (SW_TAB_CHUNK - 1)] : 0;
+	return bpf_map_lookup_elem(map, &zero);
+}
+
+/* Entry idx. The control plane never hands out an index past the table's end; a miss
+ * reads 0 rather than failing a packet. table_entries is a constant to the verifier,
+ * which is how it knows every read stays inside the value. */
+static __always_inline __u32 sw_tab_at(const __u32 *tab, __u32 idx)
+{
+	if (idx >= sw_consts.table_entries)
+		return 0;
+	return tab[idx];
 }
 
 /* The class of an address: a walk down the trie, one byte per level, then the host
  * hash when the leaf says single addresses below it live there. */
-static __always_inline __u32 sw_addr_class(void *tab, void *hosts, __u32 root4, __u32 root6,
+static __always_inline __u32 sw_addr_class(const __u32 *tab, void *hosts, __u32 root4, __u32 root6,
 					   const __u8 *addr, __u8 family)
 {
 	__u32 e = 0, node;
@@ -26,7 +34,7 @@ static __always_inline __u32 sw_addr_class(void *tab, void *hosts, __u32 root4, 
 		node = root4;
 #pragma unroll
 		for (int i = 12; i < 16; i++) {
-			e = sw_tab_read(tab, node * SW_TRIE_FANOUT + addr[i]);
+			e = sw_tab_at(tab, node * SW_TRIE_FANOUT + addr[i]);
 			if (!(e & SW_TRIE_CHILD))
 				break;
 			node = e & ~SW_TRIE_CHILD;
@@ -34,7 +42,7 @@ static __always_inline __u32 sw_addr_class(void *tab, void *hosts, __u32 root4, 
 	} else {
 		node = root6;
 		for (int i = 0; i < 16; i++) {
-			e = sw_tab_read(tab, node * SW_TRIE_FANOUT + addr[i]);
+			e = sw_tab_at(tab, node * SW_TRIE_FANOUT + addr[i]);
 			if (!(e & SW_TRIE_CHILD))
 				break;
 			node = e & ~SW_TRIE_CHILD;

@@ -11,7 +11,8 @@ SEC("xdp.frags")
 int sw_stage_fastpath(struct xdp_md *ctx)
 {
 	SW_STAGE_PKT(pkt);
-	__u32 action = sw_tab_read(&sw_fp_tab, pkt->src_class);
+	const __u32 *tab = sw_table(&sw_fp_tab);
+	__u32 action = tab ? sw_tab_at(tab, pkt->src_class) : SW_FP_NONE;
 
 	if (action == SW_ACT_DROP)
 		return sw_finish(pkt, action, SW_R_BLOCKLISTED, SW_MOD_FASTPATH, SW_RULE_NONE);

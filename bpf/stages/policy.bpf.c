@@ -112,41 +112,42 @@ static __always_inline int sw_pol_wide(int f)
 
 /* The packet's class in field f. The source was classified by the root; this
  * ruleset's class is its column entry for that class. */
-static __always_inline __u32 sw_pol_class(struct sw_pkt *pkt, int f)
+static __always_inline __u32 sw_pol_class(const __u32 *tab, struct sw_pkt *pkt, int f)
 {
 	__u32 key, e;
 
 	if (f == SW_POL_F_SRC)
-		return sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + pkt->src_class);
+		return sw_tab_at(tab, sw_pol.field_base[f] + pkt->src_class);
 	if (f == SW_POL_F_DST)
-		return sw_addr_class(&sw_pol_tab, &sw_pol_hosts, sw_pol.dst_root4, sw_pol.dst_root6,
+		return sw_addr_class(tab, &sw_pol_hosts, sw_pol.dst_root4, sw_pol.dst_root6,
 				     pkt->dst, pkt->family);
 	if (!sw_pol_key(pkt, f, &key))
 		return sw_pol.field_na[f];
 	if (!sw_pol_wide(f))
-		return sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + key);
-	e = sw_tab_read(&sw_pol_tab, sw_pol.field_base[f] + (key >> 8));
+		return sw_tab_at(tab, sw_pol.field_base[f] + key);
+	e = sw_tab_at(tab, sw_pol.field_base[f] + (key >> 8));
 	if (e & SW_TRIE_CHILD)
-		e = sw_tab_read(&sw_pol_tab, (e & ~SW_TRIE_CHILD) * SW_TRIE_FANOUT + (key & 0xff));
+		e = sw_tab_at(tab, (e & ~SW_TRIE_CHILD) * SW_TRIE_FANOUT + (key & 0xff));
 	return e;
 }
 
 /* A sparse step: the state's short list of exceptions, or its dense row. */
-static __always_inline __u32 sw_pol_sparse_next(__u32 table_base, __u32 state, __u32 cls)
+static __always_inline __u32 sw_pol_sparse_next(const __u32 *tab, __u32 table_base, __u32 state,
+						 __u32 cls)
 {
 	__u32 rec = table_base + 2 * state;
-	__u32 next = sw_tab_read(&sw_pol_tab, rec);
-	__u32 ref = sw_tab_read(&sw_pol_tab, rec + 1);
+	__u32 next = sw_tab_at(tab, rec);
+	__u32 ref = sw_tab_at(tab, rec + 1);
 	__u32 pairs = ref >> 4, n = ref & 15;
 
 	if (ref & SW_POL_ROW)
-		return sw_tab_read(&sw_pol_tab, (ref & ~SW_POL_ROW) + cls);
+		return sw_tab_at(tab, (ref & ~SW_POL_ROW) + cls);
 #pragma unroll
 	for (int i = 0; i < SW_POL_SCAN; i++) {
 		if (i >= n)
 			break;
-		if (sw_tab_read(&sw_pol_tab, pairs + 2 * i) == cls)
-			return sw_tab_read(&sw_pol_tab, pairs + 2 * i + 1);
+		if (sw_tab_at(tab, pairs + 2 * i) == cls)
+			return sw_tab_at(tab, pairs + 2 * i + 1);
 	}
 	return next;
 }
@@ -165,6 +166,7 @@ static __always_inline void sw_pol_hit(__u32 rule, __u32 bytes, __u64 now, int w
 
 /* Counting rules of one bucket's decision, up to the packet's deciding rule. */
 struct sw_pol_counting {
+	const __u32 *tab;
 	__u32 list;	/* table index of the list's length */
 	__u32 limit;	/* the deciding rule: counting rules after it were not evaluated */
 	__u32 bytes;
@@ -174,7 +176,7 @@ struct sw_pol_counting {
 static long sw_pol_count_one(__u32 i, void *data)
 {
 	struct sw_pol_counting *c = data;
-	__u32 e = sw_tab_read(&sw_pol_tab, c->list + 1 + i);
+	__u32 e = sw_tab_at(c->tab, c->list + 1 + i);
 	__u32 rule = e & ~SW_POL_WOULD_DROP;
 
 	if (rule >= c->limit)
@@ -304,13 +306,14 @@ static __always_inline int sw_pol_decided(struct sw_pkt *pkt, __u32 best, __u32 
 	return sw_finish(pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, best);
 }
 
-static __always_inline int sw_pol_chains(struct sw_pkt *pkt);
+static __always_inline int sw_pol_chains(struct sw_pkt *pkt, const __u32 *tab);
 
 SEC("xdp.frags")
 int sw_stage_policy(struct xdp_md *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	__u32 best = NO_RULE, drops = 0;
+	const __u32 *tab;
 	__u64 now;
 
 	if (!sw_pol.enabled)
@@ -337,11 +340,14 @@ int sw_stage_policy(struct xdp_md *ctx)
 		}
 		return sw_pol_decided(pkt, best, drops, now);
 	}
-	return sw_pol_chains(pkt);
+	tab = sw_table(&sw_pol_tab);
+	if (!tab)
+		return sw_missed(pkt);
+	return sw_pol_chains(pkt, tab);
 }
 
 /* Chain mode: classes per field, then each bucket's chain (docs/classifier.md). */
-static __always_inline int sw_pol_chains(struct sw_pkt *pkt)
+static __always_inline int sw_pol_chains(struct sw_pkt *pkt, const __u32 *tab)
 {
 	__u32 cls[16] = {};
 	__u32 lists[SW_POL_MAX_BUCKETS] = {};
@@ -351,7 +357,7 @@ static __always_inline int sw_pol_chains(struct sw_pkt *pkt)
 #pragma unroll
 	for (int f = 0; f < SW_POL_FIELDS; f++)
 		if (sw_pol.field_used[f])
-			cls[f] = sw_pol_class(pkt, f);
+			cls[f] = sw_pol_class(tab, pkt, f);
 	if (sw_pol.misc_used) {
 		__u32 idx = sw_pol.misc_base;
 
@@ -359,7 +365,7 @@ static __always_inline int sw_pol_chains(struct sw_pkt *pkt)
 		for (int f = 0; f < SW_POL_FIELDS; f++)
 			if (sw_pol.misc_stride[f])
 				idx += cls[f] * sw_pol.misc_stride[f];
-		cls[SW_POL_DIM_MISC] = sw_tab_read(&sw_pol_tab, idx);
+		cls[SW_POL_DIM_MISC] = sw_tab_at(tab, idx);
 	}
 
 #pragma unroll
@@ -377,33 +383,33 @@ static __always_inline int sw_pol_chains(struct sw_pkt *pkt)
 				break;
 			c = cls[st->dim & 15];
 			if (st->remap_base)	/* 0: the step reads the dimension's own class */
-				c = sw_tab_read(&sw_pol_tab, st->remap_base + c);
+				c = sw_tab_at(tab, st->remap_base + c);
 			if (!st->sparse)
-				state = sw_tab_read(&sw_pol_tab, st->table_base + state * st->width + c);
+				state = sw_tab_at(tab, st->table_base + state * st->width + c);
 			else
-				state = sw_pol_sparse_next(st->table_base, state, c);
+				state = sw_pol_sparse_next(tab, st->table_base, state, c);
 		}
-		dec = sw_tab_read(&sw_pol_tab, sw_pol.bucket[b].decision_base + 2 * state);
+		dec = sw_tab_at(tab, sw_pol.bucket[b].decision_base + 2 * state);
 		rule = dec & ~SW_POL_DROPS;
 		if (rule && rule < best) {
 			best = rule;
 			drops = dec & SW_POL_DROPS;
 		}
 		if (sw_pol.counting)
-			lists[b] = sw_tab_read(&sw_pol_tab, sw_pol.bucket[b].decision_base + 2 * state + 1);
+			lists[b] = sw_tab_at(tab, sw_pol.bucket[b].decision_base + 2 * state + 1);
 	}
 
 	now = sw_clock_now(&sw_pol_clock);
 	if (sw_pol.counting) {
 #pragma unroll
 		for (int b = 0; b < SW_POL_MAX_BUCKETS; b++) {
-			struct sw_pol_counting c = { .list = lists[b], .limit = best,
+			struct sw_pol_counting c = { .tab = tab, .list = lists[b], .limit = best,
 						     .bytes = pkt->frame_len, .now = now };
 
 			if (b >= sw_pol.nbuckets)
 				break;
 			if (lists[b])	/* 0: this bucket's decision counts nothing */
-				bpf_loop(sw_tab_read(&sw_pol_tab, lists[b]), sw_pol_count_one, &c, 0);
+				bpf_loop(sw_tab_at(tab, lists[b]), sw_pol_count_one, &c, 0);
 		}
 	}
 

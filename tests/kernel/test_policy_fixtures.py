@@ -11,6 +11,7 @@ from scapy.layers.inet6 import ICMPv6ND_RA
 from shieldwall import abi
 from shieldwall.config import configure
 from shieldwall.dataplane import addrtrie
+from shieldwall.kernel import libbpf
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate, parse_policy_text
@@ -259,7 +260,7 @@ def test_a_million_single_addresses(pipeline, cpu, tmp_path):
     pol = parse_policy_text(text, "big.yaml", tmp_path)
     pipeline.apply(configure(pol))
     _installed.clear()
-    nodes = pipeline.maps["sw_src_tab"].max_entries * abi.SW_TAB_CHUNK // abi.SW_TRIE_FANOUT
+    nodes = libbpf.map_info(pipeline.maps["sw_src_tab"].fd).value_size // 4 // abi.SW_TRIE_FANOUT
     hashed = pipeline.maps["sw_src_hosts"].max_entries
     assert nodes <= addrtrie.HOST_NODES + 64
     assert 0 < hashed < 1_000_000 - 255 * addrtrie.HOST_NODES // 2

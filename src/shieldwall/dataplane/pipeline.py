@@ -16,6 +16,7 @@ half-done.
 from __future__ import annotations
 
 import os
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ SHARED_MAPS: dict[str, tuple[str, str]] = {
 }
 # The root's own: the source trie every stage's source prefixes are merged into.
 ROOT_MAPS: dict[str, tuple[str, str]] = {
-    "sw_src_tab": ("__u32", "struct sw_tab_chunk"),
+    "sw_src_tab": ("__u32", "__u32"),  # a table: one value (lib/table.h)
     "sw_src_hosts": ("struct sw_addr_key", "__u32"),
 }
 # Kept across reloads; everything else is rebuilt from the configuration.
@@ -135,7 +136,7 @@ class Pipeline:
                 for name, fd in shared.items():
                     obj.reuse_map(name, fd)
                 build = builds[s.name]
-                build.rodata[CONSTS] = _consts(config, position + 1)
+                build.rodata[CONSTS] = _consts(config, position + 1, table=build.table)
                 _prepare(obj, {**SHARED_MAPS, **s.maps}, build, reuse)
                 obj.load()
             pipeline = cls(root, objects, config, sources=sources)
@@ -253,7 +254,7 @@ def _sources(chain: list[Stage], config: PipelineConfig) -> Sources | None:
 
 
 def _consts(config: PipelineConfig, next_position: int, sources: Sources | None = None,
-            trie: addrtrie.Trie | None = None) -> bytes:
+            trie: addrtrie.Trie | None = None, table: tuple[str, bytes] | None = None) -> bytes:
     return pack("struct sw_consts", {
         "next_slot": next_position if next_position < len(config.chain) else abi.SW_SLOT_END,
         "missed_action": abi.ACTION_CODES[config.missed_action],
@@ -261,6 +262,7 @@ def _consts(config: PipelineConfig, next_position: int, sources: Sources | None 
         "src_classes": int(sources is not None),
         "src_root4": trie.root4 if trie else 0,
         "src_root6": trie.root6 if trie else 0,
+        "table_entries": len(table[1]) // 4 if table else 0,
     })
 
 
@@ -268,13 +270,11 @@ def _root_build(config: PipelineConfig, sources: Sources | None) -> StageBuild:
     build = StageBuild()
     tab = TableImage()
     trie = addrtrie.build(tab, sources.nodes) if sources else None
-    build.rodata[CONSTS] = _consts(config, 0, sources, trie)
-    chunks, keys, values = tab.chunks()
+    build.table = ("sw_src_tab", tab.value())
+    build.rodata[CONSTS] = _consts(config, 0, sources, trie, build.table)
     hosts = trie.hosts if trie else {}
-    build.sizes = {"sw_src_tab": chunks, "sw_src_hosts": max(1, len(hosts))}
-    build.contents = {"sw_src_tab": (keys, values)}
+    build.sizes = {"sw_src_hosts": max(1, len(hosts))}
     if hosts:
-        from array import array
         build.contents["sw_src_hosts"] = (b"".join(hosts), array("I", hosts.values()).tobytes())
     build.memory = tab.bytes + 72 * len(hosts)
     return build
@@ -289,6 +289,8 @@ def _prepare(obj: BpfObject, types: dict[str, tuple[str, str]], build: StageBuil
     for name, count in build.sizes.items():
         if name not in reuse:
             obj.set_max_entries(name, count)
+    if build.table:
+        obj.set_value_size(build.table[0], len(build.table[1]))
     for section, data in build.rodata.items():
         obj.set_rodata(section, data)
 
@@ -296,6 +298,8 @@ def _prepare(obj: BpfObject, types: dict[str, tuple[str, str]], build: StageBuil
 def _fill(maps: dict[str, Map], build: StageBuild) -> None:
     for name, (keys, values) in build.contents.items():
         maps[name].update_batch(keys, values)
+    if build.table:
+        maps[build.table[0]].update_raw(0, build.table[1])
 
 
 def read_counters(m: Map) -> dict[tuple[str, str], tuple[int, int]]:

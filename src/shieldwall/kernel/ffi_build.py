@@ -41,6 +41,7 @@ const char *bpf_program__name(const struct bpf_program *prog);
 const char *bpf_map__name(const struct bpf_map *map);
 int bpf_map__fd(const struct bpf_map *map);
 int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+int bpf_map__set_value_size(struct bpf_map *map, __u32 size);
 __u32 bpf_map__max_entries(const struct bpf_map *map);
 __u32 bpf_map__key_size(const struct bpf_map *map);
 __u32 bpf_map__value_size(const struct bpf_map *map);

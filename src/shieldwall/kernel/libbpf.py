@@ -176,6 +176,22 @@ class Map:
         _check(lib.bpf_map_update_elem(self.fd, self._key(key), self._value_in(value), flags),
                f"updating map {self.name}")
 
+    def update_raw(self, key: int, value: bytes) -> None:
+        """One u32-keyed element from raw bytes of the map's whole value size (tables)."""
+        _check(lib.bpf_map_update_elem(self.fd, ffi.new("__u32 *", key), ffi.from_buffer(value), 0),
+               f"updating map {self.name}")
+
+    def lookup_raw(self, key: int) -> bytes | None:
+        """The raw bytes of a u32-keyed element (value_size from the kernel)."""
+        size = map_info(self.fd).value_size
+        buf = ffi.new("char[]", size)
+        ret = lib.bpf_map_lookup_elem(self.fd, ffi.new("__u32 *", key), buf)
+        if ret < 0:
+            if -ret == 2:
+                return None
+            raise BpfError(-ret, f"looking up in map {self.name}")
+        return bytes(ffi.buffer(buf, size))
+
     def set_fd(self, key: int, fd: int) -> None:
         """Stores a program or map fd (prog arrays, map-of-maps): the swap is atomic."""
         _check(lib.bpf_map_update_elem(self.fd, ffi.new("__u32 *", key),
@@ -333,6 +349,10 @@ class BpfObject:
         """Makes this object use an existing map (a shared or pinned one) instead of its own."""
         _check(lib.bpf_map__reuse_fd(self._raw_map(name), fd), f"reusing map {name}")
 
+    def set_value_size(self, name: str, size: int) -> None:
+        """The value size of a map declared without a value type (a table)."""
+        _check(lib.bpf_map__set_value_size(self._raw_map(name), size), f"sizing the values of map {name}")
+
     def set_rodata(self, section: str, data: bytes) -> None:
         """The initial contents of a read-only data section (".rodata.sw"): frozen at
         load, so the verifier treats what the program reads from it as constants."""
@@ -417,7 +437,7 @@ def map_info(fd: int) -> Any:
     size = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
     _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading map info")
     return _Info(id=info.id, type=info.type, name=ffi.string(info.name).decode(),
-                 max_entries=info.max_entries)
+                 max_entries=info.max_entries, value_size=info.value_size)
 
 
 class _Info(dict):

@@ -42,12 +42,13 @@ MapTypes = dict[str, tuple[str, str]]  # map name -> (key type, value type), cff
 @dataclass(eq=False)
 class StageBuild:
     """A stage's part of one load: its program's constants (rodata section -> bytes),
-    its config maps' sizes, and their contents as (keys, values) bytes for one batch
-    update each."""
+    its config maps' sizes, their contents as (keys, values) bytes for one batch update
+    each, and its table (lib/table.h: one map value) by map name."""
 
     rodata: dict[str, bytes] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     contents: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    table: tuple[str, bytes] | None = None
     memory: int = 0  # bytes its config maps take, about
 
 

@@ -47,7 +47,7 @@ class FastpathStage(Stage):
     reasons = ("allowlisted", "blocklisted")
     keys = ("fastpath",)
     order = 10
-    config_maps = {TABLE: ("__u32", "struct sw_tab_chunk")}
+    config_maps = {TABLE: ("__u32", "__u32")}  # a table: one value (lib/table.h)
 
     # -- the policy file ----------------------------------------------------------------
     def section(self, doc: dict, v: Validator) -> Fastpath | None:
@@ -107,11 +107,7 @@ class FastpathStage(Stage):
 
     def build(self, image: Fastpath, column: list[int] | None) -> StageBuild:
         values = array("I", column or [abi.SW_FP_NONE])
-        chunks = max(1, -(-len(values) // abi.SW_TAB_CHUNK))
-        values.extend(array("I", bytes(4 * (chunks * abi.SW_TAB_CHUNK - len(values)))))
-        return StageBuild(sizes={TABLE: chunks},
-                          contents={TABLE: (array("I", range(chunks)).tobytes(), values.tobytes())},
-                          memory=chunks * abi.SW_TAB_CHUNK * 4)
+        return StageBuild(table=(TABLE, values.tobytes()), memory=4 * len(values))
 
     def describe(self, image: Fastpath) -> list[str]:
         return [f"fastpath: {len(image.networks('allow')) + len(image.networks('deny'))} prefixes, "
@@ -122,10 +118,9 @@ class FastpathStage(Stage):
         if table is None:
             return {}
         counts = {abi.SW_ACT_PASS: 0, abi.SW_ACT_DROP: 0}
-        for _, chunk in table.lookup_batch():
-            for value in chunk.e:
-                if value in counts:
-                    counts[value] += 1
+        for value in array("I", table.lookup_raw(0) or b""):
+            if value in counts:
+                counts[value] += 1
         return {"allowlisted_classes": counts[abi.SW_ACT_PASS],
                 "blocklisted_classes": counts[abi.SW_ACT_DROP]}
 

@@ -52,7 +52,7 @@ class PolicyStage(Stage):
     keys = ("default_action", "rules")
     order = 20
     config_maps = {
-        TABLE: ("__u32", "struct sw_tab_chunk"),
+        TABLE: ("__u32", "__u32"),  # a table: one value (lib/table.h)
         HOSTS: ("struct sw_addr_key", "__u32"),
         NAMES: ("__u32", "struct sw_rule_name"),
         # lib/clock.h: a timer and a time, never read from here; pinned so it ticks.
@@ -296,11 +296,10 @@ class _Layout:
         return self.tab.add(records)
 
     def _maps(self, hosts: dict[bytes, int]) -> StageBuild:
-        chunks, keys, values = self.tab.chunks()
         names = b"".join(r.name.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for r in self.image.rules)
         build = StageBuild(rodata={CONSTS: pack("struct sw_pol_consts", self.consts)})
-        build.sizes = {TABLE: chunks, HOSTS: max(1, len(hosts)), NAMES: len(self.image.rules) + 1}
-        build.contents = {TABLE: (keys, values)}
+        build.sizes = {HOSTS: max(1, len(hosts)), NAMES: len(self.image.rules) + 1}
+        build.table = (TABLE, self.tab.value())
         if hosts:
             build.contents[HOSTS] = (b"".join(hosts), array("I", hosts.values()).tobytes())
         if names:
