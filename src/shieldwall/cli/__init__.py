@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", cmd_bench, "measure the pipeline against bare XDP_DROP", config=True)
     p.add_argument("--pcap")
     p.add_argument("--packets", type=int, default=2_000_000, help="frames per veth run")
-    p.add_argument("--rounds", type=int, default=3, help="runs per measurement (median / best)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement; the best is kept")
     p.add_argument("--adversarial", action="store_true",
                    help="every frame rewritten: traffic no cache absorbs")
     p.add_argument("--scaling", action="store_true",
