@@ -185,31 +185,34 @@ static long sw_pol_count_one(__u32 i, void *data)
 	return 0;
 }
 
-/* Direct mode: whether one field of rule r holds for the packet (Items.holds). */
+/* Direct mode: whether a field holds (Items.holds), from the bits of its items that
+ * hold: some plain item holds, or every item is negated, and no negated one holds. */
+static __always_inline int sw_pol_items_hold(__u32 held, __u32 negated, __u32 plain)
+{
+	return ((held & ~negated) || !plain) && !(held & negated);
+}
+
+/* The items are a loop, not unrolled: with every rule and field unrolled, the program
+ * would outgrow the reach of a BPF jump. The first item, which most fields need alone,
+ * is tested before it. */
 static __always_inline int sw_pol_values_hold(const volatile struct sw_pol_values *v, __u32 key)
 {
-	int plain_hit = 0, negated_hit = 0;
-
-	/* Most fields name one value or range: that case needs no loop. */
-	if (v->n == 1) {
-		int in = key >= v->item[0].lo && key <= v->item[0].hi;
-
-		return v->negated ? !in : in;
-	}
+	__u32 held = key >= v->item[0].lo && key <= v->item[0].hi;
 
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < SW_POL_SMALL_ITEMS; i++) {
-		int in;
-
+	for (int i = 1; i < SW_POL_SMALL_ITEMS; i++) {
 		if (i >= v->n)
 			break;
-		in = key >= v->item[i].lo && key <= v->item[i].hi;
-		if (v->negated & (1 << i))
-			negated_hit |= in;
-		else
-			plain_hit |= in;
+		held |= (__u32)(key >= v->item[i].lo && key <= v->item[i].hi) << i;
 	}
-	return (plain_hit || !v->plain) && !negated_hit;
+	return sw_pol_items_hold(held, v->negated, v->plain);
+}
+
+static __always_inline int sw_pol_prefix_holds(const volatile struct sw_pol_prefix *p,
+					       struct sw_pkt *pkt, const __u64 *a)
+{
+	return pkt->family == p->family && (a[0] & p->mask0) == p->addr0 &&
+	       (a[1] & p->mask1) == p->addr1;
 }
 
 static __always_inline int sw_pol_prefixes_hold(const volatile struct sw_pol_prefixes *p,
@@ -217,33 +220,15 @@ static __always_inline int sw_pol_prefixes_hold(const volatile struct sw_pol_pre
 {
 	/* sw_pkt's addresses sit at 8-byte offsets of a map value: word loads. */
 	const __u64 *a = (const __u64 *)addr;
-	int plain_hit = 0, negated_hit = 0;
+	__u32 held = sw_pol_prefix_holds(&p->item[0], pkt, a);
 
-	if (p->n == 1) {
-		int in = pkt->family == p->item[0].family &&
-			 (a[0] & p->item[0].mask0) == p->item[0].addr0 &&
-			 (a[1] & p->item[0].mask1) == p->item[0].addr1;
-
-		return p->negated ? !in : in;
-	}
-
-	/* A loop, not unrolled: with every rule and field unrolled, the program would
-	 * outgrow the reach of a BPF jump. */
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < SW_POL_SMALL_ITEMS; i++) {
-		int in;
-
+	for (int i = 1; i < SW_POL_SMALL_ITEMS; i++) {
 		if (i >= p->n)
 			break;
-		in = pkt->family == p->item[i].family &&
-		     (a[0] & p->item[i].mask0) == p->item[i].addr0 &&
-		     (a[1] & p->item[i].mask1) == p->item[i].addr1;
-		if (p->negated & (1 << i))
-			negated_hit |= in;
-		else
-			plain_hit |= in;
+		held |= (__u32)sw_pol_prefix_holds(&p->item[i], pkt, a) << i;
 	}
-	return (plain_hit || !p->plain) && !negated_hit;
+	return sw_pol_items_hold(held, p->negated, p->plain);
 }
 
 /* The order a rule's fields are tested in: the cheap, selective ones first (most rules
