@@ -40,6 +40,20 @@ def device_rx_packets(netns: str, iface: str) -> int:
     return int(json.loads(proc.stdout)[0]["stats64"]["rx"]["packets"])
 
 
+def run_in(netns: str, argv: list[str] | tuple[str, ...], stdin: str | None = None,
+           check: bool = True, timeout: float = 600,
+           enter: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a peer's tool in a namespace (through `ip netns exec`, or the `enter` command
+    given); with check, a failure raises with the tool's own message."""
+    prefix = enter if enter is not None else ["ip", "netns", "exec", netns]
+    proc = subprocess.run([*prefix, *argv], input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} in {netns}: "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
 class Installed:
     """A peer's configuration installed on a device. Calling it gives the frames that
     have reached the device so far (device_rx_packets): what a rate is measured on."""

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from ...policy.model import Fragment, Network, Policy, TCP_FLAG_BITS
 from . import ir
-from .common import Installed, NotExpressible, NotExpressibleError, grouped
+from .common import Installed, NotExpressible, NotExpressibleError, grouped, run_in
 from .ir import Clause, Group, Span
 
 PEER = "iptables"
@@ -560,16 +559,6 @@ BACKENDS = {
 }
 
 
-def _run(netns: str, argv: list[str], stdin: str | None = None,
-         check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", "netns", "exec", netns, *argv], input=stdin,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} in {netns}: "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
 class IptablesInstalled(Installed):
     """Rules and sets installed in a namespace; reads their counters while they are."""
 
@@ -585,7 +574,7 @@ class IptablesInstalled(Installed):
         save = {4: "iptables", 6: "ip6tables"}
         for family, chains in self.config.chains.items():
             tool = save[family] + ("-legacy" if self.backend == "legacy" else "-nft")
-            out = _run(self.netns, [f"{tool}-save", "-c", "-t", "raw"]).stdout
+            out = run_in(self.netns, [f"{tool}-save", "-c", "-t", "raw"]).stdout
             for line in out.splitlines():
                 if not line.startswith("[") or "--comment" not in line:
                     continue
@@ -609,41 +598,41 @@ def installed(netns: str, config: IptablesConfig | NotExpressible, backend: str 
     restore = {4: restore4, 6: restore6}
     for family, chains in config.chains.items():
         listing = tool if family == 4 else tool.replace("iptables", "ip6tables")
-        if _run(netns, [listing, "-t", "raw", "-n", "-L", chains[0]], check=False).returncode == 0:
+        if run_in(netns, [listing, "-t", "raw", "-n", "-L", chains[0]], check=False).returncode == 0:
             raise RuntimeError(f"chain {chains[0]} already exists in {netns}")
     if config.sets:
-        existing = set(_run(netns, ["ipset", "list", "-n"]).stdout.split())
+        existing = set(run_in(netns, ["ipset", "list", "-n"]).stdout.split())
         taken = sorted(existing & set(config.sets))
         if taken:
             raise RuntimeError(f"ipset sets already exist in {netns}: {', '.join(taken)}")
     # iptables-nft makes the nftables table `raw` (and its base chains) when it first
     # needs it, and leaves it behind: one that was not there before goes again.
     raw_tables = {4: "ip", 6: "ip6"}
-    had_raw = {family: backend != "nft" or _run(
+    had_raw = {family: backend != "nft" or run_in(
         netns, ["nft", "list", "table", raw_tables[family], "raw"], check=False).returncode == 0
         for family in config.chains}
     done: list[int] = []
     try:
         if config.ipset:
-            _run(netns, ["ipset", "restore"], stdin=config.ipset)
+            run_in(netns, ["ipset", "restore"], stdin=config.ipset)
         for family, text in ((4, config.ipv4), (6, config.ipv6)):
             if text:
                 done.append(family)
-                _run(netns, [restore[family], "--noflush"], stdin=text)
+                run_in(netns, [restore[family], "--noflush"], stdin=text)
         yield IptablesInstalled(netns, config, backend)
     finally:
         for family in done:
-            _run(netns, [restore[family], "--noflush"], stdin=config.removal(family), check=False)
+            run_in(netns, [restore[family], "--noflush"], stdin=config.removal(family), check=False)
             if not had_raw[family]:
                 _delete_if_empty(netns, raw_tables[family], "raw")
         # None of these existed before: whatever of them exists now is ours.
         for name in config.sets:
-            _run(netns, ["ipset", "destroy", name], check=False)
+            run_in(netns, ["ipset", "destroy", name], check=False)
 
 
 def _delete_if_empty(netns: str, family: str, table: str) -> None:
-    listing = _run(netns, ["nft", "-j", "list", "table", family, table], check=False)
+    listing = run_in(netns, ["nft", "-j", "list", "table", family, table], check=False)
     if listing.returncode != 0:
         return
     if not any("rule" in item for item in json.loads(listing.stdout)["nftables"]):
-        _run(netns, ["nft", "delete", "table", family, table], check=False)
+        run_in(netns, ["nft", "delete", "table", family, table], check=False)

@@ -38,7 +38,7 @@ from typing import Iterator
 
 from ...policy.model import Fragment, Policy
 from . import ir
-from .common import Installed, NotExpressible, NotExpressibleError
+from .common import Installed, NotExpressible, NotExpressibleError, run_in
 from .ir import Clause, Group, Span
 
 PEER = "nftables"
@@ -531,12 +531,7 @@ def nftables_ruleset(policy: Policy, device: str, *, table: str = DEFAULT_TABLE,
 
 def _nft(netns: str, args: list[str], stdin: str | None = None,
          check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", "netns", "exec", netns, "nft", *args], input=stdin,
-                          capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"nft {' '.join(args[:3])} in {netns}: "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
+    return run_in(netns, ["nft", *args], stdin, check, timeout=300)
 
 
 class NftInstalled(Installed):

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from ...policy.model import Fragment, Policy
 from . import ir
-from .common import Installed, NotExpressible, NotExpressibleError, grouped
+from .common import Installed, NotExpressible, NotExpressibleError, grouped, run_in
 
 PEER = "xdp-filter"
 # Each entry is one xdp-filter invocation; xdp-filter's address maps hold 10,000.
@@ -291,13 +291,9 @@ class _PrivateBpffs:
 
     def run(self, netns: str, argv: tuple[str, ...], check: bool = True
             ) -> subprocess.CompletedProcess[str]:
-        cmd = ["nsenter", f"--target={self.proc.pid}", "--mount",
-               f"--net=/run/netns/{netns}", *argv]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:4])} in {netns}: "
-                               f"{proc.stderr.strip() or proc.stdout.strip()}")
-        return proc
+        return run_in(netns, argv, check=check, timeout=120,
+                      enter=["nsenter", f"--target={self.proc.pid}", "--mount",
+                             f"--net=/run/netns/{netns}"])
 
     def close(self) -> None:
         if self.proc.poll() is None:
