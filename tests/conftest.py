@@ -49,7 +49,8 @@ def _unmount(where: Path) -> bool:
 @pytest.fixture(scope="session")
 def private_bpffs() -> Iterator[Path]:
     """A bpffs mounted for this run, with a lock of its own, for this process and the
-    commands it starts (SHIELDWALL_BPFFS, SHIELDWALL_LOCK); unmounted at the end.
+    commands it starts (SHIELDWALL_BPFFS, SHIELDWALL_LOCK), and a directory for the
+    revisions and journals (SHIELDWALL_STATE); unmounted and removed at the end.
 
     It is not under /sys: `ip netns exec` gives a command a fresh /sys, without it.
     Whatever the run left pinned there fails the run.
@@ -62,9 +63,11 @@ def private_bpffs() -> Iterator[Path]:
     if mount.returncode != 0:
         shutil.rmtree(base)
         pytest.fail(f"mounting a bpffs for this run at {where}: {mount.stderr.strip()}")
-    saved = {name: os.environ.get(name) for name in ("SHIELDWALL_BPFFS", "SHIELDWALL_LOCK")}
+    saved = {name: os.environ.get(name)
+             for name in ("SHIELDWALL_BPFFS", "SHIELDWALL_LOCK", "SHIELDWALL_STATE")}
     os.environ["SHIELDWALL_BPFFS"] = str(where)
     os.environ["SHIELDWALL_LOCK"] = str(base / "shieldwall.lock")
+    os.environ["SHIELDWALL_STATE"] = str(base / "state")
     leftovers: list[str] = []
     fresh = set(where.iterdir())  # what the kernel puts on every new bpffs
     try:

@@ -19,14 +19,24 @@ SW_TABLE_MAP(sw_pol_tab);
 SW_CLOCK_MAP(sw_pol_clock);	/* last-hit times */
 SW_HOSTS_MAP(sw_pol_hosts);	/* single destination addresses of the dst trie */
 
-/* Indexed by rule id; 0 counts the packets no rule decided. State: kept across reloads,
- * and the control plane moves each rule's counters to its new id by name. */
+/* Indexed by rule id; 0 counts the packets no rule decided. Each generation counts in
+ * its own: ids name other rules in the next ruleset. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SW_POL_MAX_RULES + 1);
 	__type(key, __u32);
 	__type(value, struct sw_rule_counter);
 } sw_pol_hits SEC(".maps");
+
+/* What each rule had counted in the generations before this one, by the same ids: the
+ * control plane writes it once the previous generation has stopped counting (a reload
+ * loses no count), and only the control plane reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_POL_MAX_RULES + 1);
+	__type(key, __u32);
+	__type(value, struct sw_rule_counter);
+} sw_pol_base SEC(".maps");
 
 /* Rule names by id of this ruleset: for the control plane only. */
 struct {

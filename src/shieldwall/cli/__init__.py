@@ -32,16 +32,30 @@ def _config(args: argparse.Namespace):
     return load_config(Path(args.config)) if args.config else default_config()
 
 
+def _proposal(args: argparse.Namespace, origin: str):
+    from ..engine.lifecycle import proposal
+    return proposal(_config(args), Path(args.config) if args.config else None, origin)
+
+
+def _recovered(note: str | None) -> None:
+    if note:
+        print(f"first: {note}")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ..engine import lifecycle
-    config = _config(args)
     with _netns(args):
-        result = lifecycle.up(args.iface, config.pipeline, mode=args.mode, force=args.force)
+        change = (lifecycle.stored(args.iface, args.revision) if args.revision
+                  else _proposal(args, "up"))
+        result = lifecycle.up(args.iface, change, mode=args.mode, force=args.force)
+    _recovered(result.recovered)
     if result.reloaded:
         print(f"shieldwall was already attached to {result.iface} ({result.mode} mode): "
-              "its policy was reloaded; to change the mode, run down and then up")
+              f"its policy was reloaded (revision {result.revision}); to change the mode, "
+              "run down and then up")
     else:
-        print(f"shieldwall attached to {result.iface} in {result.mode} mode (program id {result.prog_id})")
+        print(f"shieldwall attached to {result.iface} in {result.mode} mode "
+              f"(program id {result.prog_id}, revision {result.revision})")
     print(f"  why: {result.why}")
     print(f"  pins: {result.pins}")
     return 0
@@ -49,18 +63,57 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     from ..engine import lifecycle
-    config = _config(args)
+    if args.dry_run:
+        from ..engine.plan import changes
+        config = _config(args)
+        with _netns(args):
+            current = lifecycle.current_config(args.iface)
+        for line in changes(current, config):
+            print(line)
+        return 0
+    change = _proposal(args, "reload")
     with _netns(args):
-        result = lifecycle.reload(args.iface, config.pipeline)
-    print(f"shieldwall reloaded on {result.iface} ({result.mode} mode, program id {result.prog_id})")
+        result = lifecycle.reload(args.iface, change)
+    _recovered(result.recovered)
+    print(f"shieldwall reloaded on {result.iface} ({result.mode} mode, program id "
+          f"{result.prog_id}): revision {result.revision} in force")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ..engine import lifecycle
+    with _netns(args):
+        result = lifecycle.rollback(args.iface, args.to)
+    _recovered(result.recovered)
+    print(f"shieldwall on {result.iface}: rolled back; revision {result.revision} in force")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from ..engine import lifecycle
+    with _netns(args):
+        revisions = lifecycle.history(args.iface)
+    if args.json:
+        print(json.dumps(revisions, indent=2))
+        return 0
+    if not revisions:
+        print(f"no revision of {args.iface} is kept")
+    for r in revisions:
+        mark = "*" if r["current"] else " "
+        digest = (r["sha256"] or "-")[:12]
+        print(f"{mark} {r['revision']:>4}  {r['when']}  {digest:<12}  {r['origin']:<16}  "
+              f"{r['source'] or '(no policy)'}")
+        print(f"        {r['summary']}")
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     from ..engine import lifecycle
     with _netns(args):
-        removed = lifecycle.down(args.iface)
-    print(f"shieldwall detached from {args.iface}" if removed else f"shieldwall was not attached to {args.iface}")
+        result = lifecycle.down(args.iface)
+    _recovered(result.recovered)
+    print(f"shieldwall detached from {args.iface}" if result.removed
+          else f"shieldwall was not attached to {args.iface}")
     return 0
 
 
@@ -76,6 +129,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in reports:
         print(f"{r['iface']}: " + (f"attached, {r['mode']} mode, program id {r.get('prog_id')}"
                                    if r["attached"] else f"NOT attached ({r.get('problem', 'stale pins')})"))
+        if "revision" in r:
+            rev = r["revision"]
+            print(f"  revision {rev['revision']}" + (
+                f", applied {rev['when']} ({rev['origin']}): {rev['source'] or 'no policy'}"
+                f"{' sha256 ' + rev['sha256'][:12] if rev.get('sha256') else ''}"
+                if "when" in rev else f": {rev.get('problem')}"))
+        if "interrupted" in r:
+            i = r["interrupted"]
+            print(f"  INTERRUPTED: a {i['op']} from revision {i['from']} to {i['to']} did not "
+                  f"finish; revision {i['in_force']} is in force; {i['next']}")
         if "chain" in r:
             chain = " -> ".join(c["stage"] for c in r["chain"]) or "(empty)"
             print(f"  chain: root -> {chain}; a missing stage means {r['on_missing_stage']}")
@@ -178,7 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("up", cmd_up, "attach shieldwall to an interface", iface=True, config=True)
     p.add_argument("--mode", choices=["auto", "native", "generic"], default="auto")
     p.add_argument("--force", action="store_true", help="replace a foreign XDP program")
-    command("reload", cmd_reload, "apply a new policy to an attached interface", iface=True, config=True)
+    p.add_argument("--revision", metavar="N|last",
+                   help="apply a kept revision instead of a file (last: the one last in force)")
+    p = command("reload", cmd_reload, "apply a new policy to an attached interface", iface=True,
+                config=True)
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p = command("rollback", cmd_rollback, "apply an earlier revision again", iface=True)
+    p.add_argument("--to", type=int, metavar="REV", help="the revision (default: the one before)")
+    p = command("history", cmd_history, "the revisions applied to an interface", iface=True)
+    p.add_argument("--json", action="store_true")
     command("down", cmd_down, "detach shieldwall from an interface", iface=True)
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")

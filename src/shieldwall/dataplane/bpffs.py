@@ -162,12 +162,25 @@ def remove_netns_pins(netns: str) -> None:
 
 
 def remove_pins(directory: Path) -> None:
-    if not directory.exists():
+    """Removes a pin directory with what it holds (no symlink followed), and the scope
+    directories it leaves empty."""
+    remove_tree(directory)
+    remove_empty_parents(directory)
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
         return
-    for entry in directory.iterdir():
-        entry.unlink()
-    directory.rmdir()
-    # Leave no empty scope directories behind.
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry)
+        else:
+            entry.unlink()
+    path.rmdir()
+
+
+def remove_empty_parents(directory: Path) -> None:
+    """Leaves no empty scope directories behind."""
     for parent in (directory.parent, directory.parent.parent):
         try:
             parent.rmdir()

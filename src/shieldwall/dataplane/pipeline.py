@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from .. import abi
 from ..kernel.libbpf import BpfObject, Map, Program
@@ -34,6 +34,7 @@ from .sources import Sources, merge
 from .tables import TableImage
 
 ROOT_OBJECT = "root"
+ROOT_PIN = "prog_root"
 ROOT_PROGRAM = "sw_root"
 CONSTS = ".rodata.sw"
 
@@ -186,31 +187,27 @@ class Pipeline:
         a reload does (but with nothing attached to swap)."""
         carried = carry(self)
         fresh = Pipeline.load(config, reuse=self.state_fds())
-        after_swap(fresh, carried)
+        after_swap(fresh.maps, config.chain, carried)
         self.close()
         self.__dict__.update(fresh.__dict__)
 
     # -- pins ----------------------------------------------------------------------------
-    def pin(self, directory: Path) -> None:
-        """Pins the maps and programs, replacing older pins by rename so a reader never
-        finds one missing; a state map already pinned stays (it is the same map)."""
-        directory.mkdir(parents=True, exist_ok=True)
+    def pin(self, generation: Path, state: Path) -> None:
+        """Pins the programs and config maps in `generation`, a directory of their own
+        that must not exist yet, and the state maps in `state` (a state map already
+        pinned there is the same map, reused). Nothing that runs reads pins: pinning
+        changes no verdict."""
+        generation.mkdir(mode=0o700)
+        state.mkdir(mode=0o700, exist_ok=True)
         keep = state_maps()
-        pins: list[tuple[str, Any]] = [(name, m) for name, m in self.maps.items()]
-        pins += [("prog_root", self.root_program)]
-        pins += [(f"prog_{name}", self.stage_program(name)) for name in self.stages]
-        for name, obj in pins:
-            if name in keep and (directory / name).exists():
-                continue
-            fresh = directory / f"{name}_new"  # bpffs refuses names with a dot
-            fresh.unlink(missing_ok=True)
-            obj.pin(fresh)
-            os.replace(fresh, directory / name)
-        # Pins of stages this configuration left out of the chain.
-        for name in set(map_types()) - set(self.maps) - set(keep):
-            (directory / name).unlink(missing_ok=True)
-        for s in set(stages()) - set(self.stages):
-            (directory / f"prog_{s}").unlink(missing_ok=True)
+        for name, m in self.maps.items():
+            if name not in keep:
+                m.pin(generation / name)
+            elif not (state / name).exists():
+                m.pin(state / name)
+        self.root_program.pin(generation / ROOT_PIN)
+        for name in self.stages:
+            self.stage_program(name).pin(generation / f"prog_{name}")
 
     # -- offline verdicts -----------------------------------------------------------------
     def run(self, packet: bytes, cpu: int) -> Verdict:
@@ -236,16 +233,16 @@ class Pipeline:
 
 
 def carry(pipeline_or_maps: "Pipeline | dict[str, Map]") -> dict[str, Any]:
-    """What each stage must carry from these maps to the next load (before the swap)."""
+    """What each stage carries from a generation that no longer runs."""
     maps = pipeline_or_maps.maps if isinstance(pipeline_or_maps, Pipeline) else pipeline_or_maps
     return {name: s.carry(maps) for name, s in stages().items()}
 
 
-def after_swap(pipeline: Pipeline, carried: dict[str, Any]) -> None:
-    """Each chain stage's work once its new programs are live."""
+def after_swap(maps: dict[str, Map], chain: Iterable[str], carried: dict[str, Any]) -> None:
+    """Each chain stage takes what it carried into its new, running, maps."""
     registry = stages()
-    for name in pipeline.config.chain:
-        registry[name].after_swap(pipeline.maps, pipeline.config.images[name], carried.get(name))
+    for name in chain:
+        registry[name].after_swap(maps, carried.get(name))
 
 
 def _sources(chain: list[Stage], config: PipelineConfig) -> Sources | None:

@@ -1,28 +1,34 @@
-"""The life of a pipeline on an interface: up, reload, down, status.
+"""The life of a pipeline on an interface: up, reload, rollback, down, status, history.
 
-Everything an attached pipeline needs lives in pins under one bpffs directory per
-interface (bpffs.pin_dir), so any later process can inspect, reload or detach it.
-The bpf_link is pinned too: protection survives the process that attached it.
+Every change goes through the transaction engine (engine/transaction.py): the new
+generation is loaded and pinned beside the running one, one swap of the pinned
+bpf_link's program puts it in force, and a journal lets the next command finish or
+undo a change that a kill cut short. Each applied policy is kept as a revision
+(engine/records.py), which `rollback` and `up --revision` apply again.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import abi
+from ..config import Config, configure, default_config
 from ..dataplane import bpffs
-from ..dataplane.pipeline import (SHARED_MAPS, Pipeline, PipelineConfig, after_swap, carry,
-                                  pinned_maps, read_counters, state_maps)
+from ..dataplane.pipeline import Pipeline, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
-from ..stages import stages
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
+from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
+from ..stages import stages
+from . import transaction as tx
+from .records import Records, Revision
+from .transaction import Layout
 
-LINK_PIN = "link"
-ROOT_PIN = "prog_root"
+LINK_PIN = tx.LINK_PIN
 
 
 class AttachError(BpfError):
@@ -36,24 +42,26 @@ class AttachResult:
     why: str
     prog_id: int
     pins: Path
+    revision: int = 0
     reloaded: bool = False
+    recovered: str | None = None  # what finishing an interrupted change did first
 
 
-def _pinned_prog_id(directory: Path, name: str) -> int | None:
-    path = directory / name
-    if not path.exists():
-        return None
-    fd = libbpf.obj_get(path)
-    try:
-        return libbpf.prog_info(fd).id
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class Proposal:
+    """A configuration and where it came from, to be kept as a revision."""
+
+    config: Config
+    source: Path | None = None          # the policy file; None: no policy (pass-all)
+    origin: str = "reload"
+    stored: Revision | None = None       # when it is an earlier revision applied again
 
 
-def _ours(directory: Path, state: xdp.XdpState) -> bool:
-    root_id = _pinned_prog_id(directory, ROOT_PIN)
-    return root_id is not None and root_id in (state.native_id, state.generic_id, state.offload_id)
+def proposal(config: Config, source: Path | None, origin: str = "reload") -> Proposal:
+    return Proposal(config, source, origin)
 
+
+# -- attaching ---------------------------------------------------------------------------
 
 def _attach_link(prog_fd: int, index: int, mode: str) -> int:
     return libbpf.xdp_link_create(prog_fd, index, xdp.MODE_FLAGS[mode])
@@ -78,43 +86,55 @@ def _try_modes(prog_fd: int, index: int, iface: str, mode: str) -> tuple[int, st
         "the kernel memory and much more CPU per packet")
 
 
-def up(iface: str, config: PipelineConfig, mode: str = "auto", force: bool = False) -> AttachResult:
+def _ours(layout: Layout, state: xdp.XdpState) -> bool:
+    live = layout.live_prog_id()
+    return bool(live) and live in (state.native_id, state.generic_id, state.offload_id)
+
+
+def up(iface: str, change: Proposal, mode: str = "auto", force: bool = False) -> AttachResult:
     with bpffs.exclusive():
-        return _up(iface, config, mode, force)
+        recovered = _recover(iface)
+        return replace(_up(iface, change, mode, force), recovered=recovered)
 
 
-def _up(iface: str, config: PipelineConfig, mode: str, force: bool) -> AttachResult:
-    bpffs.require_root()
-    bpffs.ensure_bpffs()
+def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     index = xdp.ifindex(iface)
     state = xdp.query(index)
-    directory = bpffs.pin_dir(iface)
-    if state.mode and _ours(directory, state):
-        return _reload(iface, config)
+    layout = Layout.of(iface)
+    if state.mode and _ours(layout, state):
+        return _apply(iface, change)
     if state.mode:
         if not force:
             raise AttachError(errno.EBUSY, f"{iface} already has a foreign XDP program "
                               f"(id {state.prog_id}, {state.mode} mode)",
                               "shieldwall will not displace it; use --force to replace it")
         _detach_foreign(index, state)
-    bpffs.remove_pins(directory)  # stale pins of an interface that lost its program
-
-    pipeline = Pipeline.load(config)
+    bpffs.remove_tree(layout.directory)  # stale pins of an interface that lost its program
+    records = Records(iface)
+    number = records.next_number()
+    _record(records, number, change, "up" if change.origin == "reload" else change.origin)
+    tx.begin(records, "up", None, number)
     link_fd = -1
+    pipeline = Pipeline.load(change.config.pipeline)
     try:
-        pipeline.pin(directory)
+        tx.prepare(layout, number, pipeline)
         link_fd, got, why = _try_modes(pipeline.root_program.fd, index, iface, mode)
-        libbpf.pin_fd(link_fd, directory / LINK_PIN)
-        return AttachResult(iface, got, why, pipeline.root_program.id, directory)
+        libbpf.pin_fd(link_fd, layout.link)
     except BaseException:
         if link_fd >= 0:
             libbpf.link_detach(link_fd)
-        bpffs.remove_pins(directory)
+        tx.abandon(layout, records, number)
+        bpffs.remove_tree(layout.directory)
+        bpffs.remove_empty_parents(layout.directory)
         raise
     finally:
         if link_fd >= 0:
             os.close(link_fd)
+        prog_id = pipeline.root_program.id
         pipeline.close()
+    # Attached from here on: a failure below leaves the journal for the next command.
+    tx.finish(layout, records, None, number)
+    return AttachResult(iface, got, why, prog_id, layout.directory, number)
 
 
 def _detach_foreign(index: int, state: xdp.XdpState) -> None:
@@ -128,105 +148,232 @@ def _detach_foreign(index: int, state: xdp.XdpState) -> None:
                                   "it is probably held by a bpf_link of another tool; detach it there") from None
 
 
-def reload(iface: str, config: PipelineConfig) -> AttachResult:
-    """Loads fresh programs that reuse the pinned maps (state and counters carry over)
-    and swaps the interface's program atomically through the pinned link."""
+# -- changing what runs --------------------------------------------------------------------
+
+def reload(iface: str, change: Proposal) -> AttachResult:
+    """A new generation, state maps reused, switched to in one swap of the link."""
     with bpffs.exclusive():
-        return _reload(iface, config)
+        recovered = _recover(iface)
+        return replace(_apply(iface, change), recovered=recovered)
 
 
-def _reload(iface: str, config: PipelineConfig) -> AttachResult:
-    bpffs.require_root()
-    bpffs.ensure_bpffs()
+def rollback(iface: str, to: int | None = None) -> AttachResult:
+    """Applies an earlier revision again, as a new revision (history stays linear)."""
+    with bpffs.exclusive():
+        recovered = _recover(iface)
+        records = Records(iface)
+        target = records.revision(to) if to is not None else _previous(records)
+        change = Proposal(load_revision(records, target), None, f"rollback to {target.number}",
+                          stored=target)
+        return replace(_apply(iface, change), recovered=recovered)
+
+
+def _previous(records: Records) -> Revision:
+    current = records.current()
+    earlier = [r for r in records.revisions() if current is None or r.number < current]
+    if not earlier:
+        raise ValueError("no earlier revision to roll back to")
+    return earlier[-1]
+
+
+def _apply(iface: str, change: Proposal) -> AttachResult:
     index = xdp.ifindex(iface)
-    directory = bpffs.pin_dir(iface)
-    if not (directory / LINK_PIN).exists():
+    layout = Layout.of(iface)
+    if not layout.link.exists():
         raise AttachError(errno.ENOENT, f"shieldwall is not attached to {iface}",
-                          f"attach it first: shieldwall up --iface {iface}")
-    existing = pinned_maps(directory)
+                          f"attach it first: shieldwall up --iface {iface} --config FILE")
+    before = layout.live_generation()
+    if before is None:
+        raise AttachError(errno.ESTALE, f"the link pinned for {iface} runs none of shieldwall's "
+                          "generations", f"run shieldwall down --iface {iface}, then up")
+    records = Records(iface)
+    number = records.next_number()
+    _record(records, number, change, change.origin)
+    tx.begin(records, change.origin.split()[0], before, number)
+    state = pinned_maps(layout.state)
     try:
-        carried = carry(existing)
-        pipeline = Pipeline.load(config, reuse={n: m.fd for n, m in existing.items()
-                                                if n in state_maps()})
+        pipeline = Pipeline.load(change.config.pipeline,
+                                 reuse={name: m.fd for name, m in state.items()})
+    except BaseException:
+        tx.abandon(layout, records, number)
+        raise
     finally:
-        for m in existing.values():
-            m.close()
-    link_fd = libbpf.obj_get(directory / LINK_PIN)
+        tx.close_maps(state)
     try:
-        # The new root brings its whole chain and config with it: one swap changes all
-        # of it. A failure before here leaves the running configuration untouched.
-        libbpf.link_update(link_fd, pipeline.root_program.fd)
-        after_swap(pipeline, carried)
-        pipeline.pin(directory)
-        state = xdp.query(index)
-        return AttachResult(iface, state.mode or "none", "programs replaced in place; state kept",
-                            pipeline.root_program.id, directory, reloaded=True)
-    finally:
-        os.close(link_fd)
-        pipeline.close()
-
-
-def down(iface: str) -> bool:
-    """Detaches shieldwall from the interface and removes its pins. False if it was not there."""
-    with bpffs.exclusive():
-        return _down(iface)
-
-
-def _down(iface: str) -> bool:
-    bpffs.require_root()
-    bpffs.ensure_bpffs()
-    directory = bpffs.pin_dir(iface)
-    if not directory.exists():
-        return False
-    if (directory / LINK_PIN).exists():
-        fd = libbpf.obj_get(directory / LINK_PIN)
         try:
-            libbpf.link_detach(fd)
-        except BpfError as exc:
-            if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
-                raise
-        finally:
-            os.close(fd)
-    bpffs.remove_pins(directory)
-    return True
+            tx.prepare(layout, number, pipeline)
+            tx.commit(layout, before, pipeline)
+        except BaseException:
+            tx.abandon(layout, records, number)
+            raise
+        prog_id = pipeline.root_program.id
+    finally:
+        pipeline.close()
+    # In force from here on: a failure below leaves the journal for the next command.
+    tx.finish(layout, records, before, number)
+    mode = xdp.query(index).mode or "none"
+    return AttachResult(iface, mode, f"revision {number} in force; state kept", prog_id,
+                        layout.directory, number, reloaded=True)
 
+
+# -- revisions ---------------------------------------------------------------------------
+
+def _read_bounded(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(MAX_POLICY_BYTES + 1)
+    if len(data) > MAX_POLICY_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_POLICY_BYTES >> 20} MiB")
+    return data
+
+
+def _record(records: Records, number: int, change: Proposal, origin: str) -> None:
+    """Keeps what is about to be applied, so it can be applied again."""
+    policy = change.config.policy
+    if change.stored is not None:
+        kept = change.stored
+        sha, files, source = kept.sha256, kept.files, kept.source
+    elif change.source is None or policy is None:
+        sha, files, source = None, {}, None
+    else:
+        sha = records.store_blob(_read_bounded(change.source))
+        base = change.source.parent
+        files = {shown: records.store_blob((base / shown).read_bytes())
+                 for s in policy.sets.values() for shown in s.files}
+        source = str(change.source.resolve())
+    records.save(Revision(number, time.time(), source, sha, files, origin,
+                          _summary(change.config)))
+
+
+def _summary(config: Config) -> str:
+    chain = " -> ".join(config.pipeline.chain) or "(empty)"
+    if config.policy is None:
+        return "no policy: every packet passes"
+    return (f"{len(config.policy.rules)} rules, {len(config.policy.sets)} sets, "
+            f"default {config.policy.default_action}, chain {chain}")
+
+
+def load_revision(records: Records, revision: Revision) -> Config:
+    """The configuration a revision holds, from its stored copies (not the files as they
+    are now)."""
+    if revision.sha256 is None:
+        return default_config()
+    text = records.blob(revision.sha256).read_bytes().decode("utf-8")
+    files = {shown: records.blob(digest) for shown, digest in revision.files.items()}
+    source = revision.source or "(policy)"
+    policy = parse_policy_text(text, f"{source} (revision {revision.number})",
+                               Path(source).parent, files=files)
+    return Config(policy, configure(policy))
+
+
+def stored(iface: str, which: str) -> Proposal:
+    """A kept revision ("last": the one last in force) for `up --revision`."""
+    records = Records(iface)
+    revisions = records.revisions()
+    if not revisions:
+        raise ValueError(f"no revision of {iface} is kept")
+    if which == "last":
+        number = records.current() or revisions[-1].number
+    elif which.isdigit():
+        number = int(which)
+    else:
+        raise ValueError(f"--revision: {which!r} is neither a number nor 'last'")
+    revision = records.revision(number)
+    return Proposal(load_revision(records, revision), None, f"up from revision {number}",
+                    stored=revision)
+
+
+def history(iface: str) -> list[dict]:
+    records = Records(iface)
+    current = records.current()
+    return [{**r.to_json(), "when": r.when, "current": r.number == current}
+            for r in records.revisions()]
+
+
+def current_config(iface: str) -> Config | None:
+    records = Records(iface)
+    number = records.current()
+    return load_revision(records, records.revision(number)) if number else None
+
+
+# -- detaching ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DownResult:
+    removed: bool                 # False: it was not attached
+    recovered: str | None = None
+
+
+def down(iface: str, forget: bool = False) -> DownResult:
+    """Detaches shieldwall from the interface and removes its pins; the revisions stay,
+    unless `forget` (a lab's interface, about to go with its namespace)."""
+    with bpffs.exclusive():
+        recovered = _recover(iface)
+        layout = Layout.of(iface)
+        if not layout.directory.exists():
+            return DownResult(False, recovered)
+        records = Records(iface)
+        tx.begin(records, "down", records.current(), None)
+        tx.recover(iface)  # the journal says down: detach, remove, forget
+        if forget:
+            records.remove()
+        return DownResult(True, recovered)
+
+
+def _recover(iface: str) -> str | None:
+    bpffs.ensure_bpffs()
+    return tx.recover(iface)
+
+
+# -- status ------------------------------------------------------------------------------
 
 def status(iface: str | None = None) -> list[dict]:
-    """What is attached where, read back from the kernel and the pins."""
+    """What is attached where, read back from the kernel, the pins and the records."""
     bpffs.require_root()
     bpffs.ensure_bpffs()
-    scope = bpffs.pin_dir("x").parent
-    names = [iface] if iface else sorted(p.name for p in scope.iterdir()) if scope.exists() else []
+    names = [iface] if iface else list(tx.iter_ifaces())
     return [_status_of(name) for name in names]
 
 
 def _status_of(iface: str) -> dict:
-    directory = bpffs.pin_dir(iface)
-    report: dict = {"iface": iface, "pins": str(directory), "attached": False, "mode": None}
+    layout = Layout.of(iface)
+    records = Records(iface)
+    report: dict = {"iface": iface, "pins": str(layout.directory), "attached": False, "mode": None}
+    entry = records.journal()
     try:
         state = xdp.query(xdp.ifindex(iface))
     except BpfError as exc:
         report["problem"] = str(exc)
         state = None
-    if not directory.exists():
+    if not layout.directory.exists():
         report["problem"] = report.get("problem") or "shieldwall is not attached here"
         if state and state.mode:
             report["foreign_program"] = {"id": state.prog_id, "mode": state.mode}
         return report
+    live = layout.live_generation()
+    if entry is not None:
+        report["interrupted"] = {
+            "op": entry.get("op"), "from": entry.get("from"), "to": entry.get("to"),
+            "in_force": live,
+            "next": "the next shieldwall command on this interface finishes or undoes it"}
     if state:
-        report["attached"] = _ours(directory, state)
+        report["attached"] = _ours(layout, state)
         report["mode"] = state.mode if report["attached"] else None
         report["prog_id"] = state.prog_id
         report["driver"] = driver_name(iface)
-    maps = pinned_maps(directory)
-    missing = [name for name in SHARED_MAPS if name not in maps]
-    if missing:
-        report["problem"] = f"incomplete pins in {directory}: {', '.join(missing)} missing"
-        for m in maps.values():
-            m.close()
+        if not report["attached"] and layout.link.exists():
+            report["problem"] = ("the pinned link no longer runs on the interface (another tool "
+                                 f"detached it?); run shieldwall down --iface {iface}, then up")
+    if live is None:
+        report.setdefault("problem", "no pinned generation is the one the link runs")
         return report
     try:
-        report["chain"] = _chain(directory, maps)
+        revision = records.revision(live)
+        report["revision"] = {**revision.to_json(), "when": revision.when}
+    except ValueError:
+        report["revision"] = {"revision": live, "problem": "its record is missing"}
+    maps = layout.maps(live)
+    try:
+        report["chain"] = _chain(layout, live, maps)
         cfg = maps["sw_config"].lookup(0)
         report["on_missing_stage"] = abi.action_name(cfg.missed_action)
         report["counters"] = [
@@ -240,14 +387,15 @@ def _status_of(iface: str) -> dict:
         rules = report["stages"].get("policy", {}).get("rules")
         if rules is not None:
             report["rules"] = rules
+    except (KeyError, BpfError) as exc:
+        report["problem"] = f"incomplete pins in {layout.gen(live)}: {exc}"
     finally:
-        for m in maps.values():
-            m.close()
+        tx.close_maps(maps)
     return report
 
 
-def _chain(directory: Path, maps: dict) -> list[dict]:
-    ids = {_pinned_prog_id(directory, f"prog_{name}"): name for name in stages()}
+def _chain(layout: Layout, number: int, maps: dict) -> list[dict]:
+    ids = {tx.prog_id(layout.gen(number) / f"prog_{name}"): name for name in stages()}
     cfg = maps["sw_config"].lookup(0)
     chain = []
     for slot in range(cfg.chain_len):
@@ -255,3 +403,4 @@ def _chain(directory: Path, maps: dict) -> list[dict]:
         chain.append({"slot": slot, "stage": ids.get(prog_id, "missing" if prog_id is None else f"prog {prog_id}"),
                       "prog_id": prog_id})
     return chain
+

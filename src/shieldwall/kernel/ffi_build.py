@@ -82,6 +82,8 @@ struct bpf_xdp_query_opts {
 };
 struct bpf_prog_info { __u32 type; __u32 id; char name[16]; ...; };
 struct bpf_map_info { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries; char name[16]; ...; };
+struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; ...; };
+struct bpf_link_update_opts { size_t sz; __u32 flags; __u32 old_prog_fd; ...; };
 
 int bpf_map_create(int map_type, const char *map_name, __u32 key_size, __u32 value_size,
                    __u32 max_entries, const struct bpf_map_create_opts *opts);
@@ -103,7 +105,7 @@ enum bpf_attach_type { BPF_XDP, ... };
 struct bpf_link_create_opts { size_t sz; __u32 flags; ...; };
 int bpf_link_create(int prog_fd, int target_fd, enum bpf_attach_type attach_type,
                     const struct bpf_link_create_opts *opts);
-int bpf_link_update(int link_fd, int new_prog_fd, const void *opts);
+int bpf_link_update(int link_fd, int new_prog_fd, const struct bpf_link_update_opts *opts);
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 int bpf_xdp_attach(int ifindex, int prog_fd, __u32 flags, const struct bpf_xdp_attach_opts *opts);
 int bpf_xdp_detach(int ifindex, __u32 flags, const struct bpf_xdp_attach_opts *opts);
@@ -133,6 +135,7 @@ void sw_capture_libbpf_output(void);
 #define XDP_ATTACHED_HW 3
 #define XDP_ATTACHED_MULTI 4
 #define BPF_ANY 0
+#define BPF_F_REPLACE 4
 #define BPF_NOEXIST 1
 #define BPF_EXIST 2
 #define BPF_F_NO_PREALLOC 1

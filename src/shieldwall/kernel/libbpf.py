@@ -421,8 +421,23 @@ def link_detach(fd: int) -> None:
     _check(lib.bpf_link_detach(fd), "detaching link")
 
 
-def link_update(fd: int, new_prog_fd: int) -> None:
-    _check(lib.bpf_link_update(fd, new_prog_fd, ffi.NULL), "replacing the program of a link")
+def link_update(fd: int, new_prog_fd: int, expected_fd: int | None = None) -> None:
+    """Swaps the link's program in one step. With expected_fd the kernel refuses (EPERM)
+    unless the link still runs that program: a compare-and-swap."""
+    opts = ffi.NULL
+    if expected_fd is not None:
+        opts = ffi.new("struct bpf_link_update_opts *")
+        opts.sz = ffi.sizeof("struct bpf_link_update_opts")
+        opts.flags = lib.BPF_F_REPLACE
+        opts.old_prog_fd = expected_fd
+    _check(lib.bpf_link_update(fd, new_prog_fd, opts), "replacing the program of a link")
+
+
+def link_info(fd: int) -> Any:
+    info = ffi.new("struct bpf_link_info *")
+    size = ffi.new("__u32 *", ffi.sizeof("struct bpf_link_info"))
+    _check(lib.bpf_obj_get_info_by_fd(fd, info, size), "reading link info")
+    return _Info(id=info.id, type=info.type, prog_id=info.prog_id)
 
 
 def prog_info(fd: int) -> Any:

@@ -52,8 +52,12 @@ def _check(what: str, got: bool, want: bool) -> bool:
 
 def run_demo() -> int:
     with TemporaryDirectory() as tmp:
-        (Path(tmp) / "demo.yaml").write_text(POLICY)
-        config = load_config(Path(tmp) / "demo.yaml").pipeline
+        policy = Path(tmp) / "demo.yaml"
+        policy.write_text(POLICY)
+        return _run(lifecycle.proposal(load_config(policy), policy, "up"))
+
+
+def _run(change: lifecycle.Proposal) -> int:
     ok = True
     with topology.lab() as topo:
         _say(f"lab: {topo.outside_ns} (client {topo.client_v4}, attacker {topo.attacker_v4}) "
@@ -64,7 +68,7 @@ def run_demo() -> int:
             ok &= _check("attacker -> server", tcp_connect(topo, PORT, src=topo.attacker_v4), True)
 
             with enter_netns(topo.server_ns):
-                result = lifecycle.up(topo.server_if, config, mode="native")
+                result = lifecycle.up(topo.server_if, change, mode="native")
             _say(f"shieldwall up on {topo.server_if}: {result.mode} mode\n  why: {result.why}\n"
                  "  policy:\n" + "".join(f"    {line}\n" for line in POLICY.splitlines()).rstrip())
             try:
@@ -95,7 +99,7 @@ def run_demo() -> int:
                     _say(f"  {rule['name'] or '(default action)':<18} {rule['packets']:>10,} packets")
             finally:
                 with enter_netns(topo.server_ns):
-                    lifecycle.down(topo.server_if)
+                    lifecycle.down(topo.server_if, forget=True)
                 _say("shieldwall down")
     _say("lab removed" + ("" if ok else "; SOME CHECKS FAILED"))
     return 0 if ok else 1

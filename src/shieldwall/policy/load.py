@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -58,7 +58,8 @@ def _read_bounded(path: Path) -> str:
 
 
 def parse_policy_text(
-    text: str, source: str, base_dir: str | Path, capacity: Capacity = Capacity()
+    text: str, source: str, base_dir: str | Path, capacity: Capacity = Capacity(),
+    files: Mapping[str, Path] | None = None,
 ) -> Policy:
     """Validate a policy given as YAML text; `source` names it in errors."""
     try:
@@ -67,14 +68,16 @@ def parse_policy_text(
         raise PolicyError(source, "", _yaml_problem(err)) from None
     except yaml.YAMLError as err:
         raise PolicyError(source, "", f"invalid YAML: {err}") from None
-    return parse_policy(data, source, base_dir, capacity)
+    return parse_policy(data, source, base_dir, capacity, files)
 
 
 def parse_policy(
-    data: Any, source: str, base_dir: str | Path, capacity: Capacity = Capacity()
+    data: Any, source: str, base_dir: str | Path, capacity: Capacity = Capacity(),
+    files: Mapping[str, Path] | None = None,
 ) -> Policy:
-    """Validate a policy already read into Python data (as from yaml.safe_load)."""
-    v = Validator(source, Path(base_dir), capacity)
+    """Validate a policy already read into Python data (as from yaml.safe_load); `files`
+    gives set files by their names in the policy, to read them from elsewhere."""
+    v = Validator(source, Path(base_dir), capacity, files)
     owners = policy_keys()
     doc = v.mapping(data, "", _OWN_KEYS + tuple(owners), required=("version",))
     if doc is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import Invalid, Issue
 from .model import SET_TYPES, AddrValue, Capacity, Network, PrefixSet
@@ -20,9 +20,13 @@ T = TypeVar("T")
 
 
 class Validator:
-    def __init__(self, source: str, base_dir: Path, capacity: Capacity) -> None:
+    def __init__(self, source: str, base_dir: Path, capacity: Capacity,
+                 files: Mapping[str, Path] | None = None) -> None:
         self.source = source
         self.base_dir = base_dir
+        # Set files by the name the policy gives them, where they are read from
+        # elsewhere (a stored revision's copies); others are found under base_dir.
+        self.files = files or {}
         self.capacity = capacity
         self.issues: list[Issue] = []
         # None for a set that is defined but invalid: references to it are not
@@ -71,6 +75,9 @@ class Validator:
 
     # --- sets
 
+    def file(self, shown: str) -> Path:
+        return self.files.get(shown) or self.base_dir / shown
+
     def read_sets(self, value: Any) -> None:
         if not isinstance(value, dict):
             self.report("sets", f"expected a mapping of set names, got {describe(value)}")
@@ -104,7 +111,7 @@ class Validator:
             shown = self.check(at, string, entry, "a file name")
             if shown is not None:
                 files.append(shown)
-                prefixes.update(self.check(at, read_set_file, self.base_dir / shown, shown) or ())
+                prefixes.update(self.check(at, read_set_file, self.file(shown), shown) or ())
         self.within_capacity(path, len(prefixes), self.capacity.set_entries, "entries")
         if len(self.issues) > errors:
             return None

@@ -12,8 +12,9 @@ The life of a stage's data, in the order the pipeline uses it:
     sources(image)       its longest-prefix view of source addresses, if it keys on them
     build(image, column) its config maps' contents and its program's constants; column
                          maps the pipeline's source classes to its own values
-    carry(maps)          what must follow from the load it replaces (read before the swap)
-    after_swap(...)      work that must wait until the new programs run (counters)
+    carry(maps)          what must follow from the generation it replaces, read once that
+                         one has stopped running (its counters are final then)
+    after_swap(maps, c)  hands that to the new generation's maps (which already run)
     status(maps)         its part of `status`, read back from the pinned maps
 
 Config maps are rebuilt from the policy for every load; state maps (counters, buckets,
@@ -101,6 +102,10 @@ class Stage:
         """Legal but suspicious things in its section, for `check`."""
         return ()
 
+    def changes(self, old: Any, new: Any) -> list[str]:
+        """What changes in its section, in lines for `reload --dry-run`."""
+        return [] if old == new else [f"{self.name}: changed"]
+
     def sets_used(self, section: Any) -> set[str]:
         """Names of the policy's sets it references."""
         return set()
@@ -124,12 +129,13 @@ class Stage:
         raise NotImplementedError
 
     def carry(self, maps: dict[str, "Map"]) -> Any:
-        """What must follow from the maps of the load about to be replaced (read before
-        the swap); handed to after_swap."""
+        """What must follow from the maps of a generation that no longer runs; handed
+        to after_swap. Called again on recovery: it must only read."""
         return None
 
-    def after_swap(self, maps: dict[str, "Map"], image: Any, carried: Any) -> None:
-        """Runs once the new programs are live."""
+    def after_swap(self, maps: dict[str, "Map"], carried: Any) -> None:
+        """Gives the new generation (its maps, live) what carry() read. A recovery may
+        call it twice with the same data: it must set, not add."""
 
     def status(self, maps: dict[str, "Map"]) -> dict:
         """Its part of `status --json`, read from the pinned maps."""

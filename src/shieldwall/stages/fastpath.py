@@ -85,6 +85,16 @@ class FastpathStage(Stage):
     def warnings(self, policy: Policy) -> Iterable[Issue]:
         return ()
 
+    def changes(self, old: Fastpath | None, new: Fastpath | None) -> list[str]:
+        lines = []
+        for which in ("allow", "deny"):
+            before = set(old.networks(which)) if old else set()
+            after = set(new.networks(which)) if new else set()
+            if before != after:
+                lines.append(f"fastpath.{which}: +{len(after - before)} -{len(before - after)} "
+                             f"prefixes ({len(after)} in all)")
+        return lines
+
     # -- the reference model ------------------------------------------------------------
     def decide(self, section: Fastpath, pkt: ParsedPacket) -> Decision | None:
         allow = section.allow_table.longest_match(pkt.src_ip)

@@ -31,6 +31,7 @@ from . import register
 from .base import Stage, StageBuild
 
 TABLE, HOSTS, HITS, NAMES = "sw_pol_tab", "sw_pol_hosts", "sw_pol_hits", "sw_pol_names"
+BASE = "sw_pol_base"
 CLOCK = "sw_pol_clock"
 CONSTS = ".rodata.pol"
 
@@ -55,10 +56,11 @@ class PolicyStage(Stage):
         TABLE: ("__u32", "__u32"),  # a table: one value (lib/table.h)
         HOSTS: ("struct sw_addr_key", "__u32"),
         NAMES: ("__u32", "struct sw_rule_name"),
+        HITS: ("__u32", "struct sw_rule_counter"),
+        BASE: ("__u32", "struct sw_rule_counter"),
         # lib/clock.h: a timer and a time, never read from here; pinned so it ticks.
         CLOCK: ("__u32", "__u64[3]"),
     }
-    state_maps = {HITS: ("__u32", "struct sw_rule_counter")}
 
     # -- the policy file ----------------------------------------------------------------
     def section(self, doc: dict, v: Validator) -> RuleSet | None:
@@ -90,6 +92,26 @@ class PolicyStage(Stage):
                     used |= {i.value.name for i in items.items if isinstance(i.value, PrefixSet)}
         return used
 
+    def changes(self, old: RuleSet | None, new: RuleSet | None) -> list[str]:
+        old, new = old or RuleSet(), new or RuleSet()
+        lines = []
+        if old.default_action != new.default_action:
+            lines.append(f"policy.default_action: {old.default_action} -> {new.default_action}")
+        before = {r.name: r for r in old.rules}
+        after = {r.name: r for r in new.rules}
+        added = [n for n in after if n not in before]
+        removed = [n for n in before if n not in after]
+        changed = [n for n in after if n in before
+                   and (before[n].match, before[n].action) != (after[n].match, after[n].action)]
+        kept = [n for n in after if n in before]
+        moved = [n for n in kept if [k for k in before if k in after].index(n) != kept.index(n)]
+        for what, names in (("added", added), ("removed", removed), ("changed", changed),
+                            ("moved", moved)):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                lines.append(f"rules {what}: {shown}")
+        return lines
+
     # -- the reference model ------------------------------------------------------------
     def decide(self, section: RuleSet, pkt: ParsedPacket) -> Decision:
         return evaluate_rules(section, pkt)
@@ -118,24 +140,23 @@ class PolicyStage(Stage):
                 f"{n['chain_steps']} chain steps ({n['sparse_steps']} sparse)"]
 
     # -- counters follow rule names -----------------------------------------------------
-    def carry(self, maps: dict[str, Any]) -> dict[str, list[dict]]:
-        """Every rule's per-CPU counters by name ("" for id 0, the default's), read from
-        the maps of the ruleset about to be replaced."""
+    def carry(self, maps: dict[str, Any]) -> dict[str, RuleCounter]:
+        """Every rule's whole count by name ("" for id 0, the default's), read from the
+        maps of a generation that no longer runs: exact, nothing counts there any more."""
         if HITS not in maps or NAMES not in maps:
             return {}
         names = rule_names(maps)
-        return {names.get(i, ""): _cells(maps[HITS], i) for i in [0, *names]}
+        return {names.get(i, ""): counter(maps, i) for i in [0, *names]}
 
-    def after_swap(self, maps: dict[str, Any], image: Plan, carried: Any) -> None:
-        """Rule ids may name other rules now: the counter array is zeroed, then every
-        surviving name's counters written at its new id. What the new ruleset counts
-        between the swap and this is lost: a few packets at most."""
-        carried = carried or {}
-        hits = maps[HITS]
-        _zero(hits, hits.max_entries)
-        for rule_id, name in enumerate(("",) + tuple(r.name for r in image.rules)):
-            if name in carried:
-                hits.update(rule_id, carried[name])
+    def after_swap(self, maps: dict[str, Any], carried: Any) -> None:
+        """Each surviving name's count becomes the base of its new id. The live counters
+        are not touched (the programs write them), so nothing counted since the swap is
+        lost; writing the same base twice, as a recovery may, changes nothing."""
+        if not carried or BASE not in maps:
+            return
+        names = {"": 0, **{name: i for i, name in rule_names(maps).items()}}
+        ids = {names[name]: c for name, c in carried.items() if name in names}
+        maps[BASE].update_batch(list(ids), [_fields(c) for c in ids.values()])
 
     # -- status ------------------------------------------------------------------------
     def status(self, maps: dict[str, Any]) -> dict:
@@ -165,7 +186,10 @@ def rule_names(maps: dict[str, Any]) -> dict[int, str]:
 
 
 def counter(maps: dict[str, Any], rule_id: int) -> RuleCounter:
-    cells = maps[HITS].lookup(rule_id)
+    """A rule's count: its live per-CPU cells and what earlier generations counted."""
+    cells = [*maps[HITS].lookup(rule_id)]
+    if BASE in maps:
+        cells.append(maps[BASE].lookup(rule_id))
     return RuleCounter(sum(c.packets for c in cells), sum(c.bytes for c in cells),
                        max(c.last_hit_ns for c in cells), sum(c.would_drop for c in cells))
 
@@ -175,13 +199,9 @@ def rule_counters(maps: dict[str, Any]) -> dict[int, RuleCounter]:
     return {rule_id: counter(maps, rule_id) for rule_id in [0, *rule_names(maps)]}
 
 
-def _cells(hits: Any, rule_id: int) -> list[dict]:
-    return [{f: getattr(c, f) for f in _COUNTER_FIELDS} for c in hits.lookup(rule_id)]
-
-
-def _zero(hits: Any, count: int) -> None:
-    cell = hits.stride * hits.ncpus
-    hits.update_batch(array("I", range(count)).tobytes(), bytes(cell * count))
+def _fields(c: RuleCounter) -> dict[str, int]:
+    return {"packets": c.packets, "bytes": c.bytes, "last_hit_ns": c.last_hit_ns,
+            "would_drop": c.would_drop}
 
 
 class _Layout:
@@ -298,7 +318,8 @@ class _Layout:
     def _maps(self, hosts: dict[bytes, int]) -> StageBuild:
         names = b"".join(r.name.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for r in self.image.rules)
         build = StageBuild(rodata={CONSTS: pack("struct sw_pol_consts", self.consts)})
-        build.sizes = {HOSTS: max(1, len(hosts)), NAMES: len(self.image.rules) + 1}
+        ids = len(self.image.rules) + 1
+        build.sizes = {HOSTS: max(1, len(hosts)), NAMES: ids, HITS: ids, BASE: ids}
         build.table = (TABLE, self.tab.value())
         if hosts:
             build.contents[HOSTS] = (b"".join(hosts), array("I", hosts.values()).tobytes())

@@ -1,0 +1,237 @@
+"""Every change to an attached pipeline as one transaction: plan, prepare, commit,
+cleanup, with a journal that lets the next command finish or undo a change a kill cut
+short (docs/updates.md).
+
+The pins of an interface (bpffs.pin_dir):
+
+    link       the bpf_link: the one switch, the only thing a packet follows
+    state/     state maps (verdict counters, each stage's state): every generation's
+    gen-<n>/   one generation: its root and stage programs and their config maps, as
+               loaded for revision n
+
+A generation is built whole beside the running one; the commit swaps the link's program
+from the old root to the new one in one step, which the kernel refuses (EPERM) unless
+the old root still runs: a compare-and-swap. A packet sees the old generation or the
+new one, never a mix. What is in force is what the link runs, so a journal entry
+written before anything else is enough for the next command to tell, after a kill,
+whether the change happened (then finish it) or not (then drop what was prepared).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..dataplane import bpffs
+from ..dataplane.pipeline import ROOT_PIN, Pipeline, after_swap, carry, pinned_maps
+from ..kernel import libbpf
+from ..kernel.errors import BpfError
+from ..stages import stages
+from .records import Records
+
+LINK_PIN = "link"
+STATE_DIR = "state"
+GEN_PREFIX = "gen-"
+
+# A packet already inside the old programs when the link swaps finishes within
+# microseconds (XDP runs to completion in one softirq); counters read after this are final.
+DRAIN_SECONDS = 0.05
+
+
+class ChangeError(BpfError):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    directory: Path
+
+    @classmethod
+    def of(cls, iface: str) -> "Layout":
+        return cls(bpffs.pin_dir(iface))
+
+    @property
+    def link(self) -> Path:
+        return self.directory / LINK_PIN
+
+    @property
+    def state(self) -> Path:
+        return self.directory / STATE_DIR
+
+    def gen(self, number: int) -> Path:
+        return self.directory / f"{GEN_PREFIX}{number}"
+
+    def generations(self) -> dict[int, Path]:
+        found = {}
+        for entry in self.directory.iterdir() if self.directory.is_dir() else ():
+            if entry.name.startswith(GEN_PREFIX) and entry.name[len(GEN_PREFIX):].isdigit():
+                found[int(entry.name[len(GEN_PREFIX):])] = entry
+        return dict(sorted(found.items()))
+
+    def live_prog_id(self) -> int | None:
+        """The program the pinned link runs; None without a link."""
+        if not self.link.exists():
+            return None
+        fd = libbpf.obj_get(self.link)
+        try:
+            return libbpf.link_info(fd).prog_id
+        finally:
+            os.close(fd)
+
+    def live_generation(self) -> int | None:
+        """The generation whose root the link runs."""
+        live = self.live_prog_id()
+        if not live:
+            return None
+        for number, path in self.generations().items():
+            if root_id(path) == live:
+                return number
+        return None
+
+    def maps(self, number: int) -> dict:
+        """A generation's maps with the state maps every generation shares."""
+        return {**pinned_maps(self.state), **pinned_maps(self.gen(number))}
+
+    def chain(self, number: int) -> list[str]:
+        return [name for name in stages() if (self.gen(number) / f"prog_{name}").exists()]
+
+
+def root_id(generation: Path) -> int | None:
+    return prog_id(generation / ROOT_PIN)
+
+
+def prog_id(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    fd = libbpf.obj_get(path)
+    try:
+        return libbpf.prog_info(fd).id
+    finally:
+        os.close(fd)
+
+
+def close_maps(maps: dict) -> None:
+    for m in maps.values():
+        m.close()
+
+
+# -- the steps ---------------------------------------------------------------------------
+
+def begin(records: Records, op: str, before: int | None, after: int | None) -> None:
+    """The journal entry comes first: whatever exists of the change afterwards, the next
+    command knows what it belongs to."""
+    records.write_journal({"op": op, "from": before, "to": after, "pid": os.getpid(),
+                           "started": time.time()})
+
+
+def prepare(layout: Layout, number: int, pipeline: Pipeline) -> None:
+    """Pins a loaded pipeline as generation `number`, beside whatever runs."""
+    layout.directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+    bpffs.remove_tree(layout.gen(number))  # left by a change that never committed
+    pipeline.pin(layout.gen(number), layout.state)
+
+
+def commit(layout: Layout, before: int, pipeline: Pipeline) -> None:
+    """The switch: the link moves from generation `before`'s root to the new one, or
+    nothing happens (ChangeError)."""
+    old_fd = libbpf.obj_get(layout.gen(before) / ROOT_PIN)
+    link_fd = libbpf.obj_get(layout.link)
+    try:
+        libbpf.link_update(link_fd, pipeline.root_program.fd, expected_fd=old_fd)
+    except BpfError as exc:
+        if exc.errno == errno.EPERM:
+            raise ChangeError(errno.EPERM, "the interface no longer runs the generation this "
+                              "change was planned from", "run the command again") from None
+        raise
+    finally:
+        os.close(link_fd)
+        os.close(old_fd)
+
+
+def finish(layout: Layout, records: Records, before: int | None, after: int) -> None:
+    """After the switch: the old generation's counters move to the new one, its pins go,
+    the new revision is the current one. Safe to run again after a kill (recovery)."""
+    if before is not None and layout.gen(before).is_dir():
+        time.sleep(DRAIN_SECONDS)
+        old, new = layout.maps(before), layout.maps(after)
+        try:
+            after_swap(new, layout.chain(after), carry(old))
+        finally:
+            close_maps(old)
+            close_maps(new)
+    for number, path in layout.generations().items():
+        if number != after:
+            bpffs.remove_tree(path)
+    records.set_current(after)
+    records.clear_journal()
+
+
+def abandon(layout: Layout, records: Records, after: int | None) -> None:
+    """Drops what a change prepared but never switched to."""
+    if after is not None:
+        bpffs.remove_tree(layout.gen(after))
+        if records.current() != after:
+            records.drop(after)
+    records.clear_journal()
+
+
+# -- recovery ----------------------------------------------------------------------------
+
+def recover(iface: str) -> str | None:
+    """Finishes or undoes a change a kill cut short; what it did, in a sentence, or None
+    when there was nothing to do. Call with the lock held."""
+    records = Records(iface)
+    entry = records.journal()
+    layout = Layout.of(iface)
+    if entry is None:
+        _drop_strays(layout)
+        return None
+    op, before, after = entry.get("op"), entry.get("from"), entry.get("to")
+    if op == "down":
+        _finish_down(layout, records)
+        return f"completed an interrupted `down` on {iface}: shieldwall is detached"
+    live = layout.live_generation()
+    if after is not None and live == after:
+        finish(layout, records, before, after)
+        return (f"completed an interrupted {op} on {iface}: revision {after} is in force "
+                "(it had already been switched to)")
+    abandon(layout, records, after)
+    stays = f"revision {before} stays in force" if before is not None and live == before \
+        else "nothing is attached"
+    return f"rolled back an interrupted {op} on {iface} (to revision {after}): {stays}"
+
+
+def _drop_strays(layout: Layout) -> None:
+    """Generations nothing runs and no journal names (a kill before the journal was
+    written cannot leave any, but pins are cheap to check)."""
+    live = layout.live_generation()
+    if live is None:
+        return
+    for number, path in layout.generations().items():
+        if number != live:
+            bpffs.remove_tree(path)
+
+
+def _finish_down(layout: Layout, records: Records) -> None:
+    if layout.link.exists():
+        fd = libbpf.obj_get(layout.link)
+        try:
+            libbpf.link_detach(fd)
+        except BpfError as exc:
+            if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
+                raise
+        finally:
+            os.close(fd)
+    bpffs.remove_tree(layout.directory)
+    bpffs.remove_empty_parents(layout.directory)
+    records.forget()
+
+
+def iter_ifaces() -> Iterator[str]:
+    scope = bpffs.pin_dir("x").parent
+    for entry in sorted(scope.iterdir()) if scope.is_dir() else ():
+        yield entry.name
