@@ -293,6 +293,17 @@ def test_later_fragments_never_reach_port_rules():
     assert "chain ipv4 {\n\t\tip frag-off & 0x1fff == 0 goto ipv4_transport\n\t\taccept\n\t}" in text
 
 
+def test_vlan_guard_leaves_header_dependencies_alone():
+    # `ether type { 8021q, 8021ad }` made nft 1.0.6 check the IP version behind a second
+    # tag (`@ll,160,16 0x86dd`) for the `frag` that follows: a raw load does not.
+    text = nft.nftables_ruleset(policy([{"name": "a", "action": "drop",
+                                         "match": {"vlan": 0, "fragment": "non_first"}}]),
+                                "eth1").text
+    assert "ether type" not in text
+    assert "@ll,96,16 { 0x8100, 0x88a8 } @ll,112,16 & 0xfff 0 frag frag-off != 0 drop" in text
+    assert "@ll,96,16 { 0x8100, 0x88a8 } @ll,112,16 & 0xfff 0 ip frag-off & 0x1fff != 0 drop" in text
+
+
 def test_iptables_cannot_see_vlan_tags():
     note = ipt.iptables_rules(policy([{"name": "tagged", "action": "drop",
                                        "match": {"vlan": 10}}]), "eth1")

@@ -71,8 +71,13 @@ EXPR = {
     ("ttl", 4): "ip ttl", ("ttl", 6): "ip6 hoplimit",
     ("vlan", 4): "@ll,112,16 & 0xfff", ("vlan", 6): "@ll,112,16 & 0xfff",
 }
-# The tag is only there when the rebuilt link-layer header says so.
-VLAN_GUARD = "ether type { 8021q, 8021ad }"
+# The tag is only there when the rebuilt link-layer header says so. A raw load, not
+# `ether type { 8021q, 8021ad }`: nft (1.0.6) takes each element of that set as one more
+# stacked tag, and an IPv4/IPv6 header expression later in the rule (`ip frag-off`,
+# `frag frag-off`) then gets the dependency `@ll,160,16 0x800` (or 0x86dd), the type
+# field behind a second tag, which a frame with one tag never matches. A raw payload
+# changes nothing in nft's protocol context, so later dependencies stay `meta protocol`.
+VLAN_GUARD = "@ll,96,16 { 0x8100, 0x88a8 }"
 ND_ACCEPT = "icmpv6 type 133-137 accept"
 # Transport-header expressions that nftables evaluates on its fast path (aligned loads of
 # 1, 2 or 4 bytes: `th dport`, `tcp flags`, `icmp type`) do not check the fragment
