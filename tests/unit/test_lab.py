@@ -94,3 +94,15 @@ def test_xdp_attachment_parsing() -> None:
         {"mode": "native", "id": 9, "name": "b"},
     ]}
 
+
+
+def test_replayed_counts_each_frame_from_per_cpu_counts() -> None:
+    from shieldwall.lab.trafgen import replayed
+    # CPU 0 sent frames 3..9 (7 frames), CPU 1 frames 0..11 (three rounds of 4).
+    assert replayed([3, 0], [10, 12], 4) == [3 + 2, 3 + 2, 3 + 1, 3 + 2]
+    assert replayed([5, 7], [5, 7], 3) == [0, 0, 0]
+    assert sum(replayed([1, 2, 3], [1001, 2002, 3003], 18)) == 6000
+    with pytest.raises(ValueError):
+        replayed([5], [4], 2)
+    with pytest.raises(ValueError):
+        replayed([0], [1], 0)

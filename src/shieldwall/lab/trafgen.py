@@ -11,6 +11,9 @@ Three kinds of traffic:
 - random: templates (IPv4, IPv6, VLAN-tagged) whose source, ports, TTL, protocol, TCP
   flags and length are drawn afresh for every frame: what no cache absorbs;
 - replay: captured frames, round-robin, each sent once per round.
+
+How often each replayed frame went out is exact (replayed()): a test can compare what
+crossed a device, frame by frame, with what was sent.
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ class TrafficGenerator:
         self._configure(abi.SW_GEN_REPLAY, nframes=len(usable))
         self._frame = max(usable, key=len)
 
+    def sent_per_cpu(self) -> list[int]:
+        """Frames generated so far on each CPU (the generator's per-CPU count, which
+        only ever grows). Two readings around a replay give replayed() its input."""
+        return [int(n) for n in self.obj.map("sw_gen_sent").lookup(0)]
+
     def _configure(self, mode: int, **fields: object) -> None:
         self._config = {"ifindex": self.ifindex, "mode": mode, **fields}
         self.obj.map("sw_gen_config").update(0, self._config)
@@ -166,6 +174,25 @@ class TrafficGenerator:
             result = prog_test_run(prog.fd, self._frame, repeat=count)
         seconds = time.perf_counter() - start
         return SendResult(count, seconds, result.duration_ns)
+
+
+def replayed(before: Sequence[int], after: Sequence[int], nframes: int) -> list[int]:
+    """How many times each of a replay's `nframes` frames was generated between two
+    readings of sent_per_cpu(). A run may move from CPU to CPU, but on each CPU the
+    generator takes frame `count % nframes` and then counts, so CPU c generated exactly
+    frames before[c] .. after[c] - 1 (modulo nframes), whatever the interleaving."""
+    if nframes <= 0 or len(before) != len(after):
+        raise ValueError("replayed() needs nframes > 0 and two readings of the same CPUs")
+    counts = [0] * nframes
+    for first, last in zip(before, after):
+        if last < first:
+            raise ValueError("the generator's count went backwards: not the same generator")
+        rounds, rest = divmod(last - first, nframes)
+        for i in range(nframes):
+            counts[i] += rounds
+        for k in range(rest):
+            counts[(first + k) % nframes] += 1
+    return counts
 
 
 def _check_count(count: int) -> None:
