@@ -112,14 +112,16 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     bpffs.remove_tree(layout.directory)  # stale pins of an interface that lost its program
     records = Records(iface)
     number = records.next_number()
-    _record(records, number, change, "up" if change.origin == "reload" else change.origin)
     tx.begin(records, "up", None, number)
     link_fd = -1
-    pipeline = Pipeline.load(change.config.pipeline)
+    pipeline = None
     try:
+        _record(records, number, change, "up" if change.origin == "reload" else change.origin)
+        pipeline = Pipeline.load(change.config.pipeline)
         tx.prepare(layout, number, pipeline)
         link_fd, got, why = _try_modes(pipeline.root_program.fd, index, iface, mode)
         libbpf.pin_fd(link_fd, layout.link)
+        prog_id = pipeline.root_program.id
     except BaseException:
         if link_fd >= 0:
             libbpf.link_detach(link_fd)
@@ -130,8 +132,8 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     finally:
         if link_fd >= 0:
             os.close(link_fd)
-        prog_id = pipeline.root_program.id
-        pipeline.close()
+        if pipeline is not None:
+            pipeline.close()
     # Attached from here on: a failure below leaves the journal for the next command.
     tx.finish(layout, records, None, number)
     return AttachResult(iface, got, why, prog_id, layout.directory, number)
@@ -188,27 +190,25 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
                           "generations", f"run shieldwall down --iface {iface}, then up")
     records = Records(iface)
     number = records.next_number()
-    _record(records, number, change, change.origin)
     tx.begin(records, change.origin.split()[0], before, number)
-    state = pinned_maps(layout.state)
+    pipeline = None
     try:
-        pipeline = Pipeline.load(change.config.pipeline,
-                                 reuse={name: m.fd for name, m in state.items()})
+        _record(records, number, change, change.origin)
+        state = pinned_maps(layout.state)
+        try:
+            pipeline = Pipeline.load(change.config.pipeline,
+                                     reuse={name: m.fd for name, m in state.items()})
+        finally:
+            tx.close_maps(state)
+        tx.prepare(layout, number, pipeline)
+        tx.commit(layout, before, pipeline)
+        prog_id = pipeline.root_program.id
     except BaseException:
         tx.abandon(layout, records, number)
         raise
     finally:
-        tx.close_maps(state)
-    try:
-        try:
-            tx.prepare(layout, number, pipeline)
-            tx.commit(layout, before, pipeline)
-        except BaseException:
-            tx.abandon(layout, records, number)
-            raise
-        prog_id = pipeline.root_program.id
-    finally:
-        pipeline.close()
+        if pipeline is not None:
+            pipeline.close()
     # In force from here on: a failure below leaves the journal for the next command.
     tx.finish(layout, records, before, number)
     mode = xdp.query(index).mode or "none"
