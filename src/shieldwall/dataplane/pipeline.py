@@ -28,7 +28,7 @@ from ..kernel.libbpf import BpfObject, Map, Program
 from ..kernel.testrun import prog_test_run
 from ..paths import object_path
 from ..stages import Stage, StageBuild, stages
-from . import addrtrie
+from . import addrtrie, bpffs
 from .images import pack
 from .sources import Sources, merge
 from .tables import TableImage
@@ -194,7 +194,7 @@ class Pipeline:
     def pin(self, directory: Path) -> None:
         """Pins the maps and programs, replacing older pins by rename so a reader never
         finds one missing; a state map already pinned stays (it is the same map)."""
-        directory.mkdir(parents=True, exist_ok=True)
+        bpffs.make_pin_dir(directory)
         keep = state_maps()
         pins: list[tuple[str, Any]] = [(name, m) for name, m in self.maps.items()]
         pins += [("prog_root", self.root_program)]
