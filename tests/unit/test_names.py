@@ -1,4 +1,5 @@
-"""Interface and namespace names are names, never paths: the kernel's and iproute2's rules."""
+"""Interface and namespace names are names, never paths: the kernel's and iproute2's rules,
+in the library and on the command line (before anything needs privilege)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 
 from shieldwall.kernel.names import BadName, check_ifname, check_netns_name
 from shieldwall.kernel.netns import NamespaceError, check_name
+
+from ..helpers import shieldwall
 
 
 @pytest.mark.parametrize("name", ["eth0", "sw-srv0", "a", "x" * 15, "eth0.100", "é" * 7, "veth@1"])
@@ -52,3 +55,17 @@ def test_a_long_name_is_quoted_short():
         check_ifname("x" * 5000)
     assert len(str(refused.value)) < 200
 
+
+@pytest.mark.parametrize("args,option", [
+    (("up", "--allow-empty", "--iface", "../../etc"), "--iface"),
+    (("down", "--iface", "a/b"), "--iface"),
+    (("status", "--iface", "eth0:1"), "--iface"),
+    (("reload", "--allow-empty", "--iface", "x" * 16), "--iface"),
+    (("up", "--allow-empty", "--netns", "..", "--iface", "eth0"), "--netns"),
+    (("status", "--netns", "a/b"), "--netns"),
+])
+def test_the_command_line_refuses_them(args, option):
+    out = shieldwall(*args)
+    assert out.returncode == 2
+    assert f"argument {option}:" in out.stderr and "is not a" in out.stderr
+    assert "Traceback" not in out.stderr
