@@ -238,3 +238,6 @@ def test_names_are_checked_below_the_command_line():
     with pytest.raises(ValueError, match="is not a network namespace name"):
         bpffs.netns_pin_scope("../host")
     assert not re.search(r"\.\.", str(bpffs.netns_pin_scope("x")))
+    # A valid name bpffs cannot hold (it refuses dots, even to lstat): said up front.
+    with pytest.raises(bpffs.EnvironmentProblem, match="bpffs refuses names with a dot"):
+        bpffs.pin_dir("eth0.100")

@@ -176,15 +176,19 @@ def make_pin_dir(directory: Path) -> Path:
     mode 0700 where missing and checked where not."""
     top = tree()
     for part in [top, *(top / p for p in _below(directory))]:
-        try:
-            rootonly.make_dir(part)
-        except PermissionError:
-            if "." not in part.name:
-                raise
-            raise EnvironmentProblem(
-                errno.EPERM, f"cannot pin in {part}",
-                "bpffs refuses names with a dot, so an interface or namespace named with "
-                "one (eth0.100) cannot have pins; give it a name without a dot") from None
+        rootonly.make_dir(part)
+    return directory
+
+
+def _pinnable(directory: Path) -> Path:
+    """`directory`, if bpffs can hold it: it refuses every name with a dot (EPERM, even
+    to lstat), so a name such as eth0.100 is said to be the problem, up front."""
+    if any("." in part for part in directory.relative_to(tree()).parts):
+        raise EnvironmentProblem(
+            errno.EPERM, f"cannot keep pins in {directory}",
+            "bpffs refuses names with a dot, so an interface or namespace named with one "
+            "(eth0.100) cannot have pins; give it a name without a dot")
+    _check_existing(directory)
     return directory
 
 
@@ -209,16 +213,12 @@ def netns_scope() -> str:
 def pin_dir(iface: str) -> Path:
     """The interface's pin directory in this namespace's scope, with what exists of it
     checked (a name is a name, never a path: `../x` is refused)."""
-    directory = tree() / netns_scope() / check_ifname(iface)
-    _check_existing(directory)
-    return directory
+    return _pinnable(tree() / netns_scope() / check_ifname(iface))
 
 
 def netns_pin_scope(netns: str) -> Path:
     """Where the pipelines attached inside named namespace `netns` are pinned."""
-    scope = tree() / f"netns-{check_netns_name(netns)}"
-    _check_existing(scope)
-    return scope
+    return _pinnable(tree() / f"netns-{check_netns_name(netns)}")
 
 
 def remove_netns_pins(netns: str) -> None:
