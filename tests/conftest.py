@@ -90,7 +90,7 @@ def frames_never_ask_the_host_network() -> Iterator[None]:
     """A scapy frame built without MAC addresses makes scapy ask the network (ARP on the
     host's own interfaces) for them: every test must name them, and one that forgets
     fails here instead."""
-    import scapy.layers.l2  # noqa: F401  (it creates conf.neighbor)
+    import scapy.layers.l2  # noqa: F401  (it sets conf.neighbor up: a run of one file may not)
     from scapy.config import conf
 
     def refuse(*args: object, **kwargs: object) -> None:

@@ -27,7 +27,7 @@ def tiny_pcap(tmp_path: Path) -> Path:
 
 
 def test_unknown_interface():
-    out = shieldwall("up", "--iface", ABSENT)
+    out = shieldwall("up", "--allow-empty", "--iface", ABSENT)
     assert out.returncode == 2
     assert f"no interface named '{ABSENT}'" in out.stderr
 
@@ -59,14 +59,14 @@ def run_without(caps: tuple[str, ...], *args: str) -> subprocess.CompletedProces
 def test_the_missing_capability_is_named(caps, named):
     # Root with a capability dropped is refused before anything is touched: were the
     # check to pass, `up` would go on to say that the interface does not exist.
-    out = run_without(caps, "up", "--iface", ABSENT)
+    out = run_without(caps, "up", "--allow-empty", "--iface", ABSENT)
     assert out.returncode == 2
     assert "needs root" in out.stderr and named in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("command", ["up", "down", "status", "verdict"])
 def test_every_privileged_command_says_it_needs_root(command, tmp_path: Path):
-    args = {"up": ("up", "--iface", ABSENT), "down": ("down", "--iface", ABSENT),
+    args = {"up": ("up", "--allow-empty", "--iface", ABSENT), "down": ("down", "--iface", ABSENT),
             "status": ("status",), "verdict": ("verdict", "--pcap", str(tiny_pcap(tmp_path)))}
     out = run_without(("bpf", "sys_admin", "net_admin"), *args[command])
     assert out.returncode == 2
@@ -78,6 +78,7 @@ def test_every_privileged_command_says_it_needs_root(command, tmp_path: Path):
 def test_the_capabilities_are_all_it_needs(tmp_path: Path):
     # Root with every other capability dropped: nothing refused for want of privilege.
     only = ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+bpf,+sys_admin,+net_admin"]
-    out = subprocess.run([*only, sys.executable, "-m", "shieldwall", "up", "--iface", ABSENT],
+    out = subprocess.run([*only, sys.executable, "-m", "shieldwall", "up", "--allow-empty",
+                          "--iface", ABSENT],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and f"no interface named '{ABSENT}'" in out.stderr, out.stderr

@@ -73,7 +73,8 @@ def test_native_attach_filters_real_traffic_and_detaches_cleanly(lab, policy):
 
 def test_reload_keeps_counters_and_swaps_programs(lab, policy):
     topo = lab
-    assert shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+    assert shieldwall("up", "--allow-empty", "--netns", topo.server_ns,
+                     "--iface", topo.server_if).returncode == 0
     first = server_status(topo)
     with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
         gen.send(syn_flood_v4(topo.server_mac, topo.outside_mac, topo.server_v4), 1000)
@@ -106,13 +107,14 @@ def test_foreign_program_is_refused_without_force(lab):
         foreign.load()
         xdp.attach(topo.server_ifindex, foreign.program("sw_bare_drop").fd, "native")
         foreign_id = xdp.query(topo.server_ifindex).prog_id
-    refused = shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if)
+    refused = shieldwall("up", "--allow-empty", "--netns", topo.server_ns, "--iface", topo.server_if)
     assert refused.returncode == 2
     assert "foreign XDP program" in refused.stderr and "--force" in refused.stderr
     with enter_netns(topo.server_ns):
         assert xdp.query(topo.server_ifindex).prog_id == foreign_id  # untouched
         assert not bpffs.pin_dir(topo.server_if).exists()
-    forced = shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if, "--force")
+    forced = shieldwall("up", "--allow-empty", "--netns", topo.server_ns, "--iface", topo.server_if,
+                        "--force")
     assert forced.returncode == 0, forced.stderr
     assert server_status(topo)["attached"]
     assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0

@@ -44,7 +44,7 @@ def test_verifier_rejection_shows_the_log_and_attaches_nothing(lab, tmp_path: Pa
                     f"-I{BPF_SRC_DIR}", f"-I{BPF_SRC_DIR / 'include'}", "-c",
                     str(src), "-o", str(objects / "root.bpf.o")], check=True)
     topo = lab
-    out = shieldwall("up", "--netns", topo.server_ns, "--iface", topo.server_if,
+    out = shieldwall("up", "--allow-empty", "--netns", topo.server_ns, "--iface", topo.server_if,
                      env={"SHIELDWALL_OBJ_DIR": str(objects)})
     assert out.returncode == 3
     assert "verifier rejected root.bpf.o" in out.stderr

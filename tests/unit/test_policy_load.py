@@ -377,7 +377,8 @@ def test_unreadable_set_file(tmp_path: Path) -> None:
 def test_set_file_is_a_directory(tmp_path: Path) -> None:
     (tmp_path / "lists").mkdir()
     text = HEADER + "sets:\n  bad: {type: prefix, files: [lists]}\n"
-    assert error(text, tmp_path) == "policy.yaml: sets.bad.files[0]: cannot read lists: Is a directory"
+    assert error(text, tmp_path) == (
+        "policy.yaml: sets.bad.files[0]: cannot read lists: it is a directory, not a regular file")
 
 
 def test_bad_line_in_set_file_gives_its_number(tmp_path: Path) -> None:
@@ -482,7 +483,7 @@ def test_unknown_keys_are_named(text: str, message: str) -> None:
         (HEADER + "sets:\n  s: {entries: []}\n", ": sets.s: missing key 'type'"),
         (HEADER + "sets:\n  s: {type: port}\n", ": sets.s.type: unknown set type 'port' (supported: prefix)"),
         (HEADER + "sets:\n  '@s': {type: prefix}\n",
-         ": sets.@s: invalid set name '@s' (letters, digits, _ and -)"),
+         ": sets: invalid set name '@s' (letters, digits, _ and -)"),
         (HEADER + "sets:\n  s: {type: prefix, entries: 192.0.2.0/24}\n",
          ": sets.s.entries: expected a list, got the string '192.0.2.0/24'"),
         (HEADER + "sets:\n  s: {type: prefix, entries: [!!int 7]}\n",

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..kernel.errors import BpfError, VerifierError
+from ..kernel.names import BadName, check_ifname, check_netns_name
 from ..kernel.netns import NamespaceError
 from ..lab.netns import LabError
 from ..pcapio import PcapError
@@ -25,10 +26,18 @@ def _netns(args: argparse.Namespace):
     return nullcontext()
 
 
+class UsageError(ValueError):
+    """A command line that asks for something it should not get by accident."""
+
+
 def _config(args: argparse.Namespace):
     from ..config import default_config, load_config
     if getattr(args, "config_required", False) and not args.config:
-        raise ValueError("--config FILE is required")
+        raise UsageError("--config FILE is required")
+    if getattr(args, "allow_empty", None) is False and not args.config:
+        # A forgotten --config must not quietly replace a policy with pass-all.
+        raise UsageError(f"{args.cmd} needs --config POLICY.yaml; to attach shieldwall with "
+                         "no policy at all (every packet passes), give --allow-empty")
     return load_config(Path(args.config)) if args.config else default_config()
 
 
@@ -114,6 +123,18 @@ def cmd_down(args: argparse.Namespace) -> int:
     _recovered(result.recovered)
     print(f"shieldwall detached from {args.iface}" if result.removed
           else f"shieldwall was not attached to {args.iface}")
+    return cmd_gc(args) if args.purge else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from ..engine.gc import collect
+    result = collect()
+    for path, why in result.removed:
+        print(f"removed {path}: {why}")
+    for path, why in result.kept:
+        print(f"kept {path}: {why}")
+    if not result.removed:
+        print("no stale pins")
     return 0
 
 
@@ -139,6 +160,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             i = r["interrupted"]
             print(f"  INTERRUPTED: a {i['op']} from revision {i['from']} to {i['to']} did not "
                   f"finish; revision {i['in_force']} is in force; {i['next']}")
+        if r["attached"] and r.get("problem"):
+            print(f"  problem: {r['problem']}")
         if "chain" in r:
             chain = " -> ".join(c["stage"] for c in r["chain"]) or "(empty)"
             print(f"  chain: root -> {chain}; a missing stage means {r['on_missing_stage']}")
@@ -147,6 +170,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             for name, stage_report in r.get("stages", {}).items():
                 for line in _stage(name).status_lines(stage_report):
                     print(f"  {line}")
+        problem = r.get("stages", {}).get("policy", {}).get("problem")
+        if args.rules and problem:
+            print(f"  rules: {problem}")
+        elif args.rules and r["attached"] and "chain" in r and "policy" not in r.get("stages", {}):
+            print("  rules: none to show, the policy stage is not in the chain")
         if args.rules and r.get("rules"):
             print(f"  {'rule':<32} {'packets':>12} {'bytes':>14} {'would drop':>10}  last hit")
             for rule in r["rules"]:
@@ -222,6 +250,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type that refuses what is not a name (check_ifname, check_netns_name)."""
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except BadName as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shieldwall", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -232,25 +270,36 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.set_defaults(fn=fn)
         if iface is not None:
-            p.add_argument("--iface", required=iface, help="network interface")
-            p.add_argument("--netns", help="named network namespace the interface lives in")
+            p.add_argument("--iface", required=iface, type=_name(check_ifname),
+                           help="network interface")
+            p.add_argument("--netns", type=_name(check_netns_name),
+                           help="named network namespace the interface lives in")
         if config:
             p.add_argument("--config", help="policy file (YAML); built-in defaults without it")
         return p
 
+    def policy_change(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-empty", action="store_true",
+                       help="without --config: attach no policy at all (every packet passes)")
+
     p = command("up", cmd_up, "attach shieldwall to an interface", iface=True, config=True)
+    policy_change(p)
     p.add_argument("--mode", choices=["auto", "native", "generic"], default="auto")
     p.add_argument("--force", action="store_true", help="replace a foreign XDP program")
     p.add_argument("--revision", metavar="N|last",
                    help="apply a kept revision instead of a file (last: the one last in force)")
     p = command("reload", cmd_reload, "apply a new policy to an attached interface", iface=True,
                 config=True)
+    policy_change(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     p = command("rollback", cmd_rollback, "apply an earlier revision again", iface=True)
     p.add_argument("--to", type=int, metavar="REV", help="the revision (default: the one before)")
     p = command("history", cmd_history, "the revisions applied to an interface", iface=True)
     p.add_argument("--json", action="store_true")
-    command("down", cmd_down, "detach shieldwall from an interface", iface=True)
+    p = command("down", cmd_down, "detach shieldwall from an interface", iface=True)
+    p.add_argument("--purge", action="store_true",
+                   help="then remove the pins of interfaces and namespaces that are gone (gc)")
+    command("gc", cmd_gc, "remove the pins of interfaces and namespaces that no longer exist")
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
@@ -275,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Here, not at exit: output still buffered meets a closed pipe
+            # (`shieldwall status | head -1`) where it can be handled; the interpreter's
+            # last flush would print a traceback-like complaint and exit 120.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has all it wanted. What is left in the buffer goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
@@ -283,9 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print("verifier log (end):\n" + exc.detail, file=sys.stderr)
         return 3
     except BrokenPipeError:
-        # `shieldwall verdict ... | head`: the reader has all it wanted.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        raise
     except (BpfError, OSError, ValueError, RuntimeError, PcapError, PolicyError, LabError,
             NamespaceError) as exc:
         print(f"shieldwall: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ from ..kernel.libbpf import BpfObject, Map, Program
 from ..kernel.testrun import prog_test_run
 from ..paths import object_path
 from ..stages import Stage, StageBuild, stages
-from . import addrtrie
+from . import addrtrie, bpffs
 from .images import pack
 from .sources import Sources, merge
 from .tables import TableImage
@@ -197,6 +197,7 @@ class Pipeline:
         that must not exist yet, and the state maps in `state` (a state map already
         pinned there is the same map, reused). Nothing that runs reads pins: pinning
         changes no verdict."""
+        bpffs.make_pin_dir(generation.parent)
         generation.mkdir(mode=0o700)
         state.mkdir(mode=0o700, exist_ok=True)
         keep = state_maps()

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .names import BadName, check_netns_name
+
 NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 
@@ -20,9 +22,10 @@ class NamespaceError(RuntimeError):
 def check_name(name: str) -> str:
     """A namespace name is one path component: `ip netns` never makes any other, and a
     name with a slash or dots would reach outside /run/netns."""
-    if not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise NamespaceError(f"{name!r} is not a network namespace name")
-    return name
+    try:
+        return check_netns_name(name)
+    except BadName as exc:
+        raise NamespaceError(str(exc)) from None
 
 
 def _setns(fd: int, nstype: int) -> None:

@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..dataplane.bpffs import remove_netns_pins
+from ..kernel.names import check_ifname
 from ..kernel.netns import NamespaceError, check_name
 from . import netns as ns
 from .netns import LabError
 
 LAB_PREFIX = "sw-"
-IFNAMSIZ = 16  # the kernel's buffer for an interface name, its terminating NUL included
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,7 @@ class LabTopology:
 
     def __post_init__(self) -> None:
         for name in (self.outside_if, self.server_if):
-            if not 0 < len(name.encode()) < IFNAMSIZ or any(c in name for c in "/: \t\n"):
-                raise ValueError(f"{name!r} is not an interface name "
-                                 f"(1 to {IFNAMSIZ - 1} bytes, no '/', ':' or blanks)")
+            check_ifname(name)
         for name in self.namespaces:
             try:
                 check_name(name)

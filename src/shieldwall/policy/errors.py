@@ -61,13 +61,33 @@ class Invalid(ValueError):
     """A value that does not parse, raised by the value parsers that know no paths.
 
     `at` is the part of the path below the value the parser was given (`[2]` for the
-    third item of a list); the loader prefixes the field's own path.
+    third item of a list); the loader prefixes the field's own path. `more` holds further
+    problems of the same value (the other bad lines of a set file), each its own issue.
     """
 
-    def __init__(self, problem: str, at: str = "") -> None:
+    def __init__(self, problem: str, at: str = "", more: tuple[str, ...] = ()) -> None:
         super().__init__(problem)
         self.problem = problem
         self.at = at
+        self.more = more
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return (self.problem, *self.more)
 
     def within(self, at: str) -> Invalid:
-        return Invalid(self.problem, at + self.at)
+        return Invalid(self.problem, at + self.at, self.more)
+
+
+QUOTE_LIMIT = 80
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """repr(value) for a message, cut after `limit` characters with an ellipsis: a message
+    must never echo more than a glimpse of a file (a set file's line can be any size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a number of {value.bit_length()} bits"  # str() of a huge int is slow or refused
+    text = value if isinstance(value, str) else repr(value)
+    cut = text[:limit]
+    shown = repr(cut) if isinstance(value, str) else cut
+    return shown + "..." if len(text) > limit else shown

@@ -11,8 +11,6 @@ to a stage, which validates its section (shieldwall.stages).
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -20,7 +18,8 @@ from typing import Any, Mapping
 import yaml
 
 from ..stages import policy_keys, stages
-from .errors import PolicyError
+from .errors import PolicyError, quote
+from .files import NotReadable, read_bounded
 from .model import Capacity, Pipeline, Policy
 from .validator import Validator
 from .values import parse_verdict
@@ -33,8 +32,8 @@ def load_policy(path: str | Path, capacity: Capacity = Capacity()) -> Policy:
     """Read and validate a policy file. Set files are found relative to its directory."""
     source = str(path)
     try:
-        text = _read_bounded(Path(path))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        text = read_bounded(Path(path), MAX_POLICY_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError, NotReadable) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else (
             "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err))
         raise PolicyError(source, "", f"cannot read the policy: {reason}") from None
@@ -43,18 +42,6 @@ def load_policy(path: str | Path, capacity: Capacity = Capacity()) -> Policy:
 
 # A policy is a few kilobytes of YAML; large data lives in set files.
 MAX_POLICY_BYTES = 16 << 20
-
-
-def _read_bounded(path: Path) -> str:
-    """The file's text, refusing what is not a regular file (a FIFO would hang the
-    command) or larger than any policy (/dev/zero would exhaust memory)."""
-    with open(path, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ValueError("not a regular file")
-        data = f.read(MAX_POLICY_BYTES + 1)
-    if len(data) > MAX_POLICY_BYTES:
-        raise ValueError(f"larger than {MAX_POLICY_BYTES >> 20} MiB")
-    return data.decode("utf-8")
 
 
 def parse_policy_text(
@@ -67,7 +54,10 @@ def parse_policy_text(
     except yaml.MarkedYAMLError as err:
         raise PolicyError(source, "", _yaml_problem(err)) from None
     except yaml.YAMLError as err:
-        raise PolicyError(source, "", f"invalid YAML: {err}") from None
+        raise PolicyError(source, "", f"invalid YAML: {_cut(str(err))}") from None
+    except RecursionError:
+        # compose_node() counts levels; this is for whatever else recurses.
+        raise PolicyError(source, "", "invalid YAML: nested too deeply") from None
     return parse_policy(data, source, base_dir, capacity, files)
 
 
@@ -84,7 +74,7 @@ def parse_policy(
         raise PolicyError.of(v.issues)
     version = doc.get("version")
     if "version" in doc and (type(version) is not int or version != SUPPORTED_VERSION):
-        v.report("version", f"unsupported version {version!r} (supported: {SUPPORTED_VERSION})")
+        v.report("version", f"unsupported version {quote(version)} (supported: {SUPPORTED_VERSION})")
     v.read_sets(doc.get("sets", {}))
     sections = {}
     for stage in stages().values():
@@ -120,7 +110,7 @@ def _stages(value: Any, v: Validator) -> tuple[str, ...] | None:
     for index, name in enumerate(listed):
         if not isinstance(name, str) or name not in known:
             v.report(f"pipeline.stages[{index}]",
-                     f"unknown stage {name!r}; known: {', '.join(known)}")
+                     f"unknown stage {quote(name)}; known: {', '.join(known)}")
         elif listed.index(name) != index:
             v.report(f"pipeline.stages[{index}]", f"stage {name!r} is listed twice")
     return tuple(listed)
@@ -140,8 +130,39 @@ def _check_chain(chain: tuple[str, ...], sections: dict, v: Validator) -> None:
 # --- YAML ---------------------------------------------------------------------------
 
 
+# No policy needs more; PyYAML composes nodes recursively, so without a bound a file
+# of 100,000 `[` would exhaust the stack.
+MAX_NESTING = 64
+# Longer integers are refused before int(), which is slow on them (or refuses them
+# with a message about Python's own limit).
+MAX_INT_CHARS = 100
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite."""
+    """SafeLoader that refuses duplicate keys, which PyYAML would silently overwrite,
+    nesting deeper than MAX_NESTING and integers longer than MAX_INT_CHARS."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_NESTING} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if len(node.value) > MAX_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number of {len(node.value)} characters, too large for any "
+                "field", node.start_mark)
+        return super().construct_yaml_int(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
@@ -155,16 +176,24 @@ class _StrictLoader(yaml.SafeLoader):
                 continue  # unhashable: the base class reports it
             if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {quote(key)}", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
 
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """PyYAML's messages can quote the file (an alias name, a tag): a glimpse only."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
     mark = err.problem_mark or err.context_mark
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    problem = err.problem or err.context or "invalid YAML"
+    problem = _cut(err.problem or err.context or "invalid YAML")
     hint = ""
     # `!80` unquoted is a YAML tag, the most likely way to trip here.
     if "tag" in problem and "!" in problem:

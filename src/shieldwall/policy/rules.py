@@ -7,7 +7,7 @@ import re
 from dataclasses import fields
 from typing import Any, Callable
 
-from .errors import Invalid
+from .errors import Invalid, quote
 from .model import DOMAINS, Family, Fragment, Match, Rule, RuleSet
 from .validator import Validator
 from .values import (
@@ -76,7 +76,7 @@ def rule_name(value: Any) -> str:
     name = string(value, "a rule name")
     if not _RULE_NAME.match(name):
         raise Invalid(
-            f"invalid rule name {name!r} "
+            f"invalid rule name {quote(name)} "
             "(1-64 letters, digits, _ . : -, not starting with a symbol)"
         )
     return name

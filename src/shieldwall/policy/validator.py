@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from .errors import Invalid, Issue
+from .errors import Invalid, Issue, quote
 from .model import SET_TYPES, AddrValue, Capacity, Network, PrefixSet
 from .sets import parse_prefix, read_set_file
 from .values import describe, sort_key, string, suggest
@@ -41,7 +41,8 @@ class Validator:
         try:
             return parse(*args)
         except Invalid as err:
-            self.report(path + err.at, err.problem)
+            for problem in err.problems:
+                self.report(path + err.at, problem)
             return None
 
     def mapping(
@@ -55,7 +56,7 @@ class Validator:
             if key not in keys:
                 close = suggest(str(key), keys)
                 hint = f"did you mean {close!r}?" if close else f"allowed: {', '.join(keys)}"
-                self.report(path, f"unknown key {key!r} ({hint})")
+                self.report(path, f"unknown key {quote(key)} ({hint})")
         for key in required:
             if key not in value:
                 self.report(path, f"missing key {key!r}")
@@ -83,10 +84,10 @@ class Validator:
             self.report("sets", f"expected a mapping of set names, got {describe(value)}")
             return
         for name, spec in value.items():
-            path = f"sets.{name}"
             if not isinstance(name, str) or not _SET_NAME.match(name):
-                self.report(path, f"invalid set name {name!r} (letters, digits, _ and -)")
+                self.report("sets", f"invalid set name {quote(name)} (letters, digits, _ and -)")
                 continue
+            path = f"sets.{name}"
             self.sets[name] = self.prefix_set(name, spec, path)
 
     def prefix_set(self, name: str, value: Any, path: str) -> PrefixSet | None:
@@ -95,7 +96,7 @@ class Validator:
         if spec is None:
             return None
         if "type" in spec and spec["type"] not in SET_TYPES:
-            problem = f"unknown set type {spec['type']!r} (supported: {', '.join(SET_TYPES)})"
+            problem = f"unknown set type {quote(spec['type'])} (supported: {', '.join(SET_TYPES)})"
             self.report(f"{path}.type", problem)
         prefixes: set[Network] = set()
         entries = self.sequence(spec.get("entries", []), f"{path}.entries")
@@ -125,8 +126,8 @@ class Validator:
         name = text[1:]
         if name not in self.sets:
             defined = ", ".join(self.sets) or "none"
-            raise Invalid(f"unknown set {name!r} (defined sets: {defined})")
+            raise Invalid(f"unknown set {quote(name)} (defined sets: {defined})")
         found = self.sets[name]
         if found is None:
-            raise Invalid(f"set {name!r} is invalid")
+            raise Invalid(f"set {quote(name)} is invalid")
         return found

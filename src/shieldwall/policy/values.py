@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Any, Callable, TypeVar
 
-from .errors import Invalid
+from .errors import Invalid, quote
 from .model import (
     ACTIONS,
     TCP_FLAG_BITS,
@@ -29,6 +29,9 @@ from .model import (
 
 _RANGE = re.compile(r"^([0-9]*)\s*-\s*([0-9]*)$")
 _NUMBER = re.compile(r"^[0-9]+$")
+# More digits than any field's domain needs: refused before int() (which refuses
+# more than 4300 digits with a message about Python, not about the policy).
+_MAX_DIGITS = 20
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Enum)
@@ -44,10 +47,10 @@ def describe(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return f"the string {quote(value)}"
     if isinstance(value, int):
-        return f"the number {value}"
-    return f"a {type(value).__name__} ({value!r})"
+        return f"the number {quote(value)}"
+    return f"a {type(value).__name__} ({quote(value)})"
 
 
 def suggest(word: str, choices: tuple[str, ...]) -> str | None:
@@ -72,6 +75,8 @@ def parse_range(value: Any, domain: Domain) -> Range:
         lo = hi = value
     else:
         text = string(value, f"a {domain.noun} or a range").strip()
+        if any(len(digits) > _MAX_DIGITS for digits in re.findall(r"[0-9]+", text)):
+            raise Invalid(f"{quote(text)} is too large for a {domain.noun}")
         if text.lower() in domain.names:
             lo = hi = domain.names[text.lower()]
         elif _NUMBER.match(text):
@@ -80,14 +85,14 @@ def parse_range(value: Any, domain: Domain) -> Range:
             found = _RANGE.match(text)
             if found is None or found[1] == found[2] == "":
                 names = f", a name ({', '.join(domain.names)})" if domain.names else ""
-                raise Invalid(f"{text!r} is not a {domain.noun}{names} or a range (a-b, a-, -b)")
+                raise Invalid(f"{quote(text)} is not a {domain.noun}{names} or a range (a-b, a-, -b)")
             lo = int(found[1]) if found[1] else domain.lo
             hi = int(found[2]) if found[2] else domain.hi
     for number in (lo, hi):
         if not domain.lo <= number <= domain.hi:
-            raise Invalid(f"{domain.noun} {number} is out of range {domain.lo}-{domain.hi}")
+            raise Invalid(f"{domain.noun} {quote(number)} is out of range {domain.lo}-{domain.hi}")
     if lo > hi:
-        raise Invalid(f"range {value!r} is empty: {lo} is above {hi}")
+        raise Invalid(f"range {quote(value)} is empty: {lo} is above {hi}")
     return Range(lo, hi)
 
 
@@ -120,7 +125,7 @@ def parse_tcp_flags(value: Any) -> TcpFlags:
         name = token[1:].strip().upper() if clear else token.upper()
         if name not in TCP_FLAG_BITS:
             known = " ".join(TCP_FLAG_BITS)
-            raise Invalid(f"{token!r} is not a TCP flag (known: {known}; ! for must be clear)")
+            raise Invalid(f"{quote(token)} is not a TCP flag (known: {known}; ! for must be clear)")
         bit = TCP_FLAG_BITS[name]
         if mask & bit:
             raise Invalid(f"flag {name} is given more than once")
@@ -135,13 +140,13 @@ def parse_choice(value: Any, enum: type[E], what: str) -> E:
     try:
         return enum(text.lower())
     except ValueError:
-        raise Invalid(f"{text!r} is not a valid {what} (one of: {choices})") from None
+        raise Invalid(f"{quote(text)} is not a valid {what} (one of: {choices})") from None
 
 
 def parse_verdict(value: Any) -> Verdict:
     text = string(value, "pass or drop")
     if text not in VERDICTS:
-        raise Invalid(f"{text!r} is not pass or drop")
+        raise Invalid(f"{quote(text)} is not pass or drop")
     return text  # type: ignore[return-value]
 
 
@@ -149,7 +154,7 @@ def parse_action(value: Any) -> ActionKind:
     known = ", ".join(ACTIONS)
     text = string(value, f"an action (one of: {known})")
     if text not in ACTIONS:
-        raise Invalid(f"unknown action {text!r} (one of: {known})")
+        raise Invalid(f"unknown action {quote(text)} (one of: {known})")
     return ACTIONS[text]
 
 

@@ -160,8 +160,10 @@ class PolicyStage(Stage):
 
     # -- status ------------------------------------------------------------------------
     def status(self, maps: dict[str, Any]) -> dict:
-        if HITS not in maps or NAMES not in maps:
-            return {}
+        missing = [name for name in (HITS, NAMES) if name not in maps]
+        if missing:
+            return {"problem": f"rule counters unreadable: {' and '.join(missing)} not pinned "
+                               "(a reload pins them again)"}
         names = rule_names(maps)
         now = time.monotonic_ns()
         rules = []
