@@ -70,13 +70,13 @@ def test_the_host_scope_is_judged_from_the_host_namespace_only(lab):
     absent = LabTopology.unique().server_if
     directory = bpffs.tree() / "host" / absent
     with Pipeline.load(PipelineConfig()) as pipeline:
-        pipeline.pin(directory)
+        pipeline.pin(directory / "gen-1", directory / "state")
     try:
         inside = subprocess.run(["ip", "netns", "exec", lab.server_ns, sys.executable, "-m",
                                  "shieldwall", "gc"], capture_output=True, text=True, timeout=120)
         assert inside.returncode == 0, inside.stderr
         assert f"kept {directory.parent}: only gc run in the host's own" in inside.stdout
-        assert (directory / "prog_root").exists()
+        assert (directory / "gen-1" / "prog_root").exists()
         out = shieldwall("gc")
         assert out.returncode == 0, out.stderr
         assert f"removed {directory}: interface '{absent}' no longer exists" in out.stdout
