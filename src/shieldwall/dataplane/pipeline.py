@@ -197,9 +197,8 @@ class Pipeline:
         that must not exist yet, and the state maps in `state` (a state map already
         pinned there is the same map, reused). Nothing that runs reads pins: pinning
         changes no verdict."""
-        bpffs.make_pin_dir(generation.parent)
+        bpffs.make_pin_dir(state)  # and the interface's directory above it, checked
         generation.mkdir(mode=0o700)
-        state.mkdir(mode=0o700, exist_ok=True)
         keep = state_maps()
         for name, m in self.maps.items():
             if name not in keep:

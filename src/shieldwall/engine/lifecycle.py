@@ -22,14 +22,13 @@ from ..dataplane.pipeline import Pipeline, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
+from ..policy.files import read_bounded
 from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
+from ..policy.sets import MAX_SET_FILE_BYTES
 from ..stages import stages
 from . import transaction as tx
 from .records import Records, Revision
 from .transaction import Layout
-
-LINK_PIN = tx.LINK_PIN
-
 
 class AttachError(BpfError):
     pass
@@ -218,14 +217,6 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
 
 # -- revisions ---------------------------------------------------------------------------
 
-def _read_bounded(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(MAX_POLICY_BYTES + 1)
-    if len(data) > MAX_POLICY_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_POLICY_BYTES >> 20} MiB")
-    return data
-
-
 def _record(records: Records, number: int, change: Proposal, origin: str) -> None:
     """Keeps what is about to be applied, so it can be applied again."""
     policy = change.config.policy
@@ -235,9 +226,9 @@ def _record(records: Records, number: int, change: Proposal, origin: str) -> Non
     elif change.source is None or policy is None:
         sha, files, source = None, {}, None
     else:
-        sha = records.store_blob(_read_bounded(change.source))
+        sha = records.store_blob(read_bounded(change.source, MAX_POLICY_BYTES))
         base = change.source.parent
-        files = {shown: records.store_blob((base / shown).read_bytes())
+        files = {shown: records.store_blob(read_bounded(base / shown, MAX_SET_FILE_BYTES))
                  for s in policy.sets.values() for shown in s.files}
         source = str(change.source.resolve())
     records.save(Revision(number, time.time(), source, sha, files, origin,

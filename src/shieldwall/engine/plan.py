@@ -11,8 +11,7 @@ def changes(old: Config | None, new: Config) -> list[str]:
     lines: list[str] = []
     before, after = old.pipeline if old else None, new.pipeline
     if before is None or before.chain != after.chain:
-        chain = lambda p: f"({', '.join(p.chain)})"  # noqa: E731
-        lines.append(f"chain: {chain(before) if before else '(nothing attached)'} -> {chain(after)}")
+        lines.append(f"chain: {_chain(before) if before else '(nothing attached)'} -> {_chain(after)}")
     if before is not None and before.missed_action != after.missed_action:
         lines.append(f"pipeline.on_missing_stage: {before.missed_action} -> {after.missed_action}")
     old_sets = old.policy.sets if old and old.policy else {}
@@ -29,3 +28,7 @@ def changes(old: Config | None, new: Config) -> list[str]:
         b = new.policy.sections.get(name) if new.policy else None
         lines.extend(stage.changes(a, b))
     return lines or ["nothing changes"]
+
+
+def _chain(pipeline) -> str:
+    return f"({', '.join(pipeline.chain)})"

@@ -130,7 +130,6 @@ def begin(records: Records, op: str, before: int | None, after: int | None) -> N
 
 def prepare(layout: Layout, number: int, pipeline: Pipeline) -> None:
     """Pins a loaded pipeline as generation `number`, beside whatever runs."""
-    layout.directory.mkdir(parents=True, mode=0o700, exist_ok=True)
     bpffs.remove_tree(layout.gen(number))  # left by a change that never committed
     pipeline.pin(layout.gen(number), layout.state)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from .. import abi
@@ -20,7 +20,7 @@ from ..kernel._libbpf import ffi
 from ..model.parse import ParsedPacket
 from ..policy.analysis import rule_warnings
 from ..policy.classes import FIELDS
-from ..policy.classifier import MISC, Plan, plan
+from ..policy.classifier import Plan, plan
 from ..policy.direct import words
 from ..policy.errors import Issue
 from ..policy.model import Policy, PrefixSet, RuleSet
@@ -42,9 +42,6 @@ class RuleCounter:
     bytes: int
     last_hit_ns: int  # bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE); 0 if never hit
     would_drop: int
-
-
-_COUNTER_FIELDS = ("packets", "bytes", "last_hit_ns", "would_drop")
 
 
 class PolicyStage(Stage):
@@ -156,7 +153,7 @@ class PolicyStage(Stage):
             return
         names = {"": 0, **{name: i for i, name in rule_names(maps).items()}}
         ids = {names[name]: c for name, c in carried.items() if name in names}
-        maps[BASE].update_batch(list(ids), [_fields(c) for c in ids.values()])
+        maps[BASE].update_batch(list(ids), [asdict(c) for c in ids.values()])
 
     # -- status ------------------------------------------------------------------------
     def status(self, maps: dict[str, Any]) -> dict:
@@ -199,11 +196,6 @@ def counter(maps: dict[str, Any], rule_id: int) -> RuleCounter:
 def rule_counters(maps: dict[str, Any]) -> dict[int, RuleCounter]:
     """Counters of the active ruleset by rule id, summed over CPUs (id 0: no rule decided)."""
     return {rule_id: counter(maps, rule_id) for rule_id in [0, *rule_names(maps)]}
-
-
-def _fields(c: RuleCounter) -> dict[str, int]:
-    return {"packets": c.packets, "bytes": c.bytes, "last_hit_ns": c.last_hit_ns,
-            "would_drop": c.would_drop}
 
 
 class _Layout:
