@@ -24,3 +24,16 @@ def server_status(topo) -> dict:
 def counter(report: dict, action: str, reason: str) -> int:
     return sum(c["packets"] for c in report["counters"]
                if c["action"] == action and c["reason"] == reason)
+
+
+def silence_outside(topo) -> None:
+    """Nothing from the outside namespace's own stack (MLD reports, ARP, ND) reaches the
+    server end, so every frame there is the generator's and the counts add up exactly.
+    The generator's frames are redirected by XDP into the veth and never pass this
+    egress hook."""
+    ruleset = (f"table netdev quiet {{\n  chain egress {{\n"
+               f'    type filter hook egress device "{topo.outside_if}" priority 0; policy drop;\n'
+               f"  }}\n}}\n")
+    done = subprocess.run(["ip", "netns", "exec", topo.outside_ns, "nft", "-f", "-"],
+                          input=ruleset, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr + ruleset

@@ -206,12 +206,12 @@ def test_a_bpffs_shieldwall_mounts_is_root_only(shared: Path):
 
 def test_pin_directories_are_root_only_and_removed_whole(bare_pipeline):
     directory = bpffs.pin_dir(ABSENT)
-    bare_pipeline.pin(directory)
+    bare_pipeline.pin(directory / "gen-1", directory / "state")
     try:
         for d in (bpffs.tree(), directory.parent, directory):
             assert (d.stat().st_mode & 0o7777, d.stat().st_uid) == (0o700, 0), d
         # A generation inside the interface's directory, as the engine keeps them.
-        generation = bpffs.make_pin_dir(directory / "gen-1")
+        generation = bpffs.make_pin_dir(directory / "gen-2")
         bare_pipeline.maps["sw_config"].pin(generation / "sw_config")
         assert generation.stat().st_mode & 0o7777 == 0o700
     finally:
@@ -221,12 +221,12 @@ def test_pin_directories_are_root_only_and_removed_whole(bare_pipeline):
 
 def test_a_link_in_the_pins_stops_their_removal(bare_pipeline, tmp_path: Path):
     directory = bpffs.pin_dir(ABSENT)
-    bare_pipeline.pin(directory)
+    bare_pipeline.pin(directory / "gen-1", directory / "state")
     os.symlink(tmp_path, directory / "evil")  # bpffs has links; only root could put one here
     try:
         with pytest.raises(RuntimeError, match="is a symbolic link in shieldwall's pins"):
             bpffs.remove_pins(directory)
-        assert (directory / "prog_root").exists()
+        assert (directory / "gen-1" / "prog_root").exists()
     finally:
         os.unlink(directory / "evil")
         bpffs.remove_pins(directory)

@@ -51,7 +51,7 @@ from shieldwall.lab.trafgen import TrafficGenerator, replayed
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate
 
-from ..helpers import server_status, shieldwall
+from ..helpers import server_status, shieldwall, silence_outside
 
 pytestmark = pytest.mark.netns
 
@@ -217,19 +217,6 @@ def _install_counters(topo, sources: list[str]) -> None:
     assert done.returncode == 0, done.stderr + ruleset
 
 
-def _silence_outside(topo) -> None:
-    """Nothing from the outside namespace's own stack (MLD reports, ARP, ND) reaches the
-    server end, so every frame there is the generator's and the counts add up exactly.
-    The generator's frames are redirected by XDP into the veth and never pass this
-    egress hook."""
-    ruleset = (f"table netdev quiet {{\n  chain egress {{\n"
-               f'    type filter hook egress device "{topo.outside_if}" priority 0; policy drop;\n'
-               f"  }}\n}}\n")
-    done = subprocess.run(["ip", "netns", "exec", topo.outside_ns, "nft", "-f", "-"],
-                          input=ruleset, text=True, capture_output=True)
-    assert done.returncode == 0, done.stderr + ruleset
-
-
 def _read_counters(topo) -> dict[str, int]:
     out = subprocess.run(["ip", "netns", "exec", topo.server_ns, "nft", "-j", "list",
                           "counters", "table", "netdev", TABLE],
@@ -338,7 +325,7 @@ def test_reloads_are_atomic_under_a_flood(lab, tmp_path: Path):
                     "--mode", "native", "--config", str(tmp_path / "a.yaml"))
     assert up.returncode == 0, up.stderr
     try:
-        _silence_outside(topo)
+        silence_outside(topo)
         _install_counters(topo, [src for _, src in categories])
         with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
             gen.replay([f for _, _, f in frames])

@@ -26,7 +26,7 @@ from shieldwall.kernel.netns import enter_netns
 from shieldwall.kernel.testrun import prog_test_run
 from shieldwall.lab.trafgen import TrafficGenerator, xdp_rx_packets
 
-from ..helpers import server_status, shieldwall
+from ..helpers import server_status, shieldwall, silence_outside
 
 pytestmark = pytest.mark.netns
 
@@ -258,6 +258,7 @@ def test_reloads_under_traffic_lose_no_count(lab, tmp_path):
     policies = policy_a(tmp_path), policy_b(tmp_path)
     assert cli(topo, "up", "--mode", "native", "--config", str(policies[0])).returncode == 0
     template = frame("203.0.113.77", topo)  # dropped by rule "marked" in both policies
+    silence_outside(topo)  # every frame the server end sees is the flood's
     before = xdp_rx_packets(topo.server_ns, topo.server_if)
     sent: list[int] = []
 
@@ -276,9 +277,9 @@ def test_reloads_under_traffic_lose_no_count(lab, tmp_path):
     seen = xdp_rx_packets(topo.server_ns, topo.server_if) - before
     report = server_status(topo)
     assert reloads >= 5, "the flood ended before the reloads could overlap it"
-    # Every frame the programs ran on is counted once (the lab's own few IPv6
-    # neighbour frames among them), and every flood frame by its rule.
+    # Every frame the programs ran on is counted once, by its verdict and by its rule
+    # (a veth under load may drop frames before XDP: those no program saw).
     assert sum(c["packets"] for c in report["counters"]) == seen
     rules = {r["name"]: r["packets"] for r in report["rules"]}
-    assert rules["marked"] == sum(sent) and seen - sum(sent) < 100, (rules["marked"], sent, seen)
+    assert rules["marked"] == seen and seen <= sum(sent), (rules["marked"], sent, seen)
     assert cli(topo, "down").returncode == 0
