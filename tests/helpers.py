@@ -37,3 +37,16 @@ def silence_outside(topo) -> None:
     done = subprocess.run(["ip", "netns", "exec", topo.outside_ns, "nft", "-f", "-"],
                           input=ruleset, text=True, capture_output=True)
     assert done.returncode == 0, done.stderr + ruleset
+
+
+def closed_stdout(*args: str) -> subprocess.CompletedProcess:
+    """The command with its stdout a pipe nobody reads any more (`| head -1` that has
+    exited), and buffered as for any user (the test environment may turn that off)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "shieldwall", *args], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    finally:
+        os.close(write)

@@ -14,7 +14,7 @@ import pytest
 from shieldwall.dataplane import bpffs
 from shieldwall.kernel.netns import enter_netns
 
-from ..helpers import shieldwall
+from ..helpers import closed_stdout, shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -55,23 +55,13 @@ def test_missing_pins_are_said(attached):
     assert "problem" not in out.stdout and "r1999" in out.stdout
 
 
-def to_closed_pipe(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([sys.executable, "-m", "shieldwall", *args], stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
-    finally:
-        os.close(write)
-
 
 @pytest.mark.parametrize("view", [(), ("--rules",), ("--rules", "--json")])
 def test_a_reader_that_is_gone(attached, view):
     # Short output meets the closed pipe at the last flush, long output (2,000 rules) in
     # the middle of printing it.
     lab, where, _ = attached
-    out = to_closed_pipe("status", *where, *view)
+    out = closed_stdout("status", *where, *view)
     assert out.returncode == 0 and out.stderr == ""
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ from shieldwall.cli import _config, build_parser
 from shieldwall.paths import REPO_ROOT
 from shieldwall.pcapio import write_pcap
 
-from ..helpers import shieldwall
+from ..helpers import closed_stdout, shieldwall
 
 EXAMPLES = REPO_ROOT / "examples"
 
@@ -98,18 +95,6 @@ def test_nesting_a_policy_needs_is_fine(tmp_path: Path):
     out = shieldwall("check", "--config", str(tmp_path / "p.yaml"))
     assert out.returncode == 2 and "nested" not in out.stderr
 
-
-def closed_stdout(*args: str) -> subprocess.CompletedProcess:
-    """The command with its stdout a pipe nobody reads any more (`| head -1` that has
-    exited), and buffered as for any user (the test environment may turn that off)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([sys.executable, "-m", "shieldwall", *args], stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
-    finally:
-        os.close(write)
 
 
 @pytest.mark.parametrize("args", [("check", "--config", str(EXAMPLES / "basic.yaml")),
