@@ -40,7 +40,7 @@ def attached(lab, tmp_path: Path):
 def test_missing_pins_are_said(attached):
     lab, where, policy = attached
     with enter_netns(lab.server_ns):
-        directory = bpffs.pin_dir(lab.server_if)
+        directory = bpffs.pin_dir(lab.server_if) / "gen-1"  # the generation `up` made
     (directory / "sw_pol_hits").unlink()
     out = shieldwall("status", *where, "--rules")
     assert out.returncode == 0 and "Traceback" not in out.stderr

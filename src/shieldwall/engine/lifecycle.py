@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import abi
 from ..config import Config, configure, default_config
 from ..dataplane import bpffs
-from ..dataplane.pipeline import Pipeline, pinned_maps, read_counters
+from ..dataplane.pipeline import SHARED_MAPS, Pipeline, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
@@ -363,6 +363,11 @@ def _status_of(iface: str) -> dict:
     except ValueError:
         report["revision"] = {"revision": live, "problem": "its record is missing"}
     maps = layout.maps(live)
+    missing = [name for name in SHARED_MAPS if name not in maps]
+    if missing:
+        tx.close_maps(maps)
+        report["problem"] = f"incomplete pins in {layout.gen(live)}: {', '.join(missing)} missing"
+        return report
     try:
         report["chain"] = _chain(layout, live, maps)
         cfg = maps["sw_config"].lookup(0)
