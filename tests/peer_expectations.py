@@ -14,6 +14,7 @@ import struct
 from dataclasses import replace
 
 from shieldwall import abi
+from shieldwall.lab.peers import ir
 from shieldwall.model.parse import ParsedPacket, parse
 from shieldwall.policy.model import Policy
 from shieldwall.policy.reference import evaluate
@@ -85,10 +86,18 @@ def iptables_passes(policy: Policy, frame: bytes, backend: str) -> bool | None:
     if any(vlan_ids(frame)):  # DIFFERENCES["vlan"]: dropped before PREROUTING
         return False
     headers = ipv6_fragment_headers(frame)
-    if backend == "nft" and len(headers) > 1 and headers[0][0] == 0 and headers[-1][0]:
+    if backend == "nft" and len(headers) > 1 and headers[0][0] == 0 and headers[-1][0] \
+            and _reads_ipv6_l4(policy):
         return None  # DIFFERENCES["nft_backend_fragments"]
     pkt, _ = parse(frame)
     return shieldwall_passes(policy, frame, first_fragment_header_view(frame, pkt))
+
+
+def _reads_ipv6_l4(policy: Policy) -> bool:
+    """Whether an IPv6 rule reads ports, flags or ICMP types: only then can the nft
+    backend's reading of a later fragment header change a verdict (as the translation
+    says when it declares that difference)."""
+    return ir.nd_protected(policy) or any(c.needs_l4 for c in ir.chain_clauses(policy, 6))
 
 
 # --- xdp-filter -------------------------------------------------------------------

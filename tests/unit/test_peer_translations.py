@@ -429,3 +429,23 @@ def test_many_rules_with_one_problem_are_one_reason():
     note = ipt.iptables_rules(policy(rules), "eth1")
     assert note.reasons == ("rules t1, t2, t3 and 4 more: vlan: iptables sees no VLAN tag "
                             "(tagged frames never reach PREROUTING on the parent device)",)
+
+
+def test_later_fragment_headers_leave_iptables_nft_open_only_when_a_rule_reads_l4():
+    """The nft backend may read ports from a later fragment header: the expected outcome
+    is open (None) exactly when the translation declares that difference."""
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+    from scapy.layers.l2 import Ether
+
+    from ..peer_expectations import iptables_passes
+    frame = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+                  / IPv6(src="2001:db8::1", dst="2001:db8:abcd::1")
+                  / IPv6ExtHdrFragment(offset=0) / IPv6ExtHdrFragment(offset=5)
+                  / TCP(dport=22))
+    plain = policy([])
+    assert ipt.DIFFERENCES["nft_backend_fragments"] not in ipt.iptables_rules(plain, "x").differences
+    assert iptables_passes(plain, frame, "nft") is True
+    ports = policy([{"name": "ssh", "match": {"proto": "tcp", "dport": 22}, "action": "drop"}])
+    assert ipt.DIFFERENCES["nft_backend_fragments"] in ipt.iptables_rules(ports, "x").differences
+    assert iptables_passes(ports, frame, "nft") is None
