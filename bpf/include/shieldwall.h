@@ -173,6 +173,25 @@ struct sw_addr_key {
 	__u8 addr[16];
 };
 
+/*
+ * A single address's class in a host hash. Addresses of the compiled sets have
+ * cls == fallback == origin and no expiry. A live set entry (docs/updates.md) overlays
+ * an address: cls holds its live sets, fallback what it is once the earliest of their
+ * TTLs has passed (expires_ns, bpf_ktime_get_coarse_ns(); 0: never), and origin what it
+ * was before any live entry, for the control plane. SW_HOST_COMPILED: the compiled sets
+ * hold this address, so taking every live entry off restores origin instead of
+ * deleting the key.
+ */
+#define SW_HOST_COMPILED 1
+
+struct sw_host {
+	__u32 cls;
+	__u32 fallback;
+	__u32 origin;
+	__u32 flags;
+	__u64 expires_ns;
+};
+
 /* Values of the fastpath's table, per source class: 0 for neither list. */
 #define SW_FP_NONE 0
 

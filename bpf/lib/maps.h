@@ -50,11 +50,15 @@ const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {
 };
 
 /* A program's table (lib/table.h): one value of u32 entries whose size the loader sets
- * (no value type, so that it can), or a host hash the loader sizes. */
+ * (no value type, so that it can), or a host hash the loader sizes. Tables can be
+ * mapped, so that a live set entry flags the one trie entry above its address with a
+ * single aligned store, not a copy of the whole table. A host hash has room for live
+ * entries beyond the compiled ones, allocated as they come. */
 #define SW_TABLE_MAP(name)                                   \
 	struct {                                             \
 		__uint(type, BPF_MAP_TYPE_ARRAY);            \
 		__uint(max_entries, 1);                      \
+		__uint(map_flags, BPF_F_MMAPABLE);           \
 		__uint(key_size, sizeof(__u32));             \
 		__uint(value_size, sizeof(__u32));           \
 	} name SEC(".maps")
@@ -63,8 +67,9 @@ const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {
 	struct {                                             \
 		__uint(type, BPF_MAP_TYPE_HASH);             \
 		__uint(max_entries, 1);                      \
+		__uint(map_flags, BPF_F_NO_PREALLOC);        \
 		__type(key, struct sw_addr_key);             \
-		__type(value, __u32);                        \
+		__type(value, struct sw_host);               \
 	} name SEC(".maps")
 
 #endif /* SW_MAPS_H */

@@ -51,10 +51,12 @@ static __always_inline __u32 sw_addr_class(const __u32 *tab, void *hosts, __u32 
 	/* An IPv6 packet's IPv4-mapped source would find the IPv4 host of that address:
 	 * the hash keys both families by the same 16 bytes. */
 	if ((e & SW_TRIE_HOSTS) && !sw_v4_mapped_in_v6(family, addr)) {
-		__u32 *host = bpf_map_lookup_elem(hosts, addr);
+		const struct sw_host *host = bpf_map_lookup_elem(hosts, addr);
 
+		/* Only a live entry with a TTL pays for the clock. */
 		if (host)
-			return *host;
+			return host->expires_ns && bpf_ktime_get_coarse_ns() >= host->expires_ns ?
+				host->fallback : host->cls;
 	}
 	return e & SW_TRIE_CLASS;
 }

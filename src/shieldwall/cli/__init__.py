@@ -43,7 +43,8 @@ def _config(args: argparse.Namespace):
 
 def _proposal(args: argparse.Namespace, origin: str):
     from ..engine.lifecycle import proposal
-    return proposal(_config(args), Path(args.config) if args.config else None, origin)
+    return proposal(_config(args), Path(args.config) if args.config else None, origin,
+                    drop_live=getattr(args, "drop_live", False))
 
 
 def _recovered(note: str | None) -> None:
@@ -67,6 +68,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"(program id {result.prog_id}, revision {result.revision})")
     print(f"  why: {result.why}")
     print(f"  pins: {result.pins}")
+    _notes(result)
     return 0
 
 
@@ -86,7 +88,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     _recovered(result.recovered)
     print(f"shieldwall reloaded on {result.iface} ({result.mode} mode, program id "
           f"{result.prog_id}): revision {result.revision} in force")
+    _notes(result)
     return 0
+
+
+def _notes(result: Any) -> None:
+    for note in result.notes:
+        print(f"  {note}")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -95,6 +103,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         result = lifecycle.rollback(args.iface, args.to)
     _recovered(result.recovered)
     print(f"shieldwall on {result.iface}: rolled back; revision {result.revision} in force")
+    _notes(result)
     return 0
 
 
@@ -250,6 +259,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set(args: argparse.Namespace) -> int:
+    from .liveset import run
+    with _netns(args):
+        return run(args)
+
+
 def _name(check: Callable[[str], str]) -> Callable[[str], str]:
     """An argparse type that refuses what is not a name (check_ifname, check_netns_name)."""
     def parse(text: str) -> str:
@@ -292,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
                 config=True)
     policy_change(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p.add_argument("--drop-live", action="store_true",
+                   help="drop the live set entries (shieldwall set) instead of keeping them")
+    p = command("set", cmd_set, "live entries of the running policy's sets: add, del, list, apply",
+                iface=True)
+    p.add_argument("set_cmd", choices=["add", "del", "list", "apply"])
+    p.add_argument("words", nargs="*", metavar="NAME PREFIX... | FILE",
+                   help="add/del: the set, then prefixes; list: the set (optional); "
+                        "apply: a file of decisions, - for standard input")
+    p.add_argument("--ttl", metavar="DURATION", help="add: the entries expire after 90s, 15m, 4h, 7d")
+    p.add_argument("--set", dest="default_set", metavar="NAME",
+                   help="apply: the set of lines that name none")
+    p.add_argument("--json", action="store_true")
     p = command("rollback", cmd_rollback, "apply an earlier revision again", iface=True)
     p.add_argument("--to", type=int, metavar="REV", help="the revision (default: the one before)")
     p = command("history", cmd_history, "the revisions applied to an interface", iface=True)

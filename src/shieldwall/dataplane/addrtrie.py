@@ -32,6 +32,9 @@ Node = tuple[int, int, int]
 
 # Trie nodes (1 KiB each) that single addresses may add before they go to the hash.
 HOST_NODES = 2048
+# Room in a host hash for live set entries beyond the compiled ones (allocated as
+# they come: the hash is not preallocated).
+LIVE_HOSTS = 1 << 18
 
 
 @dataclass(eq=False)
@@ -45,6 +48,18 @@ class Trie:
 
 def host_key(addr: int, version: int) -> bytes:
     return V4_MAPPED + addr.to_bytes(4, "big") if version == 4 else addr.to_bytes(16, "big")
+
+
+def hash_size(hosts: dict[bytes, int]) -> int:
+    return len(hosts) + LIVE_HOSTS
+
+
+def host_contents(hosts: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """Keys and struct sw_host values of compiled single addresses."""
+    values = array("I")
+    for cls in hosts.values():
+        values.extend((cls, cls, cls, abi.SW_HOST_COMPILED, 0, 0))
+    return b"".join(hosts), values.tobytes()
 
 
 def build(tab: TableImage, nodes: dict[int, list[Node]]) -> Trie:
@@ -122,6 +137,20 @@ def _descend(tab: TableImage, root: int, addr: int, bits: int, level: int) -> in
             tab.entries[index] = CHILD | child
             node = child
     return node
+
+
+def leaf(entries: "array | memoryview", root4: int, root6: int, addr16: bytes) -> int:
+    """The index of the entry a walk for addr16 stops at (sw_addr_class), in a table's
+    entries: a TableImage's, or a running table mapped (dataplane.livesets)."""
+    v4 = addr16[:12] == V4_MAPPED
+    node = root4 if v4 else root6
+    index = 0
+    for byte in addr16[12:] if v4 else addr16:
+        index = node * FANOUT + byte
+        if not entries[index] & CHILD:
+            break
+        node = entries[index] & CLASS
+    return index
 
 
 def lookup(tab: TableImage, trie: Trie, addr16: bytes, family: int) -> int:

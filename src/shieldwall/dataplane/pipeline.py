@@ -30,6 +30,7 @@ from ..paths import object_path
 from ..stages import Stage, StageBuild, stages
 from . import addrtrie, bpffs
 from .images import pack
+from .livehosts import LiveIndex, Lookup
 from .sources import Sources, merge
 from .tables import TableImage
 
@@ -48,7 +49,7 @@ SHARED_MAPS: dict[str, tuple[str, str]] = {
 # The root's own: the source trie every stage's source prefixes are merged into.
 ROOT_MAPS: dict[str, tuple[str, str]] = {
     "sw_src_tab": ("__u32", "__u32"),  # a table: one value (lib/table.h)
-    "sw_src_hosts": ("struct sw_addr_key", "__u32"),
+    "sw_src_hosts": ("struct sw_addr_key", "struct sw_host"),
 }
 # Kept across reloads; everything else is rebuilt from the configuration.
 ROOT_STATE = ("sw_counters",)
@@ -110,6 +111,7 @@ class Pipeline:
     config: PipelineConfig
     maps: dict[str, Map] = field(default_factory=dict)
     sources: Sources | None = None
+    live: LiveIndex = field(default_factory=LiveIndex)
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
@@ -140,7 +142,8 @@ class Pipeline:
                 build.rodata[CONSTS] = _consts(config, position + 1, table=build.table)
                 _prepare(obj, {**SHARED_MAPS, **s.maps}, build, reuse)
                 obj.load()
-            pipeline = cls(root, objects, config, sources=sources)
+            pipeline = cls(root, objects, config, sources=sources,
+                           live=_live_index(chain, config, [root_build, *builds.values()]))
             pipeline.maps = {name: root.map(name) for name in {**SHARED_MAPS, **ROOT_MAPS}}
             for name, obj in objects.items():
                 pipeline.maps.update({m: obj.map(m) for m in registry[name].maps})
@@ -245,6 +248,16 @@ def after_swap(maps: dict[str, Map], chain: Iterable[str], carried: dict[str, An
         registry[name].after_swap(maps, carried.get(name))
 
 
+def _live_index(chain: list[Stage], config: PipelineConfig, builds: list[StageBuild]) -> LiveIndex:
+    index = LiveIndex()
+    for build in builds:
+        index.lookups.update(build.lookups)
+    for s in chain:
+        for name, places in s.reads(config.images[s.name]).items():
+            index.reads.setdefault(name, set()).update(places)
+    return index
+
+
 def _sources(chain: list[Stage], config: PipelineConfig) -> Sources | None:
     maps = {s.name: m for s in chain if (m := s.sources(config.images[s.name])) is not None}
     return merge(maps) if maps else None
@@ -270,10 +283,13 @@ def _root_build(config: PipelineConfig, sources: Sources | None) -> StageBuild:
     build.table = ("sw_src_tab", tab.value())
     build.rodata[CONSTS] = _consts(config, 0, sources, trie, build.table)
     hosts = trie.hosts if trie else {}
-    build.sizes = {"sw_src_hosts": max(1, len(hosts))}
+    if trie is not None and sources is not None:
+        build.lookups["src"] = Lookup("src", "sw_src_tab", "sw_src_hosts", trie.root4, trie.root6,
+                                      sources.live)
+    build.sizes = {"sw_src_hosts": addrtrie.hash_size(hosts)}
     if hosts:
-        build.contents["sw_src_hosts"] = (b"".join(hosts), array("I", hosts.values()).tobytes())
-    build.memory = tab.bytes + 72 * len(hosts)
+        build.contents["sw_src_hosts"] = addrtrie.host_contents(hosts)
+    build.memory = tab.bytes + 96 * len(hosts)
     return build
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..policy.classes import LIVE_CLASSES
+
 Node = tuple[int, int, int]
 
 
@@ -19,15 +21,21 @@ class SourceMap:
     longest-prefix semantics, each version's list holding its root (0, 0, value)."""
 
     nodes: dict[int, list[Node]]
+    # Per set, a value's value once an address also joins the set as a single address
+    # (FieldClasses.live); a set the stage does not read changes nothing.
+    live: dict[str, dict[int, int]] = field(default_factory=dict)
+    reads: frozenset[str] = frozenset()  # the sets the stage's values depend on
 
 
 @dataclass(eq=False)
 class Sources:
     """The merged classification: trie nodes by global class, and per stage its value
-    for every global class."""
+    for every global class; `live`: per set, each global class's class once inside it
+    as a single address, for every set each stage reading it can follow."""
 
     nodes: dict[int, list[Node]] = field(default_factory=dict)
     columns: dict[str, list[int]] = field(default_factory=dict)
+    live: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def classes(self) -> int:
@@ -57,5 +65,28 @@ def merge(maps: dict[str, SourceMap]) -> Sources:
                 nodes.append((addr, plen, cls))
             stack.append((addr, plen, values, cls))
         out.nodes[version] = nodes
+    out.live = _live(maps, names, ids)
     out.columns = {name: [values[s] for values in ids] for s, name in enumerate(names)}
+    return out
+
+
+def _live(maps: dict[str, SourceMap], names: list[str],
+          ids: dict[tuple[int, ...], int]) -> dict[str, dict[int, int]]:
+    """Global classes for live entries, closed under joining any set, as each stage's
+    own; a set some stage reads but cannot follow has none (its entries are compiled)."""
+    sets = sorted({s for m in maps.values() for s in m.live})
+    out: dict[str, dict[int, int]] = {
+        s: {} for s in sets if all(s in maps[n].live or s not in maps[n].reads for n in names)}
+    budget = len(ids) + LIVE_CLASSES
+    done = 0
+    while done < len(ids):
+        combos = list(ids)
+        for cls in range(done, len(combos)):
+            for s in list(out):
+                values = tuple(maps[n].live.get(s, {}).get(v, v) for n, v in zip(names, combos[cls]))
+                if values not in ids and len(ids) >= budget:
+                    del out[s]  # over budget: this set's entries are compiled
+                    continue
+                out[s][cls] = ids.setdefault(values, len(ids))
+        done = len(combos)
     return out

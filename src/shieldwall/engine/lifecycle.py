@@ -26,6 +26,7 @@ from ..policy.files import read_bounded
 from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
 from ..policy.sets import MAX_SET_FILE_BYTES
 from ..stages import stages
+from . import livesets
 from . import transaction as tx
 from .records import Records, Revision
 from .transaction import Layout
@@ -44,6 +45,7 @@ class AttachResult:
     revision: int = 0
     reloaded: bool = False
     recovered: str | None = None  # what finishing an interrupted change did first
+    notes: tuple[str, ...] = ()   # what became of the live set entries
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,12 @@ class Proposal:
     source: Path | None = None          # the policy file; None: no policy (pass-all)
     origin: str = "reload"
     stored: Revision | None = None       # when it is an earlier revision applied again
+    drop_live: bool = False              # the live set entries go (engine.livesets)
 
 
-def proposal(config: Config, source: Path | None, origin: str = "reload") -> Proposal:
-    return Proposal(config, source, origin)
+def proposal(config: Config, source: Path | None, origin: str = "reload",
+             drop_live: bool = False) -> Proposal:
+    return Proposal(config, source, origin, drop_live=drop_live)
 
 
 # -- attaching ---------------------------------------------------------------------------
@@ -116,7 +120,7 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     pipeline = None
     try:
         _record(records, number, change, "up" if change.origin == "reload" else change.origin)
-        pipeline = Pipeline.load(change.config.pipeline)
+        pipeline, live = _load(records, number, change, None)
         tx.prepare(layout, number, pipeline)
         link_fd, got, why = _try_modes(pipeline.root_program.fd, index, iface, mode)
         libbpf.pin_fd(link_fd, layout.link)
@@ -135,7 +139,8 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
             pipeline.close()
     # Attached from here on: a failure below leaves the journal for the next command.
     tx.finish(layout, records, None, number)
-    return AttachResult(iface, got, why, prog_id, layout.directory, number)
+    live.kept()
+    return AttachResult(iface, got, why, prog_id, layout.directory, number, notes=tuple(live.notes))
 
 
 def _detach_foreign(index: int, state: xdp.XdpState) -> None:
@@ -195,8 +200,7 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
         _record(records, number, change, change.origin)
         state = pinned_maps(layout.state)
         try:
-            pipeline = Pipeline.load(change.config.pipeline,
-                                     reuse={name: m.fd for name, m in state.items()})
+            pipeline, live = _load(records, number, change, {name: m.fd for name, m in state.items()})
         finally:
             tx.close_maps(state)
         tx.prepare(layout, number, pipeline)
@@ -210,9 +214,51 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
             pipeline.close()
     # In force from here on: a failure below leaves the journal for the next command.
     tx.finish(layout, records, before, number)
+    live.kept()
     mode = xdp.query(index).mode or "none"
     return AttachResult(iface, mode, f"revision {number} in force; state kept", prog_id,
-                        layout.directory, number, reloaded=True)
+                        layout.directory, number, reloaded=True, notes=tuple(live.notes))
+
+
+def apply_again(iface: str, origin: str) -> AttachResult:
+    """The revision in force, applied again as a new generation (its live set entries
+    as they are now); the caller holds the lock."""
+    records = Records(iface)
+    number = records.current()
+    if number is None:
+        raise AttachError(errno.ENOENT, f"no revision of {iface} is in force",
+                          f"attach it first: shieldwall up --iface {iface} --config FILE")
+    revision = records.revision(number)
+    return _apply(iface, Proposal(load_revision(records, revision), None, origin, stored=revision))
+
+
+def _load(records: Records, number: int, change: Proposal,
+          reuse: dict[str, int] | None) -> tuple[Pipeline, livesets.ForGeneration]:
+    """The new generation's pipeline with the live set entries: compiled into their sets
+    where they must be (the policy parsed again from revision `number`'s copies), laid
+    over the rest. A second load only when the first shows that a set's addresses
+    cannot be laid over."""
+    policy = change.config.policy
+    live = livesets.ForGeneration(records, policy.sets if policy else (), drop=change.drop_live)
+    config, compiled = change.config, live.compiled(None)
+    if compiled:
+        config = load_revision(records, records.revision(number), extra=compiled)
+    pipeline = Pipeline.load(config.pipeline, reuse=reuse)
+    try:
+        if live.any:
+            needed = live.compiled(pipeline.live)
+            if needed != compiled:
+                pipeline.close()
+                config, compiled = load_revision(records, records.revision(number), extra=needed), needed
+                pipeline = Pipeline.load(config.pipeline, reuse=reuse)
+            pipeline.live.compiled = {s: {str(n) for n in nets} for s, nets in compiled.items()}
+            live.lay_over(pipeline.maps, pipeline.live)
+        pipeline.live.sets = set(config.policy.sets) if config.policy else set()
+        records.save_live_index(number, pipeline.live.to_json())
+    except BaseException:
+        pipeline.close()
+        raise
+    return pipeline, live
 
 
 # -- revisions ---------------------------------------------------------------------------
@@ -243,16 +289,16 @@ def _summary(config: Config) -> str:
             f"default {config.policy.default_action}, chain {chain}")
 
 
-def load_revision(records: Records, revision: Revision) -> Config:
+def load_revision(records: Records, revision: Revision, extra: dict | None = None) -> Config:
     """The configuration a revision holds, from its stored copies (not the files as they
-    are now)."""
+    are now); `extra`: prefixes added to its sets by name."""
     if revision.sha256 is None:
         return default_config()
     text = records.blob(revision.sha256).read_bytes().decode("utf-8")
     files = {shown: records.blob(digest) for shown, digest in revision.files.items()}
     source = revision.source or "(policy)"
     policy = parse_policy_text(text, f"{source} (revision {revision.number})",
-                               Path(source).parent, files=files)
+                               Path(source).parent, files=files, extra=extra)
     return Config(policy, configure(policy))
 
 

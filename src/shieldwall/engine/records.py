@@ -83,13 +83,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def read_json(path: Path) -> Any | None:
+def read_json(path: Path, limit: int = 16 << 20) -> Any | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
-        return json.loads(f.read(16 << 20))
+        return json.loads(f.read(limit))
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,23 @@ class Records:
 
     def drop(self, number: int) -> None:
         (self.dir / "revisions" / f"{number}.json").unlink(missing_ok=True)
+        (self.dir / "live-index" / f"{number}.json").unlink(missing_ok=True)
+
+    # -- live set entries (engine.livesets) ------------------------------------------------
+    def live_index(self, number: int) -> dict | None:
+        """What generation `number`'s live entries need (dataplane.livehosts.LiveIndex)."""
+        return read_json(self.dir / "live-index" / f"{number}.json")
+
+    def save_live_index(self, number: int, index: dict) -> None:
+        private_dir(self._ready() / "live-index")
+        write_atomic(self.dir / "live-index" / f"{number}.json", json.dumps(index).encode())
+
+    def live_entries(self) -> dict | None:
+        return read_json(self.dir / "live.json", 1 << 30)
+
+    def save_live_entries(self, data: dict) -> None:
+        self._ready()
+        write_atomic(self.dir / "live.json", json.dumps(data).encode())
 
     def current(self) -> int | None:
         data = read_json(self.dir / "current")

@@ -132,6 +132,10 @@ class Map:
 
     # -- single elements -------------------------------------------------------------
     def _key(self, key: Any) -> Any:
+        if isinstance(key, bytes):  # laid out as the key type already
+            if len(key) != ffi.sizeof(self.key_type):
+                raise ValueError(f"a key of map {self.name} is {ffi.sizeof(self.key_type)} bytes")
+            return ffi.from_buffer(f"{self.key_type} *", key)
         return ffi.new(f"{self.key_type} *", key)
 
     def _value_buf(self, count: int = 1) -> Any:
@@ -270,7 +274,10 @@ class Map:
     def delete_batch(self, keys: list[Any]) -> int:
         if not keys:
             return 0
-        kbuf = ffi.new(f"{self.key_type}[]", keys)
+        if all(isinstance(k, bytes) for k in keys):
+            kbuf = ffi.from_buffer(f"{self.key_type}[]", b"".join(keys))
+        else:
+            kbuf = ffi.new(f"{self.key_type}[]", keys)
         count = ffi.new("__u32 *", len(keys))
         opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
         _check(lib.bpf_map_delete_batch(self.fd, kbuf, count, opts), f"batch delete from map {self.name}")

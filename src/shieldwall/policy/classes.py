@@ -94,6 +94,9 @@ class FieldClasses:
     keys: array | None = None
     na_class: int = 0
     nodes: dict[int, list[Node]] = field(default_factory=dict)
+    # Address fields: per set, the class an address of each class takes when it joins
+    # the set as a single address (live set entries, docs/updates.md).
+    live: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -151,8 +154,8 @@ def field_classes(rules: tuple[Rule, ...]) -> dict[str, FieldClasses]:
         others = mask(i for i, m in enumerate(matched) if name not in m)
         classes = _Classes()
         if name in ADDRESS_FIELDS:
-            nodes = _address_field(uses, others, classes)
-            out[name] = FieldClasses(name, classes.vectors(), nodes=nodes)
+            nodes, live = _address_field(uses, others, classes)
+            out[name] = FieldClasses(name, classes.vectors(), nodes=nodes, live=live)
         else:
             na_class = classes(others)
             keys = _scalar_field(name, uses, others, classes)
@@ -215,9 +218,12 @@ class _AddressRules:
         self.negated: dict[int, int] = defaultdict(int)
         self.others = others
         self.negated_only = 0  # rules with only negated items: they admit what none holds
+        self.some_negated = 0  # rules with a negated item
         for items, bits in _grouped(uses).items():
             if not items.plain:
                 self.negated_only |= bits
+            if items.negated:
+                self.some_negated |= bits
             for item in items.items:
                 n = number.setdefault(id(item.value), len(self.values))
                 if n == len(self.values):
@@ -232,6 +238,16 @@ class _AddressRules:
             out |= self.negated.get(n, 0)
         return self.others | (hit & ~out)
 
+    def joined(self, n: int, vector: int) -> int | None:
+        """The vector of an address with `vector` once it is also inside value n, as a
+        single address: the rules naming n plainly admit it and those negating n do
+        not, whatever else holds it. None where the vector alone does not tell: a rule
+        naming n plainly beside negated items needs to know those items too."""
+        plain, negated = self.plain.get(n, 0), self.negated.get(n, 0)
+        if plain & self.some_negated:
+            return None
+        return (vector | plain) & ~negated
+
     def prefixes(self) -> dict[int, list[tuple[int, int, int]]]:
         """(address, length, value number) of every prefix of every value, by version."""
         found: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
@@ -244,8 +260,12 @@ class _AddressRules:
 _ROOT = -1  # the value number of the root node every walk adds: it holds no rule
 
 
+# Classes a field may gain so that every set's live entries have a class to take.
+LIVE_CLASSES = 1024
+
+
 def _address_field(uses: list[tuple[int, Items[AddrValue]]], others: int,
-                   classes: _Classes) -> dict[int, list[Node]]:
+                   classes: _Classes) -> tuple[dict[int, list[Node]], dict[str, dict[int, int]]]:
     """The longest-prefix nodes of one address field, per IP version.
 
     Every prefix of every value used becomes a node. An address's longest match is the
@@ -258,8 +278,38 @@ def _address_field(uses: list[tuple[int, Items[AddrValue]]], others: int,
     rules = _AddressRules(uses, others)
     walk = PrefixWalk(lambda inside: classes(rules.vector(inside)))
     prefixes = rules.prefixes()
-    return {4: walk.nodes(prefixes[4] + [(0, 0, _ROOT)], 32),
-            6: walk.nodes(prefixes[6] + [(0, 0, _ROOT)], 128)}
+    nodes = {4: walk.nodes(prefixes[4] + [(0, 0, _ROOT)], 32),
+             6: walk.nodes(prefixes[6] + [(0, 0, _ROOT)], 128)}
+    return nodes, _live_classes(rules, classes)
+
+
+def _live_classes(rules: _AddressRules, classes: _Classes) -> dict[str, dict[int, int]]:
+    """For each set, every class's class once inside the set too, closed under joining
+    any of the sets (an address may be live in several), within LIVE_CLASSES new
+    classes; a set that would need more, or that a vector cannot tell (joined()), has
+    no entry and its live entries are compiled into the set instead."""
+    sets = sorted((value.name, n) for n, value in enumerate(rules.values)
+                  if isinstance(value, PrefixSet))
+    budget = len(classes.ids) + LIVE_CLASSES
+    out: dict[str, dict[int, int]] = {}
+    for name, n in sets:
+        if rules.joined(n, 0) is None:
+            continue
+        out[name] = {}
+    done = 0
+    while done < len(classes.ids):
+        vectors = classes.vectors()
+        for cls in range(done, len(vectors)):
+            for name, n in sets:
+                if name not in out:
+                    continue
+                joined = rules.joined(n, vectors[cls])
+                if joined not in classes.ids and len(classes.ids) >= budget:
+                    del out[name]  # over budget: this set's entries are compiled
+                    continue
+                out[name][cls] = classes(joined)
+        done = len(vectors)
+    return out
 
 
 class PrefixWalk:

@@ -46,7 +46,7 @@ MAX_POLICY_BYTES = 16 << 20
 
 def parse_policy_text(
     text: str, source: str, base_dir: str | Path, capacity: Capacity = Capacity(),
-    files: Mapping[str, Path] | None = None,
+    files: Mapping[str, Path] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> Policy:
     """Validate a policy given as YAML text; `source` names it in errors."""
     try:
@@ -58,16 +58,17 @@ def parse_policy_text(
     except RecursionError:
         # compose_node() counts levels; this is for whatever else recurses.
         raise PolicyError(source, "", "invalid YAML: nested too deeply") from None
-    return parse_policy(data, source, base_dir, capacity, files)
+    return parse_policy(data, source, base_dir, capacity, files, extra)
 
 
 def parse_policy(
     data: Any, source: str, base_dir: str | Path, capacity: Capacity = Capacity(),
-    files: Mapping[str, Path] | None = None,
+    files: Mapping[str, Path] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> Policy:
     """Validate a policy already read into Python data (as from yaml.safe_load); `files`
-    gives set files by their names in the policy, to read them from elsewhere."""
-    v = Validator(source, Path(base_dir), capacity, files)
+    gives set files by their names in the policy, to read them from elsewhere; `extra`
+    adds prefixes to sets by name (live entries compiled in)."""
+    v = Validator(source, Path(base_dir), capacity, files, extra)
     owners = policy_keys()
     doc = v.mapping(data, "", _OWN_KEYS + tuple(owners), required=("version",))
     if doc is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .errors import Invalid, Issue, quote
 from .model import SET_TYPES, AddrValue, Capacity, Network, PrefixSet
@@ -21,8 +21,11 @@ T = TypeVar("T")
 
 class Validator:
     def __init__(self, source: str, base_dir: Path, capacity: Capacity,
-                 files: Mapping[str, Path] | None = None) -> None:
+                 files: Mapping[str, Path] | None = None,
+                 extra: Mapping[str, Iterable[Network]] | None = None) -> None:
         self.source = source
+        # Entries a set holds beyond the file's: live entries compiled in (engine.livesets).
+        self.extra = extra or {}
         self.base_dir = base_dir
         # Set files by the name the policy gives them, where they are read from
         # elsewhere (a stored revision's copies); others are found under base_dir.
@@ -113,6 +116,7 @@ class Validator:
             if shown is not None:
                 files.append(shown)
                 prefixes.update(self.check(at, read_set_file, self.file(shown), shown) or ())
+        prefixes.update(self.extra.get(name, ()))
         self.within_capacity(path, len(prefixes), self.capacity.set_entries, "entries")
         if len(self.issues) > errors:
             return None

@@ -51,6 +51,9 @@ class StageBuild:
     contents: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     table: tuple[str, bytes] | None = None
     memory: int = 0  # bytes its config maps take, about
+    # Address lookups of its own that live set entries can join in place
+    # (dataplane.livehosts.Lookup), by name.
+    lookups: dict[str, Any] = field(default_factory=dict)
 
 
 class Stage:
@@ -127,6 +130,12 @@ class Stage:
 
     def build(self, image: Any, column: list[int] | None) -> StageBuild:
         raise NotImplementedError
+
+    def reads(self, image: Any) -> dict[str, set[str]]:
+        """The sets its image depends on, each with the lookups that read it: "src" (the
+        root's source classification) or a lookup of its own build. A set read anywhere
+        else (constants of the program, ...) cannot take live entries in place."""
+        return {}
 
     def carry(self, maps: dict[str, "Map"]) -> Any:
         """What must follow from the maps of a generation that no longer runs; handed

@@ -113,7 +113,16 @@ class FastpathStage(Stage):
         for which, action in (("allow", abi.SW_ACT_PASS), ("deny", abi.SW_ACT_DROP)):
             for net in image.networks(which):
                 nodes[net.version].append((int(net.network_address), net.prefixlen, action))
-        return SourceMap(nodes)
+        # A live entry is a single address: the longest prefix, so its list decides.
+        allow = {v.name for v in image.allow if isinstance(v, PrefixSet)}
+        deny = {v.name for v in image.deny if isinstance(v, PrefixSet)}
+        values = (abi.SW_FP_NONE, abi.SW_ACT_PASS, abi.SW_ACT_DROP)
+        live = {name: dict.fromkeys(values, abi.SW_ACT_PASS if name in allow else abi.SW_ACT_DROP)
+                for name in allow ^ deny}
+        return SourceMap(nodes, live=live, reads=frozenset(allow | deny))
+
+    def reads(self, image: Fastpath) -> dict[str, set[str]]:
+        return {v.name: {"src"} for v in (*image.allow, *image.deny) if isinstance(v, PrefixSet)}
 
     def build(self, image: Fastpath, column: list[int] | None) -> StageBuild:
         values = array("I", column or [abi.SW_FP_NONE])

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from .. import abi
 from ..dataplane import addrtrie
 from ..dataplane.images import pack
+from ..dataplane.livehosts import Lookup
 from ..dataplane.sources import SourceMap
 from ..dataplane.tables import TableImage
 from ..kernel._libbpf import ffi
@@ -51,7 +52,7 @@ class PolicyStage(Stage):
     order = 20
     config_maps = {
         TABLE: ("__u32", "__u32"),  # a table: one value (lib/table.h)
-        HOSTS: ("struct sw_addr_key", "__u32"),
+        HOSTS: ("struct sw_addr_key", "struct sw_host"),
         NAMES: ("__u32", "struct sw_rule_name"),
         HITS: ("__u32", "struct sw_rule_counter"),
         BASE: ("__u32", "struct sw_rule_counter"),
@@ -86,7 +87,7 @@ class PolicyStage(Stage):
         for rule in section.rules:
             for items in (rule.match.src, rule.match.dst):
                 if items is not None:
-                    used |= {i.value.name for i in items.items if isinstance(i.value, PrefixSet)}
+                    used |= _set_names(items)
         return used
 
     def changes(self, old: RuleSet | None, new: RuleSet | None) -> list[str]:
@@ -123,10 +124,23 @@ class PolicyStage(Stage):
     def sources(self, image: Plan) -> SourceMap | None:
         # Direct mode compares the address itself: no source classes to ask for.
         src = image.fields.get("src")
-        return SourceMap(src.nodes) if src is not None else None
+        if src is None:
+            return None
+        return SourceMap(src.nodes, live=src.live, reads=frozenset(
+            s for r in image.rules if r.match.src is not None
+            for s in _set_names(r.match.src)))
 
     def build(self, image: Plan, column: list[int] | None) -> StageBuild:
         return _Layout(image, column).build()
+
+    def reads(self, image: Plan) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for rule in image.rules:
+            for place, items in (("src", rule.match.src), ("dst", rule.match.dst)):
+                for name in _set_names(items) if items is not None else ():
+                    # Direct mode tests a set's prefixes as constants of the program.
+                    found.setdefault(name, set()).add("direct" if image.direct else place)
+        return found
 
     def describe(self, image: Plan) -> list[str]:
         n = image.lookups()
@@ -173,6 +187,10 @@ class PolicyStage(Stage):
         return {"rules": rules}
 
 
+def _set_names(items: Any) -> set[str]:
+    return {i.value.name for i in items.items if isinstance(i.value, PrefixSet)}
+
+
 def rule_names(maps: dict[str, Any]) -> dict[int, str]:
     """Names of the active ruleset's rules by id (the map holds exactly the ruleset's:
     id 0, the default's, has none)."""
@@ -205,6 +223,7 @@ class _Layout:
         self.image = image
         self.column = column
         self.tab = TableImage()
+        self.lookups: dict[str, Lookup] = {}
         self.consts: dict[str, Any] = {"enabled": 1, "default_action": abi.ACTION_CODES[image.default_action],
                                        "field_used": [0] * 13, "field_base": [0] * 13,
                                        "field_na": [0] * 13, "misc_stride": [0] * 13}
@@ -225,6 +244,7 @@ class _Layout:
                 trie = addrtrie.build(tab, fc.nodes)
                 c["dst_root4"], c["dst_root6"] = trie.root4, trie.root6
                 hosts = trie.hosts
+                self.lookups["dst"] = Lookup("dst", TABLE, HOSTS, trie.root4, trie.root6, fc.live)
             else:
                 c["field_base"][fid] = self._scalar(fc.keys)
                 c["field_na"][fid] = fc.na_class
@@ -313,13 +333,14 @@ class _Layout:
         names = b"".join(r.name.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for r in self.image.rules)
         build = StageBuild(rodata={CONSTS: pack("struct sw_pol_consts", self.consts)})
         ids = len(self.image.rules) + 1
-        build.sizes = {HOSTS: max(1, len(hosts)), NAMES: ids, HITS: ids, BASE: ids}
+        build.sizes = {HOSTS: addrtrie.hash_size(hosts), NAMES: ids, HITS: ids, BASE: ids}
         build.table = (TABLE, self.tab.value())
+        build.lookups = self.lookups
         if hosts:
-            build.contents[HOSTS] = (b"".join(hosts), array("I", hosts.values()).tobytes())
+            build.contents[HOSTS] = addrtrie.host_contents(hosts)
         if names:
             build.contents[NAMES] = (array("I", range(1, len(self.image.rules) + 1)).tobytes(), names)
-        build.memory = self.tab.bytes + 72 * len(hosts)
+        build.memory = self.tab.bytes + 96 * len(hosts)
         return build
 
 
