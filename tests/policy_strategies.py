@@ -63,8 +63,13 @@ def _match(draw, sets: list[str]) -> dict:
     return {name: draw(fields[name]) for name in chosen}
 
 
+def policies(max_rules: int = 12) -> st.SearchStrategy:
+    return policy_data(max_rules).map(lambda data: parse_policy(data, "generated.yaml", "."))
+
+
 @st.composite
-def policies(draw, max_rules: int = 12) -> Policy:
+def policy_data(draw, max_rules: int = 12) -> dict:
+    """A policy as the YAML-shaped data the loader reads."""
     set_names = [f"s{i}" for i in range(draw(st.integers(0, 2)))]
     pool = st.sampled_from(PREFIXES_V4 + PREFIXES_V6)
     sets = {name: {"type": "prefix", "entries": draw(st.lists(pool, min_size=1, max_size=4))}
@@ -77,9 +82,8 @@ def policies(draw, max_rules: int = 12) -> Policy:
         listed = draw(st.lists(pool, max_size=3, unique=True))
         split = draw(st.integers(0, len(listed)))
         fastpath = {"allow": listed[:split], "deny": listed[split:]}
-    data = {"version": 1, "default_action": draw(st.sampled_from(["pass", "drop"])),
+    return {"version": 1, "default_action": draw(st.sampled_from(["pass", "drop"])),
             "sets": sets, "rules": rules, "fastpath": fastpath}
-    return parse_policy(data, "generated.yaml", ".")
 
 
 @st.composite
