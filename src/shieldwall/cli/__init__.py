@@ -309,16 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     p.add_argument("--drop-live", action="store_true",
                    help="drop the live set entries (shieldwall set) instead of keeping them")
-    p = command("set", cmd_set, "live entries of the running policy's sets: add, del, list, apply",
-                iface=True)
-    p.add_argument("set_cmd", choices=["add", "del", "list", "apply"])
-    p.add_argument("words", nargs="*", metavar="NAME PREFIX... | FILE",
-                   help="add/del: the set, then prefixes; list: the set (optional); "
-                        "apply: a file of decisions, - for standard input")
-    p.add_argument("--ttl", metavar="DURATION", help="add: the entries expire after 90s, 15m, 4h, 7d")
-    p.add_argument("--set", dest="default_set", metavar="NAME",
-                   help="apply: the set of lines that name none")
-    p.add_argument("--json", action="store_true")
+    p = command("set", cmd_set, "live entries of the running policy's sets: add, del, list, apply")
+    actions = p.add_subparsers(dest="set_cmd", required=True)
+
+    def set_action(name: str, help: str) -> argparse.ArgumentParser:
+        a = actions.add_parser(name, help=help)
+        a.add_argument("--iface", required=True, type=_name(check_ifname), help="network interface")
+        a.add_argument("--netns", type=_name(check_netns_name),
+                       help="named network namespace the interface lives in")
+        a.add_argument("--json", action="store_true")
+        return a
+
+    for name, help in (("add", "add prefixes to a set"), ("del", "take live entries off a set")):
+        a = set_action(name, help)
+        a.add_argument("set", metavar="NAME", help="a set of the running policy")
+        a.add_argument("prefixes", nargs="+", metavar="PREFIX")
+        if name == "add":
+            a.add_argument("--ttl", metavar="DURATION", help="the entries expire after 90s, 15m, 4h, 7d")
+    a = set_action("list", "the live entries, with the time they have left")
+    a.add_argument("set", nargs="?", metavar="NAME")
+    a = set_action("apply", "a feed of decisions, one a line: add PREFIX [ttl=4h] [set=NAME], del PREFIX")
+    a.add_argument("source", metavar="FILE", help="a file of decisions, - for standard input")
+    a.add_argument("--set", dest="default_set", metavar="NAME", help="the set of lines that name none")
     p = command("rollback", cmd_rollback, "apply an earlier revision again", iface=True)
     p.add_argument("--to", type=int, metavar="REV", help="the revision (default: the one before)")
     p = command("history", cmd_history, "the revisions applied to an interface", iface=True)

@@ -28,13 +28,9 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     if args.set_cmd == "apply":
         return _apply(args)
-    if len(args.words) < 2:
-        raise Invalid(f"set {args.set_cmd} needs the set's name and at least one prefix")
-    name, texts = args.words[0], args.words[1:]
-    if args.ttl and args.set_cmd == "del":
-        raise Invalid("--ttl is for add")
-    now = time.time()
-    expires = now + livesets.parse_duration(args.ttl) if args.ttl else None
+    name, texts = args.set, args.prefixes
+    ttl = getattr(args, "ttl", None)
+    expires = time.time() + livesets.parse_duration(ttl) if ttl else None
     decisions = []
     for text in texts:
         try:
@@ -63,9 +59,7 @@ def _report(args: argparse.Namespace, out: livesets.Outcome, lines: int | None =
 
 
 def _list(args: argparse.Namespace) -> int:
-    name = args.words[0] if args.words else None
-    if len(args.words) > 1:
-        raise Invalid("set list takes at most a set's name")
+    name = args.set
     entries = livesets.listing(args.iface, name)
     if args.json:
         print(json.dumps(entries, indent=1))
@@ -79,9 +73,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    if len(args.words) != 1:
-        raise Invalid("set apply takes one file of decisions, or - for standard input")
-    where = args.words[0]
+    where = args.source
     stream = sys.stdin.buffer if where == "-" else _open_regular(where)
     shown = "standard input" if where == "-" else where
     bad = total = 0
