@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The root program: parses each packet once, classifies its source once for every stage
  * that keys on it, then starts the stage chain. */
+#include "lib/canary.h"
 #include "lib/parse.h"
 #include "lib/pipeline.h"
 
@@ -21,12 +22,17 @@ int sw_root(struct xdp_md *ctx)
 	pkt->frame_len = ctx->data_end - ctx->data;
 
 	reason = sw_parse(ctx, pkt);
+	/* A canary tries a policy: what no policy sees stays with the root in force. */
+	if (reason)
+		sw_canary_hand_off(ctx);
 	if (reason == SW_R_NON_IP) {
 		pkt->frame_len = bpf_xdp_get_buff_len(ctx);
 		return sw_finish(pkt, SW_ACT_PASS, reason, SW_MOD_ROOT, SW_RULE_NONE);
 	}
 	if (reason)
 		return sw_finish(pkt, SW_ACT_DROP, reason, SW_MOD_ROOT, SW_RULE_NONE);
+	if (!sw_in_canary(pkt))
+		sw_canary_hand_off(ctx);
 	if (sw_consts.src_classes) {
 		const __u32 *tab = sw_table(&sw_src_tab);
 

@@ -142,8 +142,18 @@ struct sw_consts {
 	__u32 src_root4;	/* root: the source trie's IPv4 and IPv6 root nodes */
 	__u32 src_root6;
 	__u32 table_entries;	/* entries of this program's table (lib/table.h) */
-	__u32 pad0;
+	__u32 canary_mode;	/* root of a canary: SW_CANARY_* (lib/canary.h) */
+	__u32 canary_share;	/* SW_CANARY_SHARE: flows whose hash is below this run here */
+	__u32 canary_family;	/* SW_CANARY_SOURCE: sources in this prefix run here */
+	__u8 canary_addr[16];
+	__u8 canary_mask[16];
 };
+
+/* A canary's root runs its own policy for part of the traffic and hands the rest to the
+ * root it is tried against (docs/updates.md). */
+#define SW_CANARY_OFF 0
+#define SW_CANARY_SHARE 1
+#define SW_CANARY_SOURCE 2
 
 /* The pipeline's record of its own configuration, for status (not read per packet). */
 struct sw_config {

@@ -165,6 +165,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f", applied {rev['when']} ({rev['origin']}): {rev['source'] or 'no policy'}"
                 f"{' sha256 ' + rev['sha256'][:12] if rev.get('sha256') else ''}"
                 if "when" in rev else f": {rev.get('problem')}"))
+        if "canary" in r:
+            c = r["canary"]
+            print(f"  CANARY: revision {r['revision']['revision']} runs for {c['arm']}, revision "
+                  f"{c['against']} for the rest (shieldwall canary status|promote|abort)")
         if "interrupted" in r:
             i = r["interrupted"]
             print(f"  INTERRUPTED: a {i['op']} from revision {i['from']} to {i['to']} did not "
@@ -259,6 +263,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    from ..engine import canary
+    with _netns(args):
+        if args.canary_cmd == "start":
+            arm, label = canary.arm_of(args.share, args.src)
+            args.allow_empty = False
+            result = canary.start(args.iface, _proposal(args, "canary"), arm, label)
+            _recovered(result.recovered)
+            print(f"canary on {args.iface}: {result.why}")
+            _notes(result)
+        elif args.canary_cmd == "promote":
+            result = canary.promote(args.iface)
+            _recovered(result.recovered)
+            print(f"canary on {args.iface} promoted: revision {result.revision} in force for all traffic")
+        elif args.canary_cmd == "abort":
+            back = canary.abort(args.iface)
+            print(f"canary on {args.iface} aborted: revision {back} in force for all traffic")
+        else:
+            report = canary.status(args.iface)
+            if args.json:
+                print(json.dumps(report, indent=1))
+            else:
+                _print_canary(report)
+    return 0
+
+
+def _print_canary(report: dict) -> None:
+    arms = report["arms"]
+    names = list(arms)
+    print(f"canary on {report['iface']}: {report['arm']}")
+    print(f"{'':<28}" + "".join(f"{n + ' (rev ' + str(arms[n]['revision']) + ')':>22}" for n in names))
+    share = [f"{a['share'] * 100:.1f}%" if a["share"] is not None else "-" for a in arms.values()]
+    print(f"{'packets':<28}" + "".join(f"{a['packets']:>22,}" for a in arms.values()))
+    print(f"{'share':<28}" + "".join(f"{s:>22}" for s in share))
+    for title, key in (("verdicts", "verdicts"), ("rule hits", "rules")):
+        rows = sorted({k for a in arms.values() for k, n in a[key].items() if n})
+        if rows:
+            print(title)
+        for row in rows:
+            print(f"  {row:<26}" + "".join(f"{a[key].get(row, 0):>22,}" for a in arms.values()))
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     from .liveset import run
     with _netns(args):
@@ -331,6 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
     a = set_action("apply", "a feed of decisions, one a line: add PREFIX [ttl=4h] [set=NAME], del PREFIX")
     a.add_argument("source", metavar="FILE", help="a file of decisions, - for standard input")
     a.add_argument("--set", dest="default_set", metavar="NAME", help="the set of lines that name none")
+    p = command("canary", cmd_canary, "try a new policy on a share of the traffic: start, status, promote, abort")
+    actions = p.add_subparsers(dest="canary_cmd", required=True)
+    for name, help in (("start", "run NEW.yaml for a share of flows or for a source prefix"),
+                       ("status", "both arms side by side"),
+                       ("promote", "the canary's policy for all traffic"),
+                       ("abort", "back to the policy in force, for all traffic")):
+        a = actions.add_parser(name, help=help)
+        a.add_argument("--iface", required=True, type=_name(check_ifname), help="network interface")
+        a.add_argument("--netns", type=_name(check_netns_name),
+                       help="named network namespace the interface lives in")
+        if name == "start":
+            a.add_argument("--config", required=True, help="the canary's policy file")
+            a.add_argument("--share", metavar="PERCENT", help="this share of flows, by a hash stable per flow")
+            a.add_argument("--src", metavar="PREFIX", help="packets from sources in this prefix")
+        if name == "status":
+            a.add_argument("--json", action="store_true")
     p = command("rollback", cmd_rollback, "apply an earlier revision again", iface=True)
     p.add_argument("--to", type=int, metavar="REV", help="the revision (default: the one before)")
     p = command("history", cmd_history, "the revisions applied to an interface", iface=True)

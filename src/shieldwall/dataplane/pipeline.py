@@ -50,9 +50,30 @@ SHARED_MAPS: dict[str, tuple[str, str]] = {
 ROOT_MAPS: dict[str, tuple[str, str]] = {
     "sw_src_tab": ("__u32", "__u32"),  # a table: one value (lib/table.h)
     "sw_src_hosts": ("struct sw_addr_key", "struct sw_host"),
+    "sw_arm": ("__u32", "__u32"),      # a canary's: the root it is tried against
 }
 # Kept across reloads; everything else is rebuilt from the configuration.
 ROOT_STATE = ("sw_counters",)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The packets a canary decides (lib/canary.h): a share of flows, by a hash stable
+    per flow (`share` of 2^32), or the sources in one prefix."""
+
+    share: int | None = None
+    prefix: Any = None  # an ipaddress network
+
+    def consts(self) -> dict:
+        if self.prefix is None:
+            return {"canary_mode": abi.SW_CANARY_SHARE, "canary_share": min(self.share or 0, 0xFFFFFFFF)}
+        net = self.prefix
+        v4 = net.version == 4
+        addr = (bytes(10) + b"\xff\xff" if v4 else b"") + net.network_address.packed
+        mask = (b"\xff" * 12 if v4 else b"") + net.netmask.packed
+        return {"canary_mode": abi.SW_CANARY_SOURCE,
+                "canary_family": abi.SW_FAMILY_IPV4 if v4 else abi.SW_FAMILY_IPV6,
+                "canary_addr": list(addr), "canary_mask": list(mask)}
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class PipelineConfig:
     chain: tuple[str, ...] = ()
     missed_action: str = "pass"          # fail-open; "drop" is fail-closed
     images: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    canary: "Arm | None" = None          # a canary's root: which packets it decides
 
     def __post_init__(self) -> None:
         known = stages()
@@ -115,11 +137,13 @@ class Pipeline:
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, config: PipelineConfig, reuse: Mapping[str, int] | None = None) -> "Pipeline":
+    def load(cls, config: PipelineConfig, reuse: Mapping[str, int] | None = None,
+             other_arm: int | None = None) -> "Pipeline":
         """Loads the root and the chain's stages with fresh config maps, filled; `reuse`
         maps state-map names to fds of existing (pinned) maps, so counters and state
         carry over a reload. The new programs run nothing until someone attaches or
-        swaps in root_program."""
+        swaps in root_program. `other_arm`: with config.canary, the fd of the root the
+        packets outside the canary go to."""
         reuse = {name: fd for name, fd in (reuse or {}).items() if name in state_maps()}
         registry = stages()
         chain = [registry[name] for name in config.chain]
@@ -156,6 +180,8 @@ class Pipeline:
             # Slots last: a stage is reachable only once its maps are filled.
             for slot, s in enumerate(chain):
                 pipeline.maps["sw_stages"].set_fd(slot, objects[s.name].program(s.program).fd)
+            if config.canary is not None and other_arm is not None:
+                pipeline.maps["sw_arm"].set_fd(0, other_arm)
         except BaseException:
             for obj in objects.values():
                 obj.close()
@@ -195,14 +221,15 @@ class Pipeline:
         self.__dict__.update(fresh.__dict__)
 
     # -- pins ----------------------------------------------------------------------------
-    def pin(self, generation: Path, state: Path) -> None:
+    def pin(self, generation: Path, state: Path, own: Iterable[str] = ()) -> None:
         """Pins the programs and config maps in `generation`, a directory of their own
         that must not exist yet, and the state maps in `state` (a state map already
-        pinned there is the same map, reused). Nothing that runs reads pins: pinning
+        pinned there is the same map, reused), except those in `own`: this generation's
+        alone (a canary's verdict counters). Nothing that runs reads pins: pinning
         changes no verdict."""
         bpffs.make_pin_dir(state)  # and the interface's directory above it, checked
         generation.mkdir(mode=0o700)
-        keep = state_maps()
+        keep = state_maps().keys() - set(own)
         for name, m in self.maps.items():
             if name not in keep:
                 m.pin(generation / name)
@@ -265,7 +292,9 @@ def _sources(chain: list[Stage], config: PipelineConfig) -> Sources | None:
 
 def _consts(config: PipelineConfig, next_position: int, sources: Sources | None = None,
             trie: addrtrie.Trie | None = None, table: tuple[str, bytes] | None = None) -> bytes:
+    canary = config.canary.consts() if config.canary is not None and next_position == 0 else {}
     return pack("struct sw_consts", {
+        **canary,
         "next_slot": next_position if next_position < len(config.chain) else abi.SW_SLOT_END,
         "missed_action": abi.ACTION_CODES[config.missed_action],
         "end_action": abi.SW_ACT_PASS,

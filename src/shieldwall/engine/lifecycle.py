@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import abi
 from ..config import Config, configure, default_config
 from ..dataplane import bpffs
-from ..dataplane.pipeline import SHARED_MAPS, Pipeline, pinned_maps, read_counters
+from ..dataplane.pipeline import SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
@@ -192,6 +192,9 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
     if before is None:
         raise AttachError(errno.ESTALE, f"the link pinned for {iface} runs none of shieldwall's "
                           "generations", f"run shieldwall down --iface {iface}, then up")
+    if tx.control_of(layout, before) is not None and change.origin != "canary promote":
+        raise AttachError(errno.EBUSY, f"a canary runs on {iface}",
+                          f"end it first: shieldwall canary promote|abort --iface {iface}")
     records = Records(iface)
     number = records.next_number()
     tx.begin(records, change.origin.split()[0], before, number)
@@ -232,8 +235,9 @@ def apply_again(iface: str, origin: str) -> AttachResult:
     return _apply(iface, Proposal(load_revision(records, revision), None, origin, stored=revision))
 
 
-def _load(records: Records, number: int, change: Proposal,
-          reuse: dict[str, int] | None) -> tuple[Pipeline, livesets.ForGeneration]:
+def _load(records: Records, number: int, change: Proposal, reuse: dict[str, int] | None,
+          arm: Arm | None = None, other_arm: int | None = None,
+          ) -> tuple[Pipeline, livesets.ForGeneration]:
     """The new generation's pipeline with the live set entries: compiled into their sets
     where they must be (the policy parsed again from revision `number`'s copies), laid
     over the rest. A second load only when the first shows that a set's addresses
@@ -243,14 +247,18 @@ def _load(records: Records, number: int, change: Proposal,
     config, compiled = change.config, live.compiled(None)
     if compiled:
         config = load_revision(records, records.revision(number), extra=compiled)
-    pipeline = Pipeline.load(config.pipeline, reuse=reuse)
+
+    def load(config: Config) -> Pipeline:
+        return Pipeline.load(replace(config.pipeline, canary=arm), reuse=reuse, other_arm=other_arm)
+
+    pipeline = load(config)
     try:
         if live.any:
             needed = live.compiled(pipeline.live)
             if needed != compiled:
                 pipeline.close()
                 config, compiled = load_revision(records, records.revision(number), extra=needed), needed
-                pipeline = Pipeline.load(config.pipeline, reuse=reuse)
+                pipeline = load(config)
             pipeline.live.compiled = {s: {str(n) for n in nets} for s, nets in compiled.items()}
             live.lay_over(pipeline.maps, pipeline.live)
         pipeline.live.sets = set(config.policy.sets) if config.policy else set()
@@ -408,6 +416,9 @@ def _status_of(iface: str) -> dict:
         report["revision"] = {**revision.to_json(), "when": revision.when}
     except ValueError:
         report["revision"] = {"revision": live, "problem": "its record is missing"}
+    control = tx.control_of(layout, live)
+    if control is not None:
+        report["canary"] = {"arm": (records.canary() or {}).get("arm"), "against": control}
     maps = layout.maps(live)
     missing = [name for name in SHARED_MAPS if name not in maps]
     if missing:

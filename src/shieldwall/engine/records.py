@@ -183,6 +183,17 @@ class Records:
         private_dir(self._ready() / "live-index")
         write_atomic(self.dir / "live-index" / f"{number}.json", json.dumps(index).encode())
 
+    # -- a canary (engine.canary) -------------------------------------------------------------
+    def canary(self) -> dict | None:
+        return read_json(self.dir / "canary.json")
+
+    def save_canary(self, data: dict) -> None:
+        self._ready()
+        write_atomic(self.dir / "canary.json", json.dumps(data).encode())
+
+    def clear_canary(self) -> None:
+        (self.dir / "canary.json").unlink(missing_ok=True)
+
     def live_entries(self) -> dict | None:
         return read_json(self.dir / "live.json", 1 << 30)
 

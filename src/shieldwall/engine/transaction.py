@@ -128,19 +128,24 @@ def begin(records: Records, op: str, before: int | None, after: int | None) -> N
                            "started": time.time()})
 
 
-def prepare(layout: Layout, number: int, pipeline: Pipeline) -> None:
+def prepare(layout: Layout, number: int, pipeline: Pipeline, own: tuple[str, ...] = ()) -> None:
     """Pins a loaded pipeline as generation `number`, beside whatever runs."""
     bpffs.remove_tree(layout.gen(number))  # left by a change that never committed
-    pipeline.pin(layout.gen(number), layout.state)
+    pipeline.pin(layout.gen(number), layout.state, own)
 
 
 def commit(layout: Layout, before: int, pipeline: Pipeline) -> None:
     """The switch: the link moves from generation `before`'s root to the new one, or
     nothing happens (ChangeError)."""
+    swap(layout, before, pipeline.root_program.fd)
+
+
+def swap(layout: Layout, before: int, root_fd: int) -> None:
+    """The link moves from generation `before`'s root to root_fd, or nothing happens."""
     old_fd = libbpf.obj_get(layout.gen(before) / ROOT_PIN)
     link_fd = libbpf.obj_get(layout.link)
     try:
-        libbpf.link_update(link_fd, pipeline.root_program.fd, expected_fd=old_fd)
+        libbpf.link_update(link_fd, root_fd, expected_fd=old_fd)
     except BpfError as exc:
         if exc.errno == errno.EPERM:
             raise ChangeError(errno.EPERM, "the interface no longer runs the generation this "
@@ -151,10 +156,13 @@ def commit(layout: Layout, before: int, pipeline: Pipeline) -> None:
         os.close(old_fd)
 
 
-def finish(layout: Layout, records: Records, before: int | None, after: int) -> None:
+def finish(layout: Layout, records: Records, before: int | None, after: int,
+           keep: int | None = None) -> None:
     """After the switch: the old generation's counters move to the new one, its pins go,
-    the new revision is the current one. Safe to run again after a kill (recovery)."""
-    if before is not None and layout.gen(before).is_dir():
+    the new revision is the current one. Safe to run again after a kill (recovery).
+    `keep`: a generation that still runs (the arm a canary is tried against): its
+    counters stay and so do its pins."""
+    if before is not None and before != keep and layout.gen(before).is_dir():
         time.sleep(DRAIN_SECONDS)
         old, new = layout.maps(before), layout.maps(after)
         try:
@@ -163,8 +171,10 @@ def finish(layout: Layout, records: Records, before: int | None, after: int) -> 
             close_maps(old)
             close_maps(new)
     for number, path in layout.generations().items():
-        if number != after:
+        if number not in (after, keep):
             bpffs.remove_tree(path)
+    if keep is None:
+        records.clear_canary()
     records.set_current(after)
     records.clear_journal()
 
@@ -194,6 +204,20 @@ def recover(iface: str) -> str | None:
         _finish_down(layout, records)
         return f"completed an interrupted `down` on {iface}: shieldwall is detached"
     live = layout.live_generation()
+    if op == "canary":  # a canary's start: the generation it is tried against stays
+        if live == after:
+            finish(layout, records, before, after, keep=before)
+            return (f"completed an interrupted canary start on {iface}: revision {after} runs "
+                    f"beside revision {before}")
+        abandon(layout, records, after)
+        records.clear_canary()
+        return f"rolled back an interrupted canary start on {iface}: revision {before} stays in force"
+    if op == "canary-abort":
+        if live != after:
+            records.clear_journal()  # nothing was switched: the canary still runs
+            return f"an interrupted canary abort on {iface} had switched nothing: the canary still runs"
+        finish(layout, records, None, after)  # the arm's counters stay its own
+        return f"completed an interrupted canary abort on {iface}: revision {after} is in force"
     if after is not None and live == after:
         finish(layout, records, before, after)
         return (f"completed an interrupted {op} on {iface}: revision {after} is in force "
@@ -211,8 +235,17 @@ def _drop_strays(layout: Layout) -> None:
     if live is None:
         return
     for number, path in layout.generations().items():
-        if number != live:
+        if number != live and number != control_of(layout, live):
             bpffs.remove_tree(path)
+
+
+def control_of(layout: Layout, live: int | None) -> int | None:
+    """The generation a running canary (generation `live`) is tried against, if any."""
+    records = Records(layout.directory.name)
+    found = records.canary()
+    if found and live is not None and found.get("canary") == live:
+        return int(found["control"])
+    return None
 
 
 def _finish_down(layout: Layout, records: Records) -> None:

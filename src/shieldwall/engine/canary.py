@@ -1,0 +1,211 @@
+"""A/B canary: a new policy for a share of the traffic, beside the one in force
+(docs/updates.md, "A/B canary").
+
+The canary is a generation like any other, loaded and pinned beside the running one,
+whose root decides first which arm a packet belongs to (lib/canary.h): its own
+packets go down its own chain, the others are handed, by a tail call, to the root of
+the generation in force, which keeps running unchanged. The link swaps to the
+canary's root in one step (the engine's compare-and-swap), so the arms start together.
+
+Each arm has its own counters: the canary's rule counters are its generation's, as
+always, and its verdict counters are a map of its own (every other generation shares
+one); the generation in force counts as before, and the canary's record keeps what
+its counters held at the start. `promote` applies the canary's revision as a new
+generation without an arm (a reload: its rule counters follow by name); `abort` swaps
+the link back to the root in force and drops the canary.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import time
+from dataclasses import dataclass, replace
+
+
+from ..dataplane import bpffs
+from ..dataplane.pipeline import ROOT_PIN, Arm, pinned_maps, read_counters
+from ..kernel import libbpf, xdp
+from ..policy.errors import Invalid, quote
+from ..stages.policy import rule_counters, rule_names
+from . import lifecycle
+from . import transaction as tx
+from .records import Records
+from .transaction import Layout, control_of
+
+OWN_MAPS = ("sw_counters",)
+
+
+class CanaryError(lifecycle.AttachError):
+    pass
+
+
+def parse_share(text: str) -> int:
+    """`10%`, `0.5%`: the share of 2^32 a flow hash must be under."""
+    value = text.strip().removesuffix("%")
+    try:
+        share = float(value)
+    except ValueError:
+        raise Invalid(f"--share: {quote(text)} is not a percentage (10%)") from None
+    if not 0 < share < 100:
+        raise Invalid(f"--share: {quote(text)}: more than 0% and less than 100%")
+    return round(share / 100 * (1 << 32))
+
+
+def arm_of(share: str | None, src: str | None) -> tuple[Arm, str]:
+    if (share is None) == (src is None):
+        raise Invalid("give either --share PERCENT or --src PREFIX")
+    if share is not None:
+        return Arm(share=parse_share(share)), f"{share.strip()} of flows"
+    try:
+        net = ipaddress.ip_network(src, strict=True)
+    except ValueError as exc:
+        raise Invalid(f"--src: {exc}") from None
+    return Arm(prefix=net), f"sources in {net}"
+
+
+def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifecycle.AttachResult:
+    with bpffs.exclusive():
+        recovered = lifecycle._recover(iface)
+        layout, records = Layout.of(iface), Records(iface)
+        before = layout.live_generation()
+        if before is None:
+            raise CanaryError(errno.ENOENT, f"shieldwall is not running on {iface}",
+                              f"attach it first: shieldwall up --iface {iface} --config FILE")
+        if control_of(layout, before) is not None:
+            raise CanaryError(errno.EBUSY, f"a canary already runs on {iface}",
+                              f"end it first: shieldwall canary promote|abort --iface {iface}")
+        number = records.next_number()
+        tx.begin(records, "canary", before, number)
+        pipeline = None
+        control_fd = libbpf.obj_get(layout.gen(before) / ROOT_PIN)
+        try:
+            lifecycle._record(records, number, change, f"canary ({label})")
+            state = pinned_maps(layout.state)
+            try:
+                reuse = {n: m.fd for n, m in state.items() if n not in OWN_MAPS}
+                pipeline, live = lifecycle._load(records, number, change, reuse, arm, control_fd)
+            finally:
+                tx.close_maps(state)
+            tx.prepare(layout, number, pipeline, own=OWN_MAPS)
+            records.save_canary({"control": before, "canary": number, "arm": label,
+                                 "started": time.time(), "baseline": _verdicts(layout, before),
+                                 "rules_baseline": _rules(layout, before)})
+            tx.commit(layout, before, pipeline)
+            prog_id = pipeline.root_program.id
+        except BaseException:
+            tx.abandon(layout, records, number)
+            records.clear_canary()
+            raise
+        finally:
+            os.close(control_fd)
+            if pipeline is not None:
+                pipeline.close()
+        tx.finish(layout, records, before, number, keep=before)
+        mode = xdp.query(xdp.ifindex(iface)).mode or "none"
+        return lifecycle.AttachResult(iface, mode, f"revision {number} runs for {label}; revision "
+                                      f"{before} for the rest", prog_id, layout.directory, number,
+                                      reloaded=True, recovered=recovered, notes=tuple(live.notes))
+
+
+def _running(layout: Layout, records: Records, iface: str) -> tuple[int, int, dict]:
+    live = layout.live_generation()
+    control = control_of(layout, live)
+    if control is None or live is None:
+        raise CanaryError(errno.ENOENT, f"no canary runs on {iface}",
+                          f"start one: shieldwall canary start --iface {iface} --config NEW.yaml --share 10%")
+    return live, control, records.canary() or {}
+
+
+def promote(iface: str) -> lifecycle.AttachResult:
+    """The canary's revision becomes the whole, as a new generation."""
+    with bpffs.exclusive():
+        recovered = lifecycle._recover(iface)
+        layout, records = Layout.of(iface), Records(iface)
+        live, _, _ = _running(layout, records, iface)
+        revision = records.revision(live)
+        change = lifecycle.Proposal(lifecycle.load_revision(records, revision), None,
+                                    "canary promote", stored=revision)
+        return replace(lifecycle._apply(iface, change), recovered=recovered)
+
+
+def abort(iface: str) -> int:
+    """Back to the revision the canary was tried against; returns it."""
+    with bpffs.exclusive():
+        lifecycle._recover(iface)
+        layout, records = Layout.of(iface), Records(iface)
+        live, control, _ = _running(layout, records, iface)
+        tx.begin(records, "canary-abort", live, control)
+        root = libbpf.obj_get(layout.gen(control) / ROOT_PIN)
+        try:
+            tx.swap(layout, live, root)
+        except BaseException:
+            records.clear_journal()
+            raise
+        finally:
+            os.close(root)
+        tx.finish(layout, records, None, control)
+        return control
+
+
+@dataclass(frozen=True)
+class ArmReport:
+    revision: int
+    packets: int
+    verdicts: dict[str, int]
+    rules: dict[str, int]
+
+
+def status(iface: str) -> dict:
+    """Both arms side by side: packets, verdicts by reason, rule hits by name, since the
+    canary started."""
+    bpffs.require_root()
+    layout, records = Layout.of(iface), Records(iface)
+    live, control, record = _running(layout, records, iface)
+    baseline = {tuple(k.split("/", 1)): v for k, v in record.get("baseline", {}).items()}
+    arms = {}
+    for name, number in (("in force", control), ("canary", live)):
+        maps = layout.maps(number)
+        try:
+            counts = {k: v[0] for k, v in read_counters(maps["sw_counters"]).items()}
+            if name == "in force":
+                counts = {k: n - baseline.get(k, 0) for k, n in counts.items()}
+            rules = _rule_hits(maps)
+            if name == "in force":
+                start = record.get("rules_baseline", {})
+                rules = {k: n - start.get(k, 0) for k, n in rules.items()}
+        finally:
+            tx.close_maps(maps)
+        arms[name] = ArmReport(number, sum(counts.values()),
+                               {f"{a}/{r}": n for (a, r), n in sorted(counts.items()) if n}, rules)
+    total = sum(a.packets for a in arms.values())
+    return {"iface": iface, "arm": record.get("arm"), "started": record.get("started"),
+            "arms": {k: {**a.__dict__, "share": round(a.packets / total, 4) if total else None}
+                     for k, a in arms.items()}}
+
+
+def _rule_hits(maps: dict) -> dict[str, int]:
+    if "sw_pol_names" not in maps:
+        return {}
+    names = rule_names(maps)
+    return {names.get(i, "(default)"): c.packets for i, c in rule_counters(maps).items()}
+
+
+def _rules(layout: Layout, number: int) -> dict[str, int]:
+    maps = layout.maps(number)
+    try:
+        return _rule_hits(maps)
+    finally:
+        tx.close_maps(maps)
+
+
+def _verdicts(layout: Layout, number: int) -> dict[str, int]:
+    maps = layout.maps(number)
+    try:
+        return {f"{a}/{r}": v[0] for (a, r), v in read_counters(maps["sw_counters"]).items()}
+    finally:
+        tx.close_maps(maps)
+
+
+__all__ = ["start", "promote", "abort", "status", "arm_of"]
