@@ -20,6 +20,7 @@ from ..helpers import shieldwall
 pytestmark = pytest.mark.netns
 
 REJECTED = r"""
+#include "lib/canary.h"
 #include "lib/pipeline.h"
 SW_TABLE_MAP(sw_src_tab);
 SW_HOSTS_MAP(sw_src_hosts);
