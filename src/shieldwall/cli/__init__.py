@@ -82,14 +82,20 @@ def cmd_reload(args: argparse.Namespace) -> int:
         for line in changes(current, config):
             print(line)
         return 0
-    change = _proposal(args, "reload")
+    if args.config:
+        from ..engine.segments import proposal
+        change = proposal(Path(args.config), drop_live=args.drop_live)
+    else:
+        change = _proposal(args, "reload")
     with _netns(args):
         result = lifecycle.reload(args.iface, change)
     _recovered(result.recovered)
     print(f"shieldwall reloaded on {result.iface} ({result.mode} mode, program id "
           f"{result.prog_id}): revision {result.revision} in force")
     _notes(result)
-    return 0
+    for problem in result.failed:
+        print(f"shieldwall: {problem}", file=sys.stderr)
+    return 2 if result.failed else 0
 
 
 def _notes(result: Any) -> None:

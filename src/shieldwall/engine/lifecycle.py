@@ -46,6 +46,7 @@ class AttachResult:
     reloaded: bool = False
     recovered: str | None = None  # what finishing an interrupted change did first
     notes: tuple[str, ...] = ()   # what became of the live set entries
+    failed: tuple[str, ...] = ()  # segments whose change was refused (the others went in)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Proposal:
     origin: str = "reload"
     stored: Revision | None = None       # when it is an earlier revision applied again
     drop_live: bool = False              # the live set entries go (engine.livesets)
+    files: dict[str, Path] | None = None  # where named files are read from, if not beside it
 
 
 def proposal(config: Config, source: Path | None, origin: str = "reload",
@@ -157,9 +159,14 @@ def _detach_foreign(index: int, state: xdp.XdpState) -> None:
 # -- changing what runs --------------------------------------------------------------------
 
 def reload(iface: str, change: Proposal) -> AttachResult:
-    """A new generation, state maps reused, switched to in one swap of the link."""
+    """A new generation, state maps reused, switched to in one swap of the link; a
+    policy with segments goes through segments.cycles() instead."""
+    policy = change.config.policy
     with bpffs.exclusive():
         recovered = _recover(iface)
+        if policy is not None and policy.ruleset.segments and change.source is not None:
+            from .segments import cycles
+            return replace(cycles(iface, change), recovered=recovered)
         return replace(_apply(iface, change), recovered=recovered)
 
 
@@ -282,8 +289,12 @@ def _record(records: Records, number: int, change: Proposal, origin: str) -> Non
     else:
         sha = records.store_blob(read_bounded(change.source, MAX_POLICY_BYTES))
         base = change.source.parent
-        files = {shown: records.store_blob(read_bounded(base / shown, MAX_SET_FILE_BYTES))
-                 for s in policy.sets.values() for shown in s.files}
+        where = change.files or {}
+        named = [shown for s in policy.sets.values() for shown in s.files]
+        named += [seg.file for seg in policy.ruleset.segments]
+        files = {shown: records.store_blob(read_bounded(where.get(shown) or base / shown,
+                                                        MAX_SET_FILE_BYTES))
+                 for shown in named}
         source = str(change.source.resolve())
     records.save(Revision(number, time.time(), source, sha, files, origin,
                           _summary(change.config)))

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..stages import policy_keys, stages
-from .errors import PolicyError, quote
+from .errors import Invalid, PolicyError, quote
 from .files import NotReadable, read_bounded
 from .model import Capacity, Pipeline, Policy
 from .validator import Validator
@@ -50,15 +50,23 @@ def parse_policy_text(
 ) -> Policy:
     """Validate a policy given as YAML text; `source` names it in errors."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        data = load_yaml(text)
+    except Invalid as exc:
+        raise PolicyError(source, "", str(exc)) from None
+    return parse_policy(data, source, base_dir, capacity, files, extra)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML data of a policy or a segment file (Invalid, with a short reason)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as err:
-        raise PolicyError(source, "", _yaml_problem(err)) from None
+        raise Invalid(_yaml_problem(err)) from None
     except yaml.YAMLError as err:
-        raise PolicyError(source, "", f"invalid YAML: {_cut(str(err))}") from None
+        raise Invalid(f"invalid YAML: {_cut(str(err))}") from None
     except RecursionError:
         # compose_node() counts levels; this is for whatever else recurses.
-        raise PolicyError(source, "", "invalid YAML: nested too deeply") from None
-    return parse_policy(data, source, base_dir, capacity, files, extra)
+        raise Invalid("invalid YAML: nested too deeply") from None
 
 
 def parse_policy(

@@ -328,11 +328,25 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A named part of the rules that owns some destinations: its rules come from a file
+    of their own, match only packets to those destinations, and a reload applies each
+    segment's file as a change of its own (docs/updates.md, "Segments")."""
+
+    name: str
+    dst: tuple[Network, ...]
+    file: str
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
 class RuleSet:
-    """The rules and what happens when none decides: the policy stage's section."""
+    """The rules and what happens when none decides: the policy stage's section.
+    `rules` holds every rule, the segments' first, in segment order."""
 
     default_action: Verdict = "pass"
     rules: tuple[Rule, ...] = ()
+    segments: tuple[Segment, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class RuleCounter:
 class PolicyStage(Stage):
     name = "policy"
     reasons = ("rule", "default", "nd_protected")
-    keys = ("default_action", "rules")
+    keys = ("default_action", "segments", "rules")
     order = 20
     config_maps = {
         TABLE: ("__u32", "__u32"),  # a table: one value (lib/table.h)
@@ -77,7 +77,11 @@ class PolicyStage(Stage):
         for rule in section.rules:
             by_action[rule.action.name] = by_action.get(rule.action.name, 0) + 1
         actions = ", ".join(f"{n} {a}" for a, n in sorted(by_action.items())) or "none"
-        return [f"rules: {len(section.rules)} ({actions}); default action: {section.default_action}"]
+        lines = [f"rules: {len(section.rules)} ({actions}); default action: {section.default_action}"]
+        for seg in section.segments:
+            lines.append(f"segment {seg.name}: {len(seg.rules)} rules for "
+                         f"{', '.join(map(str, seg.dst))} (from {seg.file})")
+        return lines
 
     def warnings(self, policy: Policy) -> Iterable[Issue]:
         return rule_warnings(policy)
@@ -93,6 +97,15 @@ class PolicyStage(Stage):
     def changes(self, old: RuleSet | None, new: RuleSet | None) -> list[str]:
         old, new = old or RuleSet(), new or RuleSet()
         lines = []
+        before_segs = {seg.name: seg for seg in old.segments}
+        for seg in new.segments:
+            was = before_segs.pop(seg.name, None)
+            if was is None:
+                lines.append(f"segment {seg.name}: added ({len(seg.rules)} rules)")
+            elif (was.dst, [(r.name, r.match, r.action) for r in was.rules]) != \
+                    (seg.dst, [(r.name, r.match, r.action) for r in seg.rules]):
+                lines.append(f"segment {seg.name}: changed (applied as a change of its own)")
+        lines += [f"segment {name}: removed" for name in before_segs]
         if old.default_action != new.default_action:
             lines.append(f"policy.default_action: {old.default_action} -> {new.default_action}")
         before = {r.name: r for r in old.rules}
