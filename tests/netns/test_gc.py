@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from shieldwall.dataplane import bpffs
+from shieldwall.engine.records import state_root
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.lab import LabTopology, lab_down, lab_up
 from shieldwall.lab import netns as ns
@@ -46,12 +47,16 @@ def test_the_pins_of_a_deleted_namespace(lab, other):
     scope = bpffs.netns_pin_scope(lab.server_ns)
     ns.delete_netns(lab.server_ns)  # as `ip netns delete` does: the pins stay
     assert scope.is_dir()
+    records = state_root() / f"netns-{lab.server_ns}"
+    assert records.is_dir()
     out = shieldwall("gc")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        f"removed {scope}: network namespace '{lab.server_ns}' no longer exists"]
-    assert not scope.exists()
+        f"removed {scope}: network namespace '{lab.server_ns}' no longer exists",
+        f"removed {records}: records of network namespace '{lab.server_ns}', which no longer exists"]
+    assert not scope.exists() and not records.exists()
     assert server_status(other)["attached"]  # untouched
+    assert (state_root() / f"netns-{other.server_ns}").is_dir()
 
 
 def test_the_pins_of_a_deleted_interface(lab, other):
@@ -95,7 +100,9 @@ def test_down_purge(lab, other, topo):
         assert out.stdout.splitlines() == [
             f"shieldwall detached from {lab.server_if}",
             f"removed {bpffs.netns_pin_scope(gone.server_ns)}: network namespace "
-            f"'{gone.server_ns}' no longer exists"]
+            f"'{gone.server_ns}' no longer exists",
+            f"removed {state_root() / ('netns-' + gone.server_ns)}: records of network namespace "
+            f"'{gone.server_ns}', which no longer exists"]
         assert server_status(other)["attached"]
     finally:
         lab_down(gone)

@@ -1,4 +1,5 @@
-"""`shieldwall gc`: the pins of interfaces and namespaces that no longer exist.
+"""`shieldwall gc`: the pins of interfaces and namespaces that no longer exist, and the
+records of those namespaces.
 
 Pins outlive what they were made for: `ip netns delete` or a removed veth leaves
 <bpffs>/shieldwall/netns-NAME/IFACE behind, holding programs and maps in the kernel, and
@@ -14,10 +15,11 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dataplane import bpffs
+from ..dataplane import bpffs, rootonly
 from ..dataplane.rootonly import UnsafePath
 from ..kernel.names import BadName, check_ifname, check_netns_name
 from ..kernel.netns import NETNS_RUN_DIR, NamespaceError, enter_netns
+from .records import state_root
 
 HOST = "host"
 NETNS_PREFIX = "netns-"
@@ -41,7 +43,28 @@ def collect() -> Collected:
                 _host(scope, done)
             elif scope.name.startswith(NETNS_PREFIX):
                 _named(scope, scope.name[len(NETNS_PREFIX):], done)
+        _records(done)
         return done
+
+
+def _records(done: Collected) -> None:
+    """The records (revisions, live entries) of namespaces that no longer exist: a
+    namespace made again under the name is another one. An interface's records in a
+    namespace that exists stay, for `up --revision` when it comes back."""
+    top = state_root()
+    for scope in sorted(top.iterdir()) if top.is_dir() else []:
+        name = scope.name[len(NETNS_PREFIX):]
+        if not scope.name.startswith(NETNS_PREFIX) or os.path.lexists(NETNS_RUN_DIR / name):
+            continue
+        try:
+            check_netns_name(name)
+            rootonly.remove_tree(scope)
+        except BadName:
+            continue
+        except UnsafePath as exc:
+            done.kept.append((scope, str(exc)))
+        else:
+            done.removed.append((scope, f"records of network namespace {name!r}, which no longer exists"))
 
 
 def _host(scope: Path, done: Collected) -> None:

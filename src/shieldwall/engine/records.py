@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..dataplane import bpffs
+from ..dataplane.rootonly import UnsafePath, make_dir
 from ..kernel.errors import BpfError
 
 DEFAULT_STATE = Path("/var/lib/shieldwall")
@@ -42,26 +42,18 @@ def state_root() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """`path` as a directory only root can change, made (0700) when missing. Refuses a
-    symlink or a directory another user owns or may write: the journal and revisions
+    """`path` as a directory only root can change, made (0700) when missing, and every
+    directory from the state root down to it (rootonly): the journal and revisions
     decide what root's next command does."""
     root = state_root()
     below = path.relative_to(root).parts if path.is_relative_to(root) else ()
     root.parent.mkdir(parents=True, exist_ok=True)
     for step in [root, *(root.joinpath(*below[:i + 1]) for i in range(len(below)))]:
         try:
-            os.mkdir(step, 0o700)
-        except FileExistsError:
-            pass
-        st = os.lstat(step)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-            what = "a symlink" if stat.S_ISLNK(st.st_mode) else (
-                "not a directory" if not stat.S_ISDIR(st.st_mode) else
-                f"owned by uid {st.st_uid}" if st.st_uid != 0 else "writable by others")
-            raise StateDirError(errno.EPERM, f"{step} is {what}",
-                                "shieldwall keeps its revisions and journal only in directories "
-                                "root owns and only root may write; remove it or fix its owner "
-                                "and mode")
+            make_dir(step, fix="shieldwall keeps its revisions and journal only in directories "
+                               "root owns and only root may write; remove it or fix its owner and mode")
+        except UnsafePath as exc:
+            raise StateDirError(errno.EPERM, str(exc)) from None
     return path
 
 
