@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from shieldwall.engine.records import Records
 from shieldwall.engine.transaction import Layout
 from shieldwall.kernel import libbpf
 from shieldwall.kernel.netns import enter_netns
@@ -122,4 +127,60 @@ def test_source_prefix_and_promote(lab, tmp_path):
     assert none.returncode == 2 and "no canary runs" in none.stderr
     both = cli(topo, "canary", "start", "--config", str(new), "--share", "10%", "--src", "192.0.2.0/24")
     assert both.returncode == 2 and "either --share" in both.stderr
+    assert cli(topo, "down").returncode == 0
+
+
+def _canary_process(topo, policy) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "shieldwall", "canary", "start", "--netns",
+                             topo.server_ns, "--iface", topo.server_if, "--config", str(policy),
+                             "--share", "50%"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _journal(topo) -> Path:
+    with enter_netns(topo.server_ns):
+        return Records(topo.server_if).dir / "journal"
+
+
+def test_canary_starts_killed_at_random_instants(lab, tmp_path):
+    """Whatever instant a kill lands on, the link runs a whole generation (the one in
+    force, or the canary handing the other flows to it), and the next command completes
+    the start or undoes it and says which."""
+    topo = lab
+    keep, new = policies(tmp_path)
+    assert cli(topo, "up", "--mode", "native", "--config", str(keep)).returncode == 0
+    rng = random.Random(11)
+    flows = [(f"198.51.100.{rng.randrange(256)}", rng.randrange(1024, 65536)) for _ in range(40)]
+    journal = _journal(topo)
+    outcomes = {"completed": 0, "rolled back": 0, "finished": 0, "not begun": 0}
+    for attempt in range(10):
+        proc = _canary_process(topo, new)
+        deadline = time.monotonic() + 60
+        while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        seen = [verdict(topo, src, sport) for src, sport in flows]
+        running = "drop" in seen
+        if running:
+            assert "pass" in seen, "the canary took every flow: the root in force is not reached"
+        report = server_status(topo)
+        assert report["attached"]
+        interrupted = report.get("interrupted")
+        status = cli(topo, "canary", "status")  # reads only: finishing is for changes
+        after = cli(topo, "canary", "abort")
+        if interrupted:
+            said = ("completed" if "completed an interrupted canary start" in after.stdout else
+                    "rolled back" if "rolled back an interrupted canary start" in after.stderr else None)
+            assert said == ("completed" if running else "rolled back"), (after.stdout, after.stderr)
+            outcomes[said] += 1
+        else:
+            outcomes["finished" if running else "not begun"] += 1
+        assert after.returncode == (0 if running else 2), (after.stdout, after.stderr, status.stdout)
+        assert {verdict(topo, src, sport) for src, sport in flows} == {"pass"}
+        with enter_netns(topo.server_ns):
+            assert len(Layout.of(topo.server_if).generations()) == 1
+            assert Records(topo.server_if).canary() is None
+    print(f"canary start kills: {outcomes}")
+    assert outcomes["completed"] + outcomes["rolled back"] >= 1, outcomes
     assert cli(topo, "down").returncode == 0

@@ -284,7 +284,8 @@ def cmd_canary(args: argparse.Namespace) -> int:
             _recovered(result.recovered)
             print(f"canary on {args.iface} promoted: revision {result.revision} in force for all traffic")
         elif args.canary_cmd == "abort":
-            back = canary.abort(args.iface)
+            back, recovered = canary.abort(args.iface)
+            _recovered(recovered)
             print(f"canary on {args.iface} aborted: revision {back} in force for all traffic")
         else:
             report = canary.status(args.iface)

@@ -109,11 +109,13 @@ def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifec
                                       reloaded=True, recovered=recovered, notes=tuple(live.notes))
 
 
-def _running(layout: Layout, records: Records, iface: str) -> tuple[int, int, dict]:
+def _running(layout: Layout, records: Records, iface: str,
+             recovered: str | None = None) -> tuple[int, int, dict]:
     live = layout.live_generation()
     control = control_of(layout, live)
     if control is None or live is None:
-        raise CanaryError(errno.ENOENT, f"no canary runs on {iface}",
+        first = f" ({recovered})" if recovered else ""
+        raise CanaryError(errno.ENOENT, f"no canary runs on {iface}{first}",
                           f"start one: shieldwall canary start --iface {iface} --config NEW.yaml --share 10%")
     return live, control, records.canary() or {}
 
@@ -123,19 +125,20 @@ def promote(iface: str) -> lifecycle.AttachResult:
     with bpffs.exclusive():
         recovered = lifecycle._recover(iface)
         layout, records = Layout.of(iface), Records(iface)
-        live, _, _ = _running(layout, records, iface)
+        live, _, _ = _running(layout, records, iface, recovered)
         revision = records.revision(live)
         change = lifecycle.Proposal(lifecycle.load_revision(records, revision), None,
                                     "canary promote", stored=revision)
         return replace(lifecycle._apply(iface, change), recovered=recovered)
 
 
-def abort(iface: str) -> int:
-    """Back to the revision the canary was tried against; returns it."""
+def abort(iface: str) -> tuple[int, str | None]:
+    """Back to the revision the canary was tried against; returns it, and what finishing
+    an interrupted change did first."""
     with bpffs.exclusive():
-        lifecycle._recover(iface)
+        recovered = lifecycle._recover(iface)
         layout, records = Layout.of(iface), Records(iface)
-        live, control, _ = _running(layout, records, iface)
+        live, control, _ = _running(layout, records, iface, recovered)
         tx.begin(records, "canary-abort", live, control)
         root = libbpf.obj_get(layout.gen(control) / ROOT_PIN)
         try:
@@ -146,7 +149,7 @@ def abort(iface: str) -> int:
         finally:
             os.close(root)
         tx.finish(layout, records, None, control)
-        return control
+        return control, recovered
 
 
 @dataclass(frozen=True)
