@@ -157,7 +157,7 @@ def _report(rules: dict, sets: dict, bare: dict, empty: float) -> dict:
                            f"{p.get('passed_fraction', 0):>7.1%} {p.get('install_seconds', 0):>6} s")
     lines = [head, row("bare", bare)]
     lines += [row(f"{n:,} rules", p) for n, p in rules.items()]
-    lines.append(f"repeated packet, live frames, vs bare: " + ", ".join(
+    lines.append("repeated packet, live frames, vs bare: " + ", ".join(
         f"{n:,} rules x{r}" for n, r in report["repeated_live_of_bare"].items()))
     lines.append(f"{last:,} rules cost x{report['rules_ratio_adversarial']} of {first} per packet "
                  f"(adversarial, live; x{report['rules_ratio_adversarial_program']} programs only); "

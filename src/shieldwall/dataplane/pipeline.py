@@ -16,7 +16,6 @@ half-done.
 from __future__ import annotations
 
 import os
-from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path

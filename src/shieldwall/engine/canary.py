@@ -69,13 +69,7 @@ def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifec
     with bpffs.exclusive():
         recovered = lifecycle._recover(iface)
         layout, records = Layout.of(iface), Records(iface)
-        before = layout.live_generation()
-        if before is None:
-            raise CanaryError(errno.ENOENT, f"shieldwall is not running on {iface}",
-                              f"attach it first: shieldwall up --iface {iface} --config FILE")
-        if control_of(layout, before) is not None:
-            raise CanaryError(errno.EBUSY, f"a canary already runs on {iface}",
-                              f"end it first: shieldwall canary promote|abort --iface {iface}")
+        before = tx.alone_in_force(layout, iface)
         number = records.next_number()
         tx.begin(records, "canary", before, number)
         pipeline = None

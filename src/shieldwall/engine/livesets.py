@@ -31,7 +31,7 @@ from ..policy.model import Network
 from ..policy.sets import parse_prefix
 from ..policy.values import sort_key
 from .records import Records
-from .transaction import Layout, close_maps, control_of
+from .transaction import Layout, alone_in_force, close_maps
 
 # An interface's live entries, all sets together: the hash and the records stay bounded.
 MAX_ENTRIES = 1_000_000
@@ -227,13 +227,7 @@ def change(iface: str, decisions: list[Decision]) -> Outcome:
         lifecycle._recover(iface)
         layout = Layout.of(iface)
         records = Records(iface)
-        live = layout.live_generation()
-        if live is None:
-            raise LiveSetError(errno.ENOENT, f"shieldwall is not running on {iface}",
-                               f"attach it first: shieldwall up --iface {iface} --config FILE")
-        if control_of(layout, live) is not None:
-            raise LiveSetError(errno.EBUSY, f"a canary runs on {iface}",
-                               f"end it first: shieldwall canary promote|abort --iface {iface}")
+        live = alone_in_force(layout, iface)
         raw = records.live_index(live)
         if raw is None:
             raise LiveSetError(errno.ESTALE, f"generation {live} of {iface} has no live-entry index",

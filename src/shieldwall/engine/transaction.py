@@ -239,6 +239,19 @@ def _drop_strays(layout: Layout) -> None:
             bpffs.remove_tree(path)
 
 
+def alone_in_force(layout: Layout, iface: str) -> int:
+    """The generation in force, when no canary runs beside it (ChangeError otherwise):
+    what a change that starts from one whole policy needs."""
+    live = layout.live_generation()
+    if live is None:
+        raise ChangeError(errno.ENOENT, f"shieldwall is not running on {iface}",
+                          f"attach it first: shieldwall up --iface {iface} --config FILE")
+    if control_of(layout, live) is not None:
+        raise ChangeError(errno.EBUSY, f"a canary runs on {iface}",
+                          f"end it first: shieldwall canary promote|abort --iface {iface}")
+    return live
+
+
 def control_of(layout: Layout, live: int | None) -> int | None:
     """The generation a running canary (generation `live`) is tried against, if any."""
     records = Records(layout.directory.name)

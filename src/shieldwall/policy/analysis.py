@@ -30,7 +30,6 @@ from .model import (
     PrefixSet,
     Range,
     TcpFlags,
-    expand,
 )
 
 # Inclusive (lo, hi) pairs, sorted, disjoint and not adjacent: a set of integers.
