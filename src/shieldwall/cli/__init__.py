@@ -257,7 +257,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.scaling:
+    if args.live:
+        from .livebench import run_live
+        report = run_live()
+    elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
     else:
@@ -427,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every frame rewritten: traffic no cache absorbs")
     p.add_argument("--scaling", action="store_true",
                    help="cost as rules grow 10 -> 10k and sets 1 -> 1M prefixes")
+    p.add_argument("--live", action="store_true",
+                   help="live set entries on a 1M-address set: set add latency, feed rate, per-packet cost")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -81,7 +81,11 @@ def read_json(path: Path, limit: int = 16 << 20) -> Any | None:
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
-        return json.loads(f.read(limit))
+        # Read what the file holds, not `limit`: a buffer of the limit would be allocated whole.
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ValueError(f"{path} is larger than {limit >> 20} MiB")
+        return json.loads(f.read(size + 1))
 
 
 @dataclass(frozen=True)
