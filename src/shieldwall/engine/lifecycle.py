@@ -427,6 +427,9 @@ def _status_of(iface: str) -> dict:
         report["revision"] = {**revision.to_json(), "when": revision.when}
     except ValueError:
         report["revision"] = {"revision": live, "problem": "its record is missing"}
+    active = livesets.Entries.load(records).active(time.time())
+    if active:
+        report["live_entries"] = active
     control = tx.control_of(layout, live)
     if control is not None:
         report["canary"] = {"arm": (records.canary() or {}).get("arm"), "against": control}

@@ -118,6 +118,12 @@ class Entries:
     def count(self) -> int:
         return sum(len(e) for e in self.sets.values())
 
+    def active(self, now: float) -> dict[str, int]:
+        """Per set, the entries whose TTL has not passed (the data plane's view)."""
+        found = {name: sum(1 for exp in e.values() if exp is None or exp > now)
+                 for name, e in sorted(self.sets.items())}
+        return {name: n for name, n in found.items() if n}
+
     def expire(self, now: float) -> set[tuple[str, str]]:
         """Removes the entries whose TTL has passed; returns them as (set, prefix)."""
         gone = set()
