@@ -97,6 +97,9 @@ def test_share_of_flows(lab, tmp_path):
     assert set(canary["verdicts"]) == {"drop/rule"} and canary["rules"]["all"] == canary["packets"]
     assert kept["verdicts"].get("drop/rule", 0) == kept["rules"]["nothing"]  # its GRE rule
     decided = kept["verdicts"].get("pass/default", 0) + kept["rules"]["nothing"] + canary["packets"]
+    # status counts both arms.
+    counted = sum(c["packets"] for c in server_status(topo)["counters"])
+    assert counted >= kept["packets"] + canary["packets"]
     assert kept["packets"] + canary["packets"] >= FLOOD * 0.9, arms_report  # a busy veth may drop a few
     share = canary["packets"] / decided
     print(f"canary share {share:.4f} of {decided} packets a policy decided (asked {SHARE})")

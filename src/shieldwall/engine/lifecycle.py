@@ -443,9 +443,12 @@ def _status_of(iface: str) -> dict:
         report["chain"] = _chain(layout, live, maps)
         cfg = maps["sw_config"].lookup(0)
         report["on_missing_stage"] = abi.action_name(cfg.missed_action)
+        counts = read_counters(maps["sw_counters"])
+        if control is not None:  # the canary's own counters, and the shared ones of the rest
+            counts = _added(counts, _shared_counters(layout))
         report["counters"] = [
             {"action": a, "reason": r, "packets": p, "bytes": b}
-            for (a, r), (p, b) in sorted(read_counters(maps["sw_counters"]).items())]
+            for (a, r), (p, b) in sorted(counts.items())]
         report["stages"] = {}
         for c in report["chain"]:
             found = stages().get(c["stage"])
@@ -459,6 +462,18 @@ def _status_of(iface: str) -> dict:
     finally:
         tx.close_maps(maps)
     return report
+
+
+def _shared_counters(layout: Layout) -> dict:
+    shared = pinned_maps(layout.state)
+    try:
+        return read_counters(shared["sw_counters"]) if "sw_counters" in shared else {}
+    finally:
+        tx.close_maps(shared)
+
+
+def _added(a: dict, b: dict) -> dict:
+    return {k: tuple(x + y for x, y in zip(a.get(k, (0, 0)), b.get(k, (0, 0)))) for k in {*a, *b}}
 
 
 def _chain(layout: Layout, number: int, maps: dict) -> list[dict]:
