@@ -20,6 +20,7 @@ def test_demo_passes_its_checks_and_cleans_up():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[FAIL]" not in out.stdout and "drop blocklisted" in out.stdout
     assert "drop-attacker" in out.stdout
+    assert "in force in place" in out.stdout and "TTL ran out: reached" in out.stdout
     # The demo names its lab; the names are its own, and gone with their pins.
     built = re.search(r"^lab: (\S+) \(.*\) <-> (\S+) \(", out.stdout, re.MULTILINE)
     assert built, out.stdout

@@ -5,11 +5,13 @@ Runs on built-in defaults, bounded in time and packets, and always cleans up.
 
 from __future__ import annotations
 
+import time
+from ipaddress import ip_network
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from ..config import load_config
-from ..engine import lifecycle
+from ..engine import lifecycle, livesets
 from . import topology
 from .probes import tcp_connect
 from .servers import start_tcp_server
@@ -20,13 +22,15 @@ from .trafgen import TrafficGenerator
 PORT = 8080
 FLOOD_PACKETS = 1_000_000
 
-# The demo's policy: a spoofed range in the fastpath, the attacker's address and any
-# port but the web server's refused by rules, everything else passed.
+# The demo's policy: a spoofed range and a live blocklist in the fastpath, the attacker's
+# address and any port but the web server's refused by rules, everything else passed.
 POLICY = f"""\
 version: 1
 default_action: pass
+sets:
+  blocklist: {{type: prefix, entries: []}}   # filled live: shieldwall set add
 fastpath:
-  deny: [{SPOOFED_V4}]
+  deny: [{SPOOFED_V4}, "@blocklist"]
 rules:
   - name: drop-attacker
     match: {{src: [192.0.2.66, "2001:db8:0:1::66"]}}
@@ -88,6 +92,18 @@ def _run(change: lifecycle.Proposal) -> int:
                                     src_offset=IPV4_SRC_OFFSET)
                 _say(f"  sent {sent.sent:,} frames in {sent.seconds:.2f} s ({sent.mpps:.2f} Mpps)")
                 ok &= _check("client -> server during the attack", tcp_connect(topo, PORT), True)
+
+                ttl = 2
+                _say(f"live entry: shieldwall set add blocklist {topo.client_v4} --ttl {ttl}s")
+                with enter_netns(topo.server_ns):
+                    done = livesets.change(topo.server_if, [livesets.Decision(
+                        "add", "blocklist", ip_network(topo.client_v4), time.time() + ttl)])
+                _say(f"  in force {'in place' if done.in_place else 'by a new generation'} "
+                     f"in {done.seconds * 1000:.0f} ms")
+                ok &= _check("client -> server", tcp_connect(topo, PORT, timeout=0.5), False)
+                time.sleep(ttl + 0.2)
+                ok &= _check(f"client -> server once the {ttl} s TTL ran out",
+                             tcp_connect(topo, PORT), True)
 
                 with enter_netns(topo.server_ns):
                     report = lifecycle.status(topo.server_if)[0]
