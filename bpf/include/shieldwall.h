@@ -43,12 +43,20 @@
 #define SW_R_RULE 18
 #define SW_R_DEFAULT 19
 #define SW_R_ND_PROTECTED 20
+#define SW_R_BAD_TCP_FLAGS 22
+#define SW_R_LAND 23
+#define SW_R_BOGON_SOURCE 24
+#define SW_R_FRAGMENT_OVERLAP 25
+#define SW_R_IPV4_OPTIONS 26
+#define SW_R_IPV6_RH0 27
+#define SW_R_ZERO_PORT 28
 #define SW_R_MAX 32
 
 /* Which stage decided. Stage ids are fixed; their order in the chain is configuration. */
 #define SW_MOD_ROOT 0
 #define SW_MOD_FASTPATH 1
 #define SW_MOD_POLICY 2
+#define SW_MOD_PROTECT 3
 #define SW_MOD_MAX 16
 
 /* Prefixes the fastpath lists hold, allow and deny together. */
@@ -72,6 +80,8 @@
 
 /* sw_pkt.flags bits */
 #define SW_PKT_HAS_L4 1
+#define SW_PKT_IPV4_OPTIONS 2	/* an IPv4 header longer than 20 bytes */
+#define SW_PKT_IPV6_RH0 4	/* an IPv6 routing header of type 0 (deprecated, RFC 5095) */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define SW_TCP_FIN 1
@@ -200,6 +210,26 @@ struct sw_host {
 	__u32 origin;
 	__u32 flags;
 	__u64 expires_ns;
+};
+
+/* The protect stage's filters (docs/defenses.md), in the order it tests them. Filter i
+ * drops with reason SW_R_BAD_TCP_FLAGS + i. */
+#define SW_PROT_TCP_FLAGS 0
+#define SW_PROT_LAND 1
+#define SW_PROT_BOGONS 2
+#define SW_PROT_FRAGMENTS 3
+#define SW_PROT_IPV4_OPTIONS 4
+#define SW_PROT_IPV6_RH0 5
+#define SW_PROT_ZERO_PORTS 6
+#define SW_PROT_MAX 7
+
+#define SW_PROT_OFF 0
+#define SW_PROT_MONITOR 1
+#define SW_PROT_DROP 2
+
+struct sw_prot_consts {
+	__u32 mode[SW_PROT_MAX];	/* SW_PROT_OFF, _MONITOR or _DROP, per filter */
+	__u32 pad0;
 };
 
 /* Values of the fastpath's table, per source class: 0 for neither list. */

@@ -91,6 +91,8 @@ static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt,
 
 	pkt->family = SW_FAMILY_IPV4;
 	pkt->l3_len = tot;
+	if (hlen > sizeof(*ip))
+		pkt->flags |= SW_PKT_IPV4_OPTIONS;
 	pkt->ttl = ip->ttl;
 	pkt->l4_proto = ip->protocol;
 	sw_store_v4(pkt->src, ip->saddr);
@@ -124,6 +126,8 @@ static __always_inline int sw_ipv6_ext(struct xdp_md *ctx, struct sw_pkt *pkt, _
 	} else if (hdr == IPPROTO_AH_) {
 		*len = (ext[1] + 2) * 4;
 	} else {
+		if (hdr == IPPROTO_ROUTING_ && ext[2] == 0)
+			pkt->flags |= SW_PKT_IPV6_RH0;
 		*len = (ext[1] + 1) * 8;
 	}
 	if (off + *len > l3_end || !sw_bytes(ctx, off, *len))

@@ -146,6 +146,9 @@ class _Walk:
     def set(self, **fields: int | bytes) -> None:
         self.fields.update(fields)
 
+    def flag(self, bit: int) -> None:
+        self.fields["flags"] = int(self.fields.get("flags", 0)) | bit
+
 
 def _parse_layers(walk: _Walk) -> RootDecision | None:
     off, eth_proto = _link_layer(walk)
@@ -197,6 +200,8 @@ def _ipv4(walk: _Walk, off: int) -> tuple[int, int]:
     if tot_len < hlen or off + tot_len > walk.end:
         raise _Malformed(abi.SW_R_BAD_IPV4_LENGTH)
     walk.end = off + tot_len
+    if hlen > IPV4_MIN_HLEN:
+        walk.flag(abi.SW_PKT_IPV4_OPTIONS)
 
     frag_off = frag_field & 0x1FFF
     walk.set(
@@ -233,6 +238,8 @@ def _ipv6(walk: _Walk, off: int) -> tuple[int, int]:
             "!BBH", off, abi.SW_R_TRUNCATED_IPV6_EXT, IPV6_EXT_MIN_LEN
         )
         length = _ipv6_ext_len(hdr_type, hdr_len)
+        if hdr_type == IPPROTO_ROUTING and frag_field >> 8 == 0:  # routing type 0
+            walk.flag(abi.SW_PKT_IPV6_RH0)
         walk.need(off, length, abi.SW_R_TRUNCATED_IPV6_EXT)
         off += length
         if hdr_type == IPPROTO_FRAGMENT:
@@ -271,5 +278,5 @@ def _layer4(walk: _Walk, off: int, proto: int, family: int) -> None:
         walk.set(icmp_type=icmp_type, icmp_code=icmp_code)
     else:
         return
-    walk.set(flags=abi.SW_PKT_HAS_L4)
+    walk.flag(abi.SW_PKT_HAS_L4)
 
