@@ -211,7 +211,8 @@ def test_nested_prefixes_do_not_cross_families() -> None:
 
 def test_summary_of_the_tor_example() -> None:
     report = analyze(load_policy(EXAMPLES / "tor-relays.yaml"))
-    assert report.warnings == ()
+    # Its own comment says it: the replies to the host's own connections need rules.
+    assert [w.path for w in report.warnings] == ["default_action"]
     summary = report.summary
     assert summary.rules == 5
     assert summary.rules_by_action == {"pass": 4, "count": 1}
@@ -296,3 +297,11 @@ def test_covers_is_sound(outer: Match, inner: Match, pkts: list[ParsedPacket]) -
     if covers(outer, inner):
         for pkt in pkts:
             assert not matches(inner, pkt) or matches(outer, pkt)
+
+
+def test_a_default_drop_is_warned_about_the_hosts_own_connections() -> None:
+    text = "version: 1\ndefault_action: drop\nrules:\n  - {name: web, action: pass, match: {dport: 80}}\n"
+    found = [str(w) for w in analyze(parse_policy_text(text, "policy.yaml", ".")).warnings]
+    assert len(found) == 1 and found[0].startswith(
+        "policy.yaml: default_action: drop also drops the replies to connections this host opens")
+    assert warnings("- {name: web, action: pass, match: {dport: 80}}\n") == []

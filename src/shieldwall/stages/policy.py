@@ -84,7 +84,14 @@ class PolicyStage(Stage):
         return lines
 
     def warnings(self, policy: Policy) -> Iterable[Issue]:
-        return rule_warnings(policy)
+        yield from rule_warnings(policy)
+        if policy.default_action == "drop":
+            # Nothing yet knows which flows the host opened (issue: connection state).
+            yield Issue(policy.source, "default_action",
+                        "drop also drops the replies to connections this host opens itself "
+                        "(DNS lookups, updates, outbound TCP): shieldwall keeps no connection "
+                        "state yet; add rules that pass those replies (from your resolvers, "
+                        "to your ephemeral ports) or they time out")
 
     def sets_used(self, section: RuleSet) -> set[str]:
         used = set()
