@@ -139,10 +139,10 @@ def _descend(tab: TableImage, root: int, addr: int, bits: int, level: int) -> in
     return node
 
 
-def leaf(entries: "array | memoryview", root4: int, root6: int, addr16: bytes) -> int:
-    """The index of the entry a walk for addr16 stops at (sw_addr_class), in a table's
-    entries: a TableImage's, or a running table mapped (dataplane.livesets)."""
-    v4 = addr16[:12] == V4_MAPPED
+def leaf(entries: "array | memoryview", root4: int, root6: int, addr16: bytes, v4: bool) -> int:
+    """The index of the entry the walk for addr16 stops at (sw_addr_class), in a table's
+    entries: a TableImage's, or a running table mapped (dataplane.livehosts); `v4`:
+    the packet is IPv4 (an IPv6 packet walks the IPv6 trie, whatever its address)."""
     node = root4 if v4 else root6
     index = 0
     for byte in addr16[12:] if v4 else addr16:
@@ -156,13 +156,7 @@ def leaf(entries: "array | memoryview", root4: int, root6: int, addr16: bytes) -
 def lookup(tab: TableImage, trie: Trie, addr16: bytes, family: int) -> int:
     """sw_addr_class() in Python, for the tests."""
     v4 = family == abi.SW_FAMILY_IPV4
-    node = trie.root4 if v4 else trie.root6
-    entry = 0
-    for byte in addr16[12:] if v4 else addr16:
-        entry = tab.entries[node * FANOUT + byte]
-        if not entry & CHILD:
-            break
-        node = entry & CLASS
+    entry = tab.entries[leaf(tab.entries, trie.root4, trie.root6, addr16, v4)]
     mapped = not v4 and addr16[:12] == V4_MAPPED
     if entry & HOSTS and not mapped and addr16 in trie.hosts:
         return trie.hosts[addr16]

@@ -132,9 +132,13 @@ def lay_over(maps: dict[str, Any], lookup: Lookup, changes: dict[bytes, Membersh
     with MappedTable(maps[lookup.table]) as table:
         leaves: list[int] = []
         for key, member in changes.items():
+            # Live entries are never IPv4-mapped IPv6 (parse_prefix refuses them): an
+            # address in that form is IPv4.
+            leaf = addrtrie.leaf(table.entries, lookup.root4, lookup.root6, key,
+                                 key[:12] == addrtrie.V4_MAPPED)
             current = hosts.lookup(key)
             if current is None:
-                origin, flags = table.entries[_leaf(table, lookup, key)] & addrtrie.CLASS, 0
+                origin, flags = table.entries[leaf] & addrtrie.CLASS, 0
             else:
                 origin, flags = current.origin, current.flags
             own = [(s, exp) for s, exp in (member.sets if member else ()) if s in lookup.sets]
@@ -152,7 +156,7 @@ def lay_over(maps: dict[str, Any], lookup: Lookup, changes: dict[bytes, Membersh
             fallback = _joined(lookup, origin, [s for s, exp in own if exp != expires]) \
                 if expires else cls
             writes.append((key, (cls, fallback, origin, flags, expires & 0xFFFFFFFF, expires >> 32)))
-            leaves.append(_leaf(table, lookup, key))
+            leaves.append(leaf)
         if writes:
             keys = b"".join(k for k, _ in writes)
             values = array("I", [v for _, vals in writes for v in vals]).tobytes()
@@ -166,10 +170,6 @@ def lay_over(maps: dict[str, Any], lookup: Lookup, changes: dict[bytes, Membersh
     if removes:
         hosts.delete_batch(removes)
     return len(writes) + len(removes)
-
-
-def _leaf(table: MappedTable, lookup: Lookup, key: bytes) -> int:
-    return addrtrie.leaf(table.entries, lookup.root4, lookup.root6, key)
 
 
 def _joined(lookup: Lookup, origin: int, sets: Iterable[str]) -> int:
