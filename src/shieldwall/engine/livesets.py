@@ -21,7 +21,7 @@ import errno
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from ..dataplane import bpffs
 from ..dataplane.livehosts import HashFull, LiveIndex, Membership, host_key, is_host, lay_over, monotonic_ns
@@ -151,17 +151,16 @@ class Entries:
                 out[name] = nets
         return out
 
-    def hosts(self, index: LiveIndex) -> Iterator[str]:
+    def hosts(self, index: LiveIndex) -> set[str]:
         """Every entry laid over in place under this index."""
-        seen = set()
-        for name, entries in self.sets.items():
-            if index.in_place(name):
-                for prefix in entries:
-                    if prefix in index.compiled.get(name, ()):
-                        continue
-                    if prefix not in seen and is_host(parse_prefix(prefix)):
-                        seen.add(prefix)
-                        yield prefix
+        return {prefix for name, entries in self.sets.items() for prefix in entries
+                if _in_place_entry(index, name, prefix)}
+
+    def lay_over(self, maps: dict, index: LiveIndex, prefixes: Iterable[str]) -> None:
+        """These entries' live sets, as they are now, into every lookup of a generation."""
+        changes = {host_key(parse_prefix(p)): self.membership(p, index) for p in prefixes}
+        for lookup in index.lookups.values():
+            lay_over(maps, lookup, changes)
 
 
 # -- a generation being made (lifecycle) --------------------------------------------------
@@ -194,10 +193,7 @@ class ForGeneration:
         return self.entries.compiled(index)
 
     def lay_over(self, maps: dict, index: LiveIndex) -> None:
-        changes = {host_key(parse_prefix(p)): self.entries.membership(p, index)
-                   for p in self.entries.hosts(index)}
-        for lookup in index.lookups.values():
-            lay_over(maps, lookup, changes)
+        self.entries.lay_over(maps, index, self.entries.hosts(index))
 
     def kept(self) -> None:
         """After the switch: the entries as the new generation holds them."""
@@ -255,7 +251,7 @@ def change(iface: str, decisions: list[Decision]) -> Outcome:
             prefix = str(d.net)
             own = entries.sets.setdefault(d.set, {})
             if d.op == "add":
-                if own.get(prefix, 0) == d.expires and prefix in own:
+                if prefix in own and own[prefix] == d.expires:
                     out.unchanged += 1
                     continue
                 own[prefix] = d.expires
@@ -298,11 +294,9 @@ def _in_place_entry(index: LiveIndex, name: str, prefix: str) -> bool:
 
 
 def _in_place(layout: Layout, live: int, index: LiveIndex, entries: Entries, touched: set[str]) -> None:
-    changes = {host_key(parse_prefix(p)): entries.membership(p, index) for p in touched}
     maps = layout.maps(live)
     try:
-        for lookup in index.lookups.values():
-            lay_over(maps, lookup, changes)
+        entries.lay_over(maps, index, touched)
     finally:
         close_maps(maps)
 
