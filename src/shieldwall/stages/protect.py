@@ -46,7 +46,9 @@ FILTERS = {
     "zero_ports": (abi.SW_PROT_ZERO_PORTS, "drop"),
 }
 REASONS = ("bad_tcp_flags", "land", "bogon_source", "fragment_overlap", "ipv4_options",
-           "ipv6_rh0", "zero_port")
+           "ipv6_rh0", "zero_port")  # filter i drops with SW_R_BAD_TCP_FLAGS + i
+REASON = dict(zip(FILTERS, REASONS))
+DEFAULT_MODES = {name: default for name, (_, default) in FILTERS.items()}
 
 # Sources no packet from the Internet carries (RFC 6890 special-purpose, multicast and
 # reserved space). Private and documentation ranges are among them: a host on such a
@@ -62,7 +64,7 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG = 0x01, 0x02, 0x04, 0x08, 0
 
 @dataclass(frozen=True)
 class Protect:
-    modes: dict[str, str] = field(default_factory=lambda: {k: d for k, (_, d) in FILTERS.items()})
+    modes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODES))
     bogons: tuple[Network, ...] = ()          # the list in force: defaults + extra
     not_bogons: tuple[Network, ...] = ()      # `except`
 
@@ -116,7 +118,7 @@ class ProtectStage(Stage):
         spec = v.mapping(doc["protect"], "protect", tuple(FILTERS))
         if spec is None:
             return None
-        modes = {k: d for k, (_, d) in FILTERS.items()}
+        modes = dict(DEFAULT_MODES)
         extra: list[Network] = []
         excepted: list[Network] = []
         for key, value in spec.items():
@@ -153,9 +155,9 @@ class ProtectStage(Stage):
 
     # -- the reference model ------------------------------------------------------------
     def decide(self, section: Protect, pkt: ParsedPacket) -> Decision | None:
-        for (name, _), reason in zip(FILTERS.items(), REASONS):
-            if section.modes[name] == "drop" and matched(section, name, pkt):
-                return Decision("drop", reason)
+        hit = self.monitored(section, pkt)
+        if hit and section.modes[hit[-1]] == "drop":
+            return Decision("drop", REASON[hit[-1]])
         return None
 
     def monitored(self, section: Protect, pkt: ParsedPacket) -> list[str]:
