@@ -125,6 +125,11 @@ class Records:
         private_dir(self.dir / "blobs")
         return self.dir
 
+    def _write(self, name: str, data: Any, indent: int | None = None) -> None:
+        """A record, whole (write_atomic), in the interface's private directory."""
+        self._ready()
+        write_atomic(self.dir / name, json.dumps(data, indent=indent).encode())
+
     # -- blobs -------------------------------------------------------------------------
     def store_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -162,9 +167,7 @@ class Records:
         return max([*numbers, current or 0, 0]) + 1
 
     def save(self, revision: Revision) -> None:
-        self._ready()
-        write_atomic(self.dir / "revisions" / f"{revision.number}.json",
-                     json.dumps(revision.to_json(), indent=1).encode())
+        self._write(f"revisions/{revision.number}.json", revision.to_json(), indent=1)
 
     def drop(self, number: int) -> None:
         (self.dir / "revisions" / f"{number}.json").unlink(missing_ok=True)
@@ -177,15 +180,14 @@ class Records:
 
     def save_live_index(self, number: int, index: dict) -> None:
         private_dir(self._ready() / "live-index")
-        write_atomic(self.dir / "live-index" / f"{number}.json", json.dumps(index).encode())
+        self._write(f"live-index/{number}.json", index)
 
     # -- a canary (engine.canary) -------------------------------------------------------------
     def canary(self) -> dict | None:
         return read_json(self.dir / "canary.json")
 
     def save_canary(self, data: dict) -> None:
-        self._ready()
-        write_atomic(self.dir / "canary.json", json.dumps(data).encode())
+        self._write("canary.json", data)
 
     def clear_canary(self) -> None:
         (self.dir / "canary.json").unlink(missing_ok=True)
@@ -194,8 +196,7 @@ class Records:
         return read_json(self.dir / "live.json", 1 << 30)
 
     def save_live_entries(self, data: dict) -> None:
-        self._ready()
-        write_atomic(self.dir / "live.json", json.dumps(data).encode())
+        self._write("live.json", data)
 
     def current(self) -> int | None:
         data = read_json(self.dir / "current")
@@ -205,8 +206,7 @@ class Records:
         if number is None:
             (self.dir / "current").unlink(missing_ok=True)
             return
-        self._ready()
-        write_atomic(self.dir / "current", json.dumps({"revision": number}).encode())
+        self._write("current", {"revision": number})
         self._prune()
 
     def _prune(self) -> None:
@@ -224,8 +224,7 @@ class Records:
         return read_json(self.dir / "journal")
 
     def write_journal(self, entry: dict) -> None:
-        self._ready()
-        write_atomic(self.dir / "journal", json.dumps(entry).encode())
+        self._write("journal", entry)
 
     def clear_journal(self) -> None:
         (self.dir / "journal").unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .errors import Invalid, quote
 from .model import DOMAINS, Family, Fragment, Items, Match, Network, PrefixSet, Rule, RuleSet, Segment
-from .validator import Validator
+from .validator import NAME, Validator
 from .values import (
     parse_action,
     parse_choice,
@@ -59,7 +59,6 @@ def parse_rules(value: Any, v: Validator, first_seen: dict[str, str] | None = No
     return tuple(rules)
 
 
-_SEGMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 # A segment's file is a list of rules, a few kilobytes; the same bound as a policy.
 MAX_SEGMENT_BYTES = 16 << 20
 
@@ -73,7 +72,7 @@ def parse_segments(value: Any, v: Validator, first_seen: dict[str, str]) -> list
     found: list[Segment] = []
     owners: list[tuple[Network, str]] = []
     for name, spec in value.items():
-        if not isinstance(name, str) or not _SEGMENT_NAME.match(name):
+        if not isinstance(name, str) or not NAME.match(name):
             v.report("segments", f"invalid segment name {quote(name)} (letters, digits, _ and -)")
             continue
         path = f"segments.{name}"

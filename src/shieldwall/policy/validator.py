@@ -13,7 +13,8 @@ from .model import SET_TYPES, AddrValue, Capacity, Network, PrefixSet
 from .sets import parse_prefix, read_set_file
 from .values import describe, sort_key, string, suggest
 
-_SET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+# Names of sets and segments.
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _SET_KEYS = ("type", "entries", "files")
 
 T = TypeVar("T")
@@ -87,7 +88,7 @@ class Validator:
             self.report("sets", f"expected a mapping of set names, got {describe(value)}")
             return
         for name, spec in value.items():
-            if not isinstance(name, str) or not _SET_NAME.match(name):
+            if not isinstance(name, str) or not NAME.match(name):
                 self.report("sets", f"invalid set name {quote(name)} (letters, digits, _ and -)")
                 continue
             path = f"sets.{name}"
