@@ -84,8 +84,7 @@ def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifec
                 tx.close_maps(state)
             tx.prepare(layout, number, pipeline, own=OWN_MAPS)
             records.save_canary({"control": before, "canary": number, "arm": label,
-                                 "started": time.time(), "baseline": _verdicts(layout, before),
-                                 "rules_baseline": _rules(layout, before)})
+                                 "started": time.time(), "baseline": _counts(layout, before)})
             tx.commit(layout, before, pipeline)
             prog_id = pipeline.root_program.id
         except BaseException:
@@ -160,47 +159,31 @@ def status(iface: str) -> dict:
     bpffs.require_root()
     layout, records = Layout.of(iface), Records(iface)
     live, control, record = _running(layout, records, iface)
-    baseline = {tuple(k.split("/", 1)): v for k, v in record.get("baseline", {}).items()}
+    # The arm in force counts since the canary started; the canary's counters are new.
+    start = record.get("baseline", {})
     arms = {}
-    for name, number in (("in force", control), ("canary", live)):
-        maps = layout.maps(number)
-        try:
-            counts = {k: v[0] for k, v in read_counters(maps["sw_counters"]).items()}
-            if name == "in force":
-                counts = {k: n - baseline.get(k, 0) for k, n in counts.items()}
-            rules = _rule_hits(maps)
-            if name == "in force":
-                start = record.get("rules_baseline", {})
-                rules = {k: n - start.get(k, 0) for k, n in rules.items()}
-        finally:
-            tx.close_maps(maps)
-        arms[name] = ArmReport(number, sum(counts.values()),
-                               {f"{a}/{r}": n for (a, r), n in sorted(counts.items()) if n}, rules)
+    for name, number, since in (("in force", control, start), ("canary", live, {})):
+        now = _counts(layout, number)
+        verdicts, rules = ({k: n - since.get(part, {}).get(k, 0) for k, n in now[part].items()}
+                           for part in ("verdicts", "rules"))
+        arms[name] = ArmReport(number, sum(verdicts.values()),
+                               {k: n for k, n in sorted(verdicts.items()) if n}, rules)
     total = sum(a.packets for a in arms.values())
     return {"iface": iface, "arm": record.get("arm"), "started": record.get("started"),
             "arms": {k: {**a.__dict__, "share": round(a.packets / total, 4) if total else None}
                      for k, a in arms.items()}}
 
 
-def _rule_hits(maps: dict) -> dict[str, int]:
-    if "sw_pol_names" not in maps:
-        return {}
-    names = rule_names(maps)
-    return {names.get(i, "(default)"): c.packets for i, c in rule_counters(maps).items()}
-
-
-def _rules(layout: Layout, number: int) -> dict[str, int]:
+def _counts(layout: Layout, number: int) -> dict[str, dict[str, int]]:
+    """A generation's verdict counts ("action/reason") and rule hits (by name)."""
     maps = layout.maps(number)
     try:
-        return _rule_hits(maps)
-    finally:
-        tx.close_maps(maps)
-
-
-def _verdicts(layout: Layout, number: int) -> dict[str, int]:
-    maps = layout.maps(number)
-    try:
-        return {f"{a}/{r}": v[0] for (a, r), v in read_counters(maps["sw_counters"]).items()}
+        verdicts = {f"{a}/{r}": v[0] for (a, r), v in read_counters(maps["sw_counters"]).items()}
+        rules = {}
+        if "sw_pol_names" in maps:
+            names = rule_names(maps)
+            rules = {names.get(i, "(default)"): c.packets for i, c in rule_counters(maps).items()}
+        return {"verdicts": verdicts, "rules": rules}
     finally:
         tx.close_maps(maps)
 
