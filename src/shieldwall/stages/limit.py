@@ -356,7 +356,7 @@ class LimitStage(Stage):
             contents[NAMES] = (array("I", range(len(order))).tobytes(), pack_names([x.name for x in order]))
         return StageBuild(rodata={CONSTS: pack("struct sw_lim_consts", consts)},
                           table=(TABLE, table.tobytes()), contents=contents,
-                          memory=4 * len(table) + 4 * abi.SW_LIM_SKETCH_ROWS * abi.SW_LIM_SKETCH_WIDTH)
+                          memory=4 * len(table) + 4 * abi.SW_LIM_SKETCH_CELLS)
 
     @staticmethod
     def _def(limit: Limit) -> dict:
@@ -445,7 +445,7 @@ def block_network(key: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 def list_blocks(blocks: Any, now_ns: int | None = None) -> list[Block]:
     """The blocks in force (expired ones are left for the data plane to drop)."""
-    now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) if now_ns is None else now_ns
     found = []
     for key, value in blocks.lookup_batch():
         if int(value.expires_ns) > now_ns:
