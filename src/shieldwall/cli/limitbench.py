@@ -89,7 +89,7 @@ def run_limits(rounds: int = ROUNDS) -> dict:
 
 def _udp(src: str, dst: str = "192.0.2.1") -> bytes:
     ip = IPv6(src=src, dst="2001:db8:ff::1") if ":" in src else IP(src=src, dst=dst)
-    return bytes(Ether() / ip / UDP(sport=4000, dport=53))
+    return bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / ip / UDP(sport=4000, dport=53))
 
 
 def _known_sources(pipeline: Pipeline, chained: TrafficGenerator) -> dict:

@@ -21,7 +21,7 @@ import os
 import time
 import zlib
 from array import array
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from .. import abi
