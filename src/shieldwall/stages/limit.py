@@ -233,7 +233,7 @@ class LimitStage(Stage):
     name = "limit"
     reasons = ("rate_limited", "blocked")
     keys = ("limits",)
-    order = 18  # blocks before the rules; the rules hand it back what a limit rule passed
+    order = 18  # blocks before the rules; the rules hand it what a limit rule passed
     config_maps = {
         TABLE: ("__u32", "__u32"),
         SKETCH: ("__u32", "__u32"),
@@ -290,6 +290,13 @@ class LimitStage(Stage):
         if section is None:
             return None
         return replace(section, rules=tuple(used))
+
+    def place(self, section: Limits | None) -> int:
+        # Without blocks there is nothing to do before the rules: after them, the stage
+        # only runs for the packets the rules hand it, not one tail call more for all.
+        if section is not None and not any(x.block_s for x in section.limits.values()):
+            return 25
+        return self.order
 
     def busy(self, section: Limits | None) -> bool:
         return section is not None and bool(section.rules)
