@@ -254,9 +254,9 @@ struct sw_prot_consts {
 #define SW_LIM_BUCKETS 262144
 #define SW_LIM_BLOCKS 65536
 #define SW_LIM_SKETCH_ROWS 2		/* cells a key counts in, both in one cache line */
-#define SW_LIM_SKETCH_CELLS 2097152	/* a power of two */
+#define SW_LIM_SKETCH_CELLS 262144	/* a power of two */
 #define SW_LIM_SKETCH_LINE 16		/* u32 cells in a 64-byte cache line */
-#define SW_LIM_WINDOW_SHIFT 24		/* a sketch window is 2^24 ns, about 16.8 ms */
+#define SW_LIM_WINDOW_SHIFT 25		/* a sketch window is 2^25 ns, about 33.6 ms */
 #define SW_LIM_NS16_SHIFT 16		/* byte costs are ns per byte << 16 */
 
 struct sw_lim_key {
