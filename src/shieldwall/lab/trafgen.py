@@ -4,12 +4,13 @@ or hands it to a program under test in the same run.
 
 The frames reach the peer's XDP program as if a NIC had received them, at millions of
 packets per second, with no tool outside this project. Every run is bounded by its
-packet count.
+packet count, and a timed one (send_for) by its time as well.
 
 Three kinds of traffic:
 - fixed: one template, optionally with its source cycling through a range;
-- random: templates (IPv4, IPv6, VLAN-tagged) whose source, ports, TTL, protocol, TCP
-  flags and length are drawn afresh for every frame: what no cache absorbs;
+- random: templates (IPv4, IPv6, VLAN-tagged) whose source and the fields each one
+  names (ports, TTL, protocol, TCP flags, length, ...) are drawn afresh for every frame:
+  all of them, what no cache absorbs, or those of an attack of one shape (attacks.py);
 - replay: captured frames, round-robin, each sent once per round.
 
 How often each replayed frame went out is exact (replayed()): a test can compare what
