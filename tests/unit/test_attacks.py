@@ -102,6 +102,7 @@ def test_rate_limits_join_the_policies_in_their_syntax(monkeypatch):
     (["lab", "attack", "udp", "--seconds", "0"], "argument --seconds: expected a positive number"),
     (["lab", "attack", "udp", "--seconds", "601"], "--seconds must be above 0 and at most 600"),
     (["bench", "--scenarios", "--seconds", "x"], "argument --seconds: expected a positive number"),
+    (["bench", "--seconds", "3"], "--seconds and --rate are options of bench --scenarios"),
 ])
 def test_bad_attack_input_is_named(args, said):
     out = shieldwall(*args)

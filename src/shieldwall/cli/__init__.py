@@ -267,9 +267,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.scenarios and (args.seconds or args.rate):
+        raise UsageError("--seconds and --rate are options of bench --scenarios")
     if args.scenarios:
         from .scenariobench import run_scenarios, summary
-        report = run_scenarios(seconds=args.seconds)
+        report = run_scenarios(seconds=args.seconds or 5.0, rate=args.rate)
         print(json.dumps(report, indent=2) if args.json else summary(report))
         return 0
     if args.live:
@@ -481,8 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", action="store_true",
                    help="every attack scenario without protection, with shieldwall and with peers, "
                         "while a real client uses the server")
-    p.add_argument("--seconds", type=_positive(float, "seconds"), default=5.0, metavar="S",
+    p.add_argument("--seconds", type=_positive(float, "seconds"), metavar="S",
                    help="--scenarios: how long each attack runs (default 5)")
+    p.add_argument("--rate", type=_positive(int, "packets per second"), metavar="PPS",
+                   help="--scenarios: the attacks' frames a second (default: as fast as the "
+                        "generator goes, which depends on what the receiver costs)")
     p.add_argument("--json", action="store_true")
     return parser
 
