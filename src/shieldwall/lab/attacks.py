@@ -27,7 +27,7 @@ from .trafgen import TrafficGenerator, SendResult, Template
 
 HTTP_PORT = 80      # the lab client's web requests and TCP connects
 UDP_PORT = 53       # the lab client's UDP queries (an echo server stands in for DNS)
-FRAME = 128         # bytes: every template is this long, the generator's header size
+FRAME = abi.SW_GEN_HDR_MAX  # bytes: every template is this long, what the generator writes
 
 SPOOF_V4_A = "198.51.100.0/24"
 SPOOF_V4_B = "203.0.113.0/24"
@@ -35,8 +35,6 @@ SPOOF_V6 = "2001:db8:5::/48"
 HEAVY_SOURCE = "203.0.113.7/32"
 # 2^80 sources spread over 65,536 /64s: at 3 Mpps each /64 sends under 50 pps.
 SLOW_SOURCES = "2001:db8:5100::/48"
-
-RW = abi  # the rewrite bits are the header's SW_GEN_RW_*
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def attack(name: str) -> Attack:
 # IPv4 identification of fragments (each fragment starts a datagram of its own). The
 # checksums are made right again, as a real flood's are: a receiving stack verifies
 # them, and a frame it drops for a bad checksum would load nothing.
-_PORTS = RW.SW_GEN_RW_SPORT | RW.SW_GEN_RW_CSUM
+_PORTS = abi.SW_GEN_RW_SPORT | abi.SW_GEN_RW_CSUM
 # Where the transport checksum sits in the transport header, for those that cover
 # the source address (ICMPv4's does not).
 _L4_CSUM = {"syn": 16, "ack": 16, "udp": 6, "icmp6": 2}
@@ -117,7 +115,7 @@ def _layers(part: Part, dst4: str, dst6: str):
     ip = IPv6(src=str(net.network_address), dst=dst6) if v6 else \
         IP(src=str(net.network_address), dst=dst4)
     dport = part.dport if part.dport is not None else 1
-    drawn = _PORTS | (0 if part.dport is not None else RW.SW_GEN_RW_DPORT)
+    drawn = _PORTS | (0 if part.dport is not None else abi.SW_GEN_RW_DPORT)
     if part.kind in ("syn", "ack"):
         return ip / TCP(sport=1, dport=dport, flags="S" if part.kind == "syn" else "A",
                         seq=1, ack=0 if part.kind == "syn" else 1), drawn, _L4_CSUM["syn"]
@@ -125,15 +123,15 @@ def _layers(part: Part, dst4: str, dst6: str):
         return ip / UDP(sport=1, dport=dport), drawn, _L4_CSUM["udp"]
     if part.kind == "icmp":
         if v6:
-            return ip / ICMPv6EchoRequest(), RW.SW_GEN_RW_CSUM, _L4_CSUM["icmp6"]
-        return ip / ICMP(type=8), RW.SW_GEN_RW_CSUM, 0
+            return ip / ICMPv6EchoRequest(), abi.SW_GEN_RW_CSUM, _L4_CSUM["icmp6"]
+        return ip / ICMP(type=8), abi.SW_GEN_RW_CSUM, 0
     if part.kind.startswith("fragment") and not v6:
         # A first fragment's UDP checksum covers a datagram that never completes.
         if part.kind == "fragment-first":
             ip.flags, ip.frag = "MF", 0
-            return ip / UDP(sport=1, dport=dport), drawn | RW.SW_GEN_RW_IPID, 0
+            return ip / UDP(sport=1, dport=dport), drawn | abi.SW_GEN_RW_IPID, 0
         ip.proto, ip.flags, ip.frag = 17, "MF", 185  # 1480 bytes in: a later one
-        return ip, RW.SW_GEN_RW_IPID | RW.SW_GEN_RW_CSUM, 0
+        return ip, abi.SW_GEN_RW_IPID | abi.SW_GEN_RW_CSUM, 0
     raise ValueError(f"no template for {part.kind} from {part.sources}")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .attacks import HTTP_PORT, UDP_PORT, attack
+from .attacks import HTTP_PORT, UDP_PORT, Attack, attack
 from .peers.written import PeerRule
 
 # The rate-limit stage is not part of this version. Its policy section (`limits:`) and
@@ -82,7 +82,7 @@ class Scenario:
         return not self.why
 
     @property
-    def attack(self):
+    def attack(self) -> Attack:
         return attack(self.name)
 
 
