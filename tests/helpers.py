@@ -50,3 +50,20 @@ def closed_stdout(*args: str) -> subprocess.CompletedProcess:
                               stderr=subprocess.PIPE, text=True, timeout=120, env=env)
     finally:
         os.close(write)
+
+
+def checksums_right(frame) -> bool:
+    """Whether a scapy frame's IPv4, TCP, UDP, ICMP and ICMPv6 echo checksums are the
+    ones scapy computes afresh."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest
+    from scapy.layers.l2 import Ether
+    fields = {IP: "chksum", TCP: "chksum", UDP: "chksum", ICMP: "chksum",
+              ICMPv6EchoRequest: "cksum"}
+    layers = [layer for layer in fields if layer in frame]
+    fresh = frame.copy()
+    for layer in layers:
+        delattr(fresh[layer], fields[layer])
+    fresh = Ether(bytes(fresh))
+    return all(getattr(frame[layer], fields[layer]) == getattr(fresh[layer], fields[layer])
+               for layer in layers)

@@ -356,6 +356,21 @@ struct sw_lim_stat {
 #define SW_GEN_HDR_MAX 128	/* header bytes a random-mode template writes */
 #define SW_GEN_FRAME_MAX 1600	/* the longest frame replay mode carries */
 #define SW_GEN_PORTS 32		/* ports the random mode favors: the policy's own */
+/* What random mode rewrites in a template, per template (sw_gen_template.rewrite); the
+ * source's low src_bits are always drawn. A field left out keeps the template's value. */
+#define SW_GEN_RW_TTL 1
+#define SW_GEN_RW_PROTO 2
+#define SW_GEN_RW_LEN 4
+#define SW_GEN_RW_SPORT 8
+#define SW_GEN_RW_DPORT 16
+#define SW_GEN_RW_TCP_FLAGS 32
+#define SW_GEN_RW_VLAN 64
+#define SW_GEN_RW_IPID 128	/* IPv4 identification: every fragment its own datagram */
+#define SW_GEN_RW_ALL 127	/* everything but the IPv4 identification */
+/* Checksums made right again after the rewrite (a receiving stack verifies them): the
+ * IPv4 header's, and the one at l4_csum over the source and the ports (the fields an
+ * attack draws); the others are left as they are. */
+#define SW_GEN_RW_CSUM 256
 
 struct sw_gen_config {
 	__u32 ifindex;		/* where frames go out (redirect program) */
@@ -378,7 +393,9 @@ struct sw_gen_template {
 	__u16 vlan_off;		/* offset of the innermost tag's TCI, 0 when untagged */
 	__u8 family;		/* SW_FAMILY_IPV4 or SW_FAMILY_IPV6 */
 	__u8 src_bits;		/* low bits of the source address drawn at random */
-	__u32 pad0;		/* data starts 8-byte aligned: it is copied a word at a time */
+	__u16 rewrite;		/* SW_GEN_RW_*: the fields drawn afresh per frame */
+	__u16 l4_csum;		/* the L4 checksum's offset from l4_off, 0 for none; 8-byte
+				 * aligned data follows: it is copied a word at a time */
 	__u8 data[128];
 };
 

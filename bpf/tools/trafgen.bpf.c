@@ -99,8 +99,59 @@ static __always_inline __u16 random_port(struct sw_gen_config *cfg, __u32 r)
 	return r >> 16;
 }
 
-/* Writes template bytes and randomizes every field a classifier may key on. Checksums
- * are left alone: the receiver never verifies them, and a spoofed flood does not either. */
+static __always_inline __u16 fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return s;
+}
+
+/* The one's complement sum of what an attack draws and a transport checksum covers:
+ * the source address and (when drawn) the ports. Bounds: ip + 40 and l4h + 20 are
+ * checked by the caller. */
+static __always_inline __u32 drawn_sum(__u8 *ip, __u8 *l4h, __u8 family, __u32 rw)
+{
+	__u32 s = 0;
+
+	if (rw & (SW_GEN_RW_SPORT | SW_GEN_RW_DPORT))
+		s = *(__u16 *)l4h + *(__u16 *)(l4h + 2);
+	if (family == SW_FAMILY_IPV4)
+		return s + *(__u16 *)(ip + 12) + *(__u16 *)(ip + 14);
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		s += *(__u16 *)(ip + 8 + 2 * i);
+	return s;
+}
+
+/* RFC 1624: the checksum after words summing to `before` became words summing to
+ * `after`. UDP's "no checksum" (0) stays so; a computed 0 is sent as 0xffff. */
+static __always_inline void csum_update(__u8 *l4h, void *data_end, __u16 off, __u32 before,
+					__u32 after, int udp)
+{
+	__u16 *c = (__u16 *)(l4h + BOUNDED(off, 31));
+	__u16 v;
+
+	if ((void *)(c + 1) > data_end || (udp && !*c))
+		return;
+	v = ~fold((__u16)~*c + (__u16)~fold(before) + fold(after));
+	*c = udp && !v ? 0xffff : v;
+}
+
+static __always_inline void ipv4_csum(__u8 *ip)
+{
+	__u32 s = 0;
+
+	*(__u16 *)(ip + 10) = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		s += *(__u16 *)(ip + 2 * i);
+	*(__u16 *)(ip + 10) = ~fold(s);
+}
+
+/* Writes template bytes and draws afresh the fields the template's `rewrite` names (all
+ * a classifier may key on, for the adversarial benchmark; fewer for an attack of one
+ * shape). Checksums are left alone unless the template asks (SW_GEN_RW_CSUM): a filter
+ * never verifies them, a receiving stack does. */
 static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *cfg)
 {
 	__u32 zero = 0;
@@ -108,7 +159,7 @@ static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *c
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 r, idx;
+	__u32 r, idx, rw, before = 0;
 	struct sw_gen_template *t;
 	__u32 l3, l4, min_l3, len, span;
 	__u8 proto, *ip;
@@ -129,11 +180,14 @@ static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *c
 		((__u64 *)data)[w] = ((__u64 *)t->data)[w];
 	if (t->l3_off > 64 || t->l4_off > 100 || t->l4_off < t->l3_off)
 		return -1;
+	rw = t->rewrite;
 	l3 = BOUNDED(t->l3_off, 127);
 	l4 = BOUNDED(t->l4_off, 127);
 	ip = data + l3;
-	if ((void *)(ip + 40) > data_end)
+	if ((void *)(ip + 40) > data_end || data + l4 + 20 > data_end)
 		return -1;
+	if (rw & SW_GEN_RW_CSUM)
+		before = drawn_sum(ip, data + l4, t->family, rw);
 
 	r = next_random(rng);
 	proto = (r & 15) < 9 ? 6 : (r & 15) < 13 ? 17 : (r & 15) < 15 ?
@@ -146,17 +200,25 @@ static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *c
 	if (t->family == SW_FAMILY_IPV4) {
 		__u32 host = next_random(rng), mask;
 
-		ip[8] = r >> 8;		/* TTL */
-		ip[9] = proto;
-		*(__u16 *)(ip + 2) = bpf_htons(len);
+		if (rw & SW_GEN_RW_TTL)
+			ip[8] = r >> 8;
+		if (rw & SW_GEN_RW_PROTO)
+			ip[9] = proto;
+		if (rw & SW_GEN_RW_LEN)
+			*(__u16 *)(ip + 2) = bpf_htons(len);
+		if (rw & SW_GEN_RW_IPID)
+			*(__u16 *)(ip + 4) = host >> 16;
 		mask = t->src_bits >= 32 ? 0xffffffff : (1u << (t->src_bits & 31)) - 1;
 		*(__u32 *)(ip + 12) = (*(__u32 *)(ip + 12) & ~bpf_htonl(mask)) | bpf_htonl(host & mask);
 	} else {
 		__u32 bits = t->src_bits;
 
-		ip[7] = r >> 8;		/* hop limit */
-		ip[6] = proto;
-		*(__u16 *)(ip + 4) = bpf_htons(len - 40);
+		if (rw & SW_GEN_RW_TTL)
+			ip[7] = r >> 8;
+		if (rw & SW_GEN_RW_PROTO)
+			ip[6] = proto;
+		if (rw & SW_GEN_RW_LEN)
+			*(__u16 *)(ip + 4) = bpf_htons(len - 40);
 		/* The low src_bits of the 128-bit source, a 32-bit word at a time. */
 		for (int w = 3; w >= 0; w--) {
 			__u32 take = bits > 32 ? 32 : bits, mask;
@@ -169,7 +231,7 @@ static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *c
 			bits -= take;
 		}
 	}
-	if (t->vlan_off && t->vlan_off < 60) {
+	if ((rw & SW_GEN_RW_VLAN) && t->vlan_off && t->vlan_off < 60) {
 		__u8 *tci = data + BOUNDED(t->vlan_off, 63);
 
 		if ((void *)(tci + 2) <= data_end)
@@ -181,10 +243,21 @@ static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *c
 
 		if ((void *)(l4h + 20) > data_end)
 			return -1;
-		*(__u16 *)l4h = bpf_htons(random_port(cfg, ports));
-		*(__u16 *)(l4h + 2) = bpf_htons(random_port(cfg, r2));
-		l4h[12] = 0x50;		/* data offset: 20 bytes */
-		l4h[13] = r2 >> 8;	/* TCP flags */
+		if (rw & SW_GEN_RW_SPORT)
+			*(__u16 *)l4h = bpf_htons(random_port(cfg, ports));
+		if (rw & SW_GEN_RW_DPORT)
+			*(__u16 *)(l4h + 2) = bpf_htons(random_port(cfg, r2));
+		if (rw & SW_GEN_RW_TCP_FLAGS) {
+			l4h[12] = 0x50;		/* data offset: 20 bytes */
+			l4h[13] = r2 >> 8;
+		}
+		if (rw & SW_GEN_RW_CSUM) {
+			if (t->l4_csum)
+				csum_update(l4h, data_end, t->l4_csum, before,
+					    drawn_sum(ip, l4h, t->family, rw), t->l4_csum == 6);
+			if (t->family == SW_FAMILY_IPV4)
+				ipv4_csum(ip);
+		}
 	}
 	return 0;
 }

@@ -244,7 +244,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from ..lab import topology
     # The user's lab has the fixed default names; labs of tests and commands never do.
     topo = topology.DEFAULT_TOPOLOGY
-    if args.lab_cmd == "up":
+    if args.lab_cmd == "attack":
+        from ..lab import attacks
+        attacks.check_run(args.rate, args.seconds)
+        attack = attacks.attack(args.name)
+        topo = topology.lab_up(topo)
+        print(attacks.describe(attacks.run_attack(attack, topo, args.seconds, args.rate),
+                               attack, topo))
+    elif args.lab_cmd == "up":
         print(json.dumps(topology.lab_up(topo).to_dict(), indent=2))
     elif args.lab_cmd == "down":
         topology.lab_down(topo)
@@ -260,6 +267,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.scenarios and (args.seconds or args.rate):
+        raise UsageError("--seconds and --rate are options of bench --scenarios")
+    if args.scenarios:
+        from .scenariobench import run_scenarios, summary
+        report = run_scenarios(seconds=args.seconds or 5.0, rate=args.rate)
+        print(json.dumps(report, indent=2) if args.json else summary(report))
+        return 0
     if args.live:
         from .livebench import run_live
         report = run_live()
@@ -341,6 +355,27 @@ def _name(check: Callable[[str], str]) -> Callable[[str], str]:
         except BadName as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
+
+
+def _positive(kind: type, what: str) -> Callable[[str], Any]:
+    """An argparse type for a number above 0 (and finite)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number of {what}, got {text!r}")
+        return value
+    return parse
+
+
+def _attack_name(text: str) -> str:
+    from ..lab.attacks import attack  # the lab's modules load only when an attack is asked for
+    try:
+        return attack(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -440,7 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", required=True)
     p.add_argument("--json", action="store_true")
     p = command("lab", cmd_lab, "the namespace lab")
-    p.add_argument("lab_cmd", choices=["up", "down", "status"])
+    actions = p.add_subparsers(dest="lab_cmd", required=True)
+    actions.add_parser("up", help="build the lab (or keep a healthy one) and show it")
+    actions.add_parser("down", help="remove the lab")
+    actions.add_parser("status", help="what exists of the lab")
+    a = actions.add_parser("attack", help="flood the lab's server end at kernel speed, for a bounded time")
+    a.add_argument("name", metavar="NAME", type=_attack_name,
+                   help="syn, ack, udp, heavy, slow, icmp, fragments or mixed")
+    a.add_argument("--rate", type=_positive(int, "packets per second"), metavar="PPS",
+                   help="frames a second (default: as fast as the generator goes)")
+    a.add_argument("--seconds", type=_positive(float, "seconds"), default=10.0, metavar="S",
+                   help="how long the attack runs (default 10, at most 600)")
     command("demo", cmd_demo, "build the lab, attack it, show shieldwall at work, clean up")
     p = command("bench", cmd_bench, "measure the pipeline against bare XDP_DROP", config=True)
     p.add_argument("--pcap")
@@ -454,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live set entries on a 1M-address set: set add latency, feed rate, per-packet cost")
     p.add_argument("--limits", action="store_true",
                    help="rate limits: per-packet cost, known sources under a random flood, accuracy")
+    p.add_argument("--scenarios", action="store_true",
+                   help="every attack scenario without protection, with shieldwall and with peers, "
+                        "while a real client uses the server")
+    p.add_argument("--seconds", type=_positive(float, "seconds"), metavar="S",
+                   help="--scenarios: how long each attack runs (default 5)")
+    p.add_argument("--rate", type=_positive(int, "packets per second"), metavar="PPS",
+                   help="--scenarios: the attacks' frames a second (default: as fast as the "
+                        "generator goes, which depends on what the receiver costs)")
     p.add_argument("--json", action="store_true")
     return parser
 

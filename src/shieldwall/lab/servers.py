@@ -61,6 +61,31 @@ while (left := deadline - time.monotonic()) > 0:
             pass
 """
 
+# Answers GET with "sw-lab\n"; a thread per connection, so a slow client holds up no other.
+_HTTP_SERVER = """
+import http.server, socket, sys, threading, time
+lifetime, port, addrs = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+class Handler(http.server.BaseHTTPRequestHandler):
+    timeout = 2.0
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "7")
+        self.end_headers()
+        self.wfile.write(b"sw-lab\\n")
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+class Server6(Server):
+    address_family = socket.AF_INET6
+for addr in addrs:
+    server = (Server6 if ":" in addr else Server)((addr, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
+time.sleep(lifetime)
+"""
+
 _live_servers: set[LabServer] = set()
 
 
@@ -152,6 +177,16 @@ def start_tcp_server(
     addrs = _server_addrs(topo, addrs)
     return _start_server(_TCP_SERVER, topo.server_ns, port, addrs, lifetime,
                          f"tcp server {','.join(addrs)} port {port}")
+
+
+def start_http_server(
+    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0
+) -> LabServer:
+    """An HTTP server in the server namespace (default: on both server addresses) that
+    answers every GET with 200 and the body "sw-lab\\n"."""
+    addrs = _server_addrs(topo, addrs)
+    return _start_server(_HTTP_SERVER, topo.server_ns, port, addrs, lifetime,
+                         f"http server {','.join(addrs)} port {port}")
 
 
 def start_udp_echo(

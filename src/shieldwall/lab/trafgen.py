@@ -4,12 +4,13 @@ or hands it to a program under test in the same run.
 
 The frames reach the peer's XDP program as if a NIC had received them, at millions of
 packets per second, with no tool outside this project. Every run is bounded by its
-packet count.
+packet count, and a timed one (send_for) by its time as well.
 
 Three kinds of traffic:
 - fixed: one template, optionally with its source cycling through a range;
-- random: templates (IPv4, IPv6, VLAN-tagged) whose source, ports, TTL, protocol, TCP
-  flags and length are drawn afresh for every frame: what no cache absorbs;
+- random: templates (IPv4, IPv6, VLAN-tagged) whose source and the fields each one
+  names (ports, TTL, protocol, TCP flags, length, ...) are drawn afresh for every frame:
+  all of them, what no cache absorbs, or those of an attack of one shape (attacks.py);
 - replay: captured frames, round-robin, each sent once per round.
 
 How often each replayed frame went out is exact (replayed()): a test can compare what
@@ -33,6 +34,9 @@ from ..paths import object_path
 
 MAX_PACKETS = 50_000_000  # a hard bound on any one run
 BATCH = 64
+MAX_SECONDS = 600         # a hard bound on any one timed run
+TICK = 0.01               # a paced run sends a burst this often
+FULL_SPEED_BURST = 100_000  # frames per test run when no rate is asked for: ~50 ms
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,10 @@ class Template:
     """A random-mode template: an Ethernet frame whose fields the generator rewrites.
 
     `src_bits` low bits of the source address are drawn at random per frame; the
-    rest of the template's source stays, so sources stay inside its prefix.
+    rest of the template's source stays, so sources stay inside its prefix. `rewrite`
+    (abi.SW_GEN_RW_* bits) names the other fields drawn per frame; by default all of
+    them, so nothing repeats. With SW_GEN_RW_CSUM the checksums are made right again,
+    the transport one at `l4_csum` bytes into the L4 header.
     """
 
     frame: bytes
@@ -60,6 +67,8 @@ class Template:
     family: int          # abi.SW_FAMILY_IPV4 or SW_FAMILY_IPV6
     src_bits: int
     vlan_off: int = 0    # offset of the innermost VLAN tag's TCI, 0 when untagged
+    rewrite: int = abi.SW_GEN_RW_ALL
+    l4_csum: int = 0
 
 
 class TrafficGenerator:
@@ -101,8 +110,9 @@ class TrafficGenerator:
         self._frame = template
 
     def random(self, templates: Sequence[Template], ports: Sequence[int] = ()) -> None:
-        """Random mode: a template drawn per frame, its fields rewritten. Half the ports
-        come from `ports` (a policy's own, to reach its classes), half are uniform."""
+        """Random mode: a template drawn per frame, the fields it names rewritten. Half
+        the ports drawn come from `ports` (a policy's own, to reach its classes), half are
+        uniform."""
         if not 0 < len(templates) <= abi.SW_GEN_TEMPLATES:
             raise ValueError(f"between 1 and {abi.SW_GEN_TEMPLATES} templates")
         length = max(len(t.frame) for t in templates)
@@ -112,7 +122,7 @@ class TrafficGenerator:
                 raise ValueError(f"a template frame holds at least {abi.SW_GEN_HDR_MAX} bytes")
             m.update(i, {"hdr_len": abi.SW_GEN_HDR_MAX, "frame_len": length, "l3_off": t.l3_off,
                          "l4_off": t.l4_off, "vlan_off": t.vlan_off, "family": t.family,
-                         "src_bits": t.src_bits, "data": list(t.frame[:abi.SW_GEN_HDR_MAX])})
+                         "src_bits": t.src_bits, "rewrite": t.rewrite, "l4_csum": t.l4_csum, "data": list(t.frame[:abi.SW_GEN_HDR_MAX])})
         ports = list(ports)[:abi.SW_GEN_PORTS]
         self._configure(abi.SW_GEN_RANDOM, ntemplates=len(templates), nports=len(ports),
                         ports=ports + [0] * (abi.SW_GEN_PORTS - len(ports)))
@@ -158,6 +168,28 @@ class TrafficGenerator:
             prog_test_run_live(prog.fd, self._frame, repeat=count, batch_size=BATCH)
             seconds = time.perf_counter() - start
         return SendResult(count, seconds)
+
+    def send_for(self, seconds: float, rate: int | None = None) -> SendResult:
+        """Sends what fixed()/random()/replay() set up for `seconds`: `rate` frames a
+        second, in a burst every TICK, or (rate None) as fast as the generator goes.
+        Stops by itself: every burst is bounded, and so is the time."""
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds must be above 0 and at most {MAX_SECONDS}")
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be a positive number of frames a second")
+        sent, start = 0, time.monotonic()
+        deadline = start + seconds
+        while (now := time.monotonic()) < deadline:
+            if rate is None:
+                burst = FULL_SPEED_BURST
+            else:
+                # What the rate owes by now; a late tick catches up in one burst.
+                burst = min(int((now - start) * rate) - sent, MAX_PACKETS)
+                if burst < 1:
+                    time.sleep(min(TICK, deadline - now))
+                    continue
+            sent += self.send(None, burst).sent
+        return SendResult(sent, time.monotonic() - start)
 
     def run_chained(self, target_fd: int, count: int, live: bool = True) -> SendResult:
         """Feeds `count` frames to the program `target_fd`. Live: in live-frames mode,
