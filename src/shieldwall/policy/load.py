@@ -88,6 +88,8 @@ def parse_policy(
     sections = {}
     for stage in stages().values():
         sections[stage.name] = stage.section({k: doc[k] for k in stage.keys if k in doc}, v)
+    for stage in stages().values():
+        sections[stage.name] = stage.derive(sections[stage.name], sections)
     pipeline = _pipeline(doc.get("pipeline", {}), v)
     if pipeline is not None and pipeline.stages is not None:
         _check_chain(pipeline.stages, sections, v)

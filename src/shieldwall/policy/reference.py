@@ -144,6 +144,12 @@ def _always(pkt: ParsedPacket) -> bool:
     return True
 
 
+def state_key(pkt: ParsedPacket) -> int:
+    """1 for a reply to a flow this host opened: the conntrack stage marks it (only
+    that stage does, and only in a chain that has it: a rule using state brings it)."""
+    return int(bool(pkt.flags & abi.SW_PKT_ESTABLISHED))
+
+
 def _tcp_flags(flags: TcpFlags, pkt: ParsedPacket) -> bool:
     return has_tcp(pkt) and pkt.tcp_flags & flags.mask == flags.value
 
@@ -162,4 +168,5 @@ _FIELD_TESTS: dict[str, Callable[[Any, ParsedPacket], bool]] = {
     "vlan": _numbers(lambda pkt: pkt.vlan_depth > 0, lambda pkt: pkt.vlan_id),
     "fragment": is_fragment_of,
     "family": lambda family, pkt: pkt.family == family.code,
+    "state": lambda state, pkt: state_key(pkt) == state.key,
 }

@@ -63,6 +63,9 @@ class Stage:
     order: ClassVar[int]                     # its place in the default chain
     config_maps: ClassVar[MapTypes] = {}
     state_maps: ClassVar[MapTypes] = {}
+    # A TC egress program of its object that must run on the interface while the chain
+    # holds the stage (the lifecycle attaches it): it sees the host's own packets.
+    egress: ClassVar[str | None] = None
 
     @property
     def module(self) -> int:
@@ -86,6 +89,11 @@ class Stage:
         """Its keys of the (mapping) document, validated; problems go to v.report with
         their field paths. Called with the keys absent too: return the default."""
         raise NotImplementedError
+
+    def derive(self, section: Any, sections: dict[str, Any]) -> Any:
+        """Its section once every stage's is known, for a stage whose work follows from
+        another's (conntrack runs when some rule reads `state`)."""
+        return section
 
     def busy(self, section: Any) -> bool:
         """Whether it has work to do: a stage with none stays out of the default chain,
