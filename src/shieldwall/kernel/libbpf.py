@@ -136,6 +136,8 @@ class Map:
             if len(key) != ffi.sizeof(self.key_type):
                 raise ValueError(f"a key of map {self.name} is {ffi.sizeof(self.key_type)} bytes")
             return ffi.from_buffer(f"{self.key_type} *", key)
+        if isinstance(key, ffi.CData) and ffi.typeof(key) is ffi.typeof(f"{self.key_type} *"):
+            return key  # a struct key as keys() hands it out
         return ffi.new(f"{self.key_type} *", key)
 
     def _value_buf(self, count: int = 1) -> Any:

@@ -18,7 +18,7 @@ Timeouts can be set, in seconds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from .. import abi
@@ -110,7 +110,7 @@ class FlowTable:
     def mark(self, frame: bytes, pkt: ParsedPacket, now: float = 0.0) -> ParsedPacket:
         """The packet as the conntrack stage hands it on: a reply carries the flag."""
         if self.established(frame, pkt, now):
-            pkt.flags |= abi.SW_PKT_ESTABLISHED
+            return replace(pkt, flags=pkt.flags | abi.SW_PKT_ESTABLISHED)
         return pkt
 
 
