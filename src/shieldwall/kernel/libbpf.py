@@ -422,6 +422,30 @@ def xdp_link_create(prog_fd: int, ifindex: int, mode_flags: int) -> int:
                   f"attaching XDP to ifindex {ifindex} with a bpf_link")
 
 
+# enum bpf_attach_type of kernel 6.6 and later (the build host's uapi header may be older).
+BPF_TCX_EGRESS = 47
+
+
+def tcx_egress_link_create(prog_fd: int, ifindex: int) -> int:
+    """A TC egress bpf_link (tcx, kernel 6.6+), after any programs already there: it
+    detaches when its last holder, fd or pin, goes away, and touches no other program
+    or qdisc on the interface."""
+    opts = ffi.new("struct bpf_link_create_opts *")
+    opts.sz = ffi.sizeof("struct bpf_link_create_opts")
+    return _check(lib.bpf_link_create(prog_fd, ifindex, BPF_TCX_EGRESS, opts),
+                  f"attaching a TC egress program to ifindex {ifindex} with a bpf_link (tcx, "
+                  "kernel 6.6 or later)")
+
+
+def tcx_egress_programs(ifindex: int, room: int = 64) -> list[int]:
+    """Ids of the programs on the interface's tcx egress hook, in the order they run."""
+    ids = ffi.new("__u32[]", room)
+    count = ffi.new("__u32 *", room)
+    _check(lib.bpf_prog_query(ifindex, BPF_TCX_EGRESS, 0, ffi.NULL, ids, count),
+           f"querying the TC egress programs of ifindex {ifindex}")
+    return [ids[i] for i in range(count[0])]
+
+
 def pin_fd(fd: int, path: str | Path) -> None:
     _check(lib.bpf_obj_pin(fd, str(path).encode()), f"pinning at {path}")
 
