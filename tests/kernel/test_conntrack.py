@@ -18,10 +18,10 @@ from shieldwall.config import configure
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.kernel.testrun import prog_test_run
 from shieldwall.model.parse import parse
-from shieldwall.policy import evaluate, parse_policy, parse_policy_text
+from shieldwall.policy import evaluate, parse_policy_text
 from shieldwall.stages.conntrack import FLOWS, FlowTable
 
-from ..policy_strategies import policy_data
+from ..policy_strategies import state_policies
 
 pytestmark = pytest.mark.kernel
 
@@ -100,20 +100,6 @@ def conversations(draw) -> tuple[list[bytes], list[bytes]]:
                 upper = echo(family, miss != "kind", lport if miss != "port" else lport + 1)
             inbound.append(frame(family, src, host, upper, draw(st.sampled_from([None, 10]))))
     return out, inbound
-
-
-@st.composite
-def state_policies(draw):
-    """Generated policies whose rules read `state` here and there (one always does)."""
-    data = draw(policy_data(max_rules=8))
-    rules = data["rules"] or [{"name": "r1", "action": "pass", "match": {}}]
-    for rule in rules:
-        if draw(st.booleans()):
-            rule["match"]["state"] = draw(st.sampled_from(["established", "new"]))
-    first = rules[draw(st.integers(0, len(rules) - 1))]
-    first["match"].setdefault("state", "established")
-    data["rules"] = rules
-    return parse_policy(data, "generated.yaml", ".")
 
 
 def run_conversation(pipeline, cpu, policy, out, inbound, table: FlowTable) -> int:
