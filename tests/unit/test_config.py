@@ -33,7 +33,7 @@ def test_an_explicit_chain_is_kept_as_written(tmp_path: Path):
 
 
 @pytest.mark.parametrize("stages,problem", [
-    ("[fastpath, nope]", "pipeline.stages[1]: unknown stage 'nope'; known: fastpath, conntrack, protect, policy"),
+    ("[fastpath, nope]", "pipeline.stages[1]: unknown stage 'nope'; known: fastpath, protect, conntrack, policy"),
     ("[policy, policy]", "pipeline.stages[1]: stage 'policy' is listed twice"),
     ("policy", "pipeline.stages: expected a list"),
 ])

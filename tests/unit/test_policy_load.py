@@ -444,7 +444,7 @@ def test_default_capacity() -> None:
     [
         (HEADER + "rule: []\n", ": unknown key 'rule' (did you mean 'rules'?)"),
         (HEADER + "colour: blue\n",
-         ": unknown key 'colour' (allowed: version, sets, pipeline, fastpath, conntrack, protect, default_action, segments, rules)"),
+         ": unknown key 'colour' (allowed: version, sets, pipeline, fastpath, protect, conntrack, default_action, segments, rules)"),
         (rules("- {name: r, action: drop, match: {dprot: 22}}\n"),
          ": rules[0].match: unknown key 'dprot' (did you mean 'dport'?)"),
         (rules("- {name: r, action: drop, when: {}}\n"),

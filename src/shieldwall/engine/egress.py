@@ -13,14 +13,12 @@ attached, nothing else on the interface.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Iterable
 
 from ..dataplane.pipeline import EGRESS_PIN_PREFIX
 from ..kernel import libbpf, xdp
-from ..kernel.errors import BpfError
 
 LINK_PREFIX = "link-egress-"
 
@@ -91,12 +89,5 @@ def sync(directory: Path, generations: Iterable[Path]) -> None:
 
 def detach(pin: Path) -> None:
     """Detaches the link now (a process may still hold an fd of it) and drops its pin."""
-    fd = libbpf.obj_get(pin)
-    try:
-        libbpf.link_detach(fd)
-    except BpfError as exc:
-        if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
-            raise
-    finally:
-        os.close(fd)
+    libbpf.detach_pinned(pin)
     pin.unlink(missing_ok=True)

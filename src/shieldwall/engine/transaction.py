@@ -270,17 +270,9 @@ def control_of(layout: Layout, live: int | None) -> int | None:
 
 
 def _finish_down(layout: Layout, records: Records) -> None:
-    for pin in egress.links(layout.directory).values():
-        egress.detach(pin)
-    if layout.link.exists():
-        fd = libbpf.obj_get(layout.link)
-        try:
-            libbpf.link_detach(fd)
-        except BpfError as exc:
-            if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
-                raise
-        finally:
-            os.close(fd)
+    for pin in [*egress.links(layout.directory).values(), layout.link]:
+        if pin.exists():
+            libbpf.detach_pinned(pin)
     bpffs.remove_tree(layout.directory)
     bpffs.remove_empty_parents(layout.directory)
     records.forget()

@@ -6,6 +6,7 @@ so their layouts are the compiler's, not ours.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -452,6 +453,19 @@ def pin_fd(fd: int, path: str | Path) -> None:
 
 def link_detach(fd: int) -> None:
     _check(lib.bpf_link_detach(fd), "detaching link")
+
+
+def detach_pinned(path: str | Path) -> None:
+    """Detaches a pinned link now, even while a process still holds an fd of it; one
+    whose interface or attachment is already gone is fine. The pin stays."""
+    fd = obj_get(path)
+    try:
+        link_detach(fd)
+    except BpfError as exc:
+        if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def link_update(fd: int, new_prog_fd: int, expected_fd: int | None = None) -> None:

@@ -117,7 +117,8 @@ class FlowTable:
 class ConntrackStage(Stage):
     name = "conntrack"
     keys = ("conntrack",)
-    order = 12  # before the protect filters and the rules that read its mark
+    order = 17  # after the lists and the protect filters (what they decide costs no
+                # lookup), before the rules that read its mark
     state_maps = {FLOWS: ("struct sw_ct_key", "struct sw_ct_flow")}
     egress = EGRESS_PROGRAM
 
