@@ -16,6 +16,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from shieldwall.config import configure
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
+from shieldwall.kernel._libbpf import ffi
 from shieldwall.kernel.testrun import prog_test_run
 from shieldwall.model.parse import parse
 from shieldwall.policy import evaluate, parse_policy_text
@@ -102,11 +103,18 @@ def conversations(draw) -> tuple[list[bytes], list[bytes]]:
     return out, inbound
 
 
+def kernel_flows(flows) -> set[tuple]:
+    """The table's keys as the reference writes them."""
+    return {(bytes(ffi.buffer(k.local)), bytes(ffi.buffer(k.remote)), k.lport, k.rport, k.proto)
+            for k in flows.keys()}
+
+
 def run_conversation(pipeline, cpu, policy, out, inbound, table: FlowTable) -> int:
-    egress, _ = fresh(pipeline, policy)
+    egress, flows = fresh(pipeline, policy)
     for f in out:
         assert prog_test_run(egress, f).retval == TC_ACT_UNSPEC  # it only watches
         table.outgoing(f)
+    assert kernel_flows(flows) == set(table.flows)
     replies = 0
     for f in inbound:
         fields, root = parse(f)
