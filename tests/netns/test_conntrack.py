@@ -6,7 +6,10 @@ follows the policy through reloads and goes with `down`."""
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,10 +17,12 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from shieldwall.kernel import libbpf, xdp
+from shieldwall.kernel.libbpf import BpfObject
 from shieldwall.kernel import netns as kernel_netns
 from shieldwall.lab.probes import ping, tcp_connect, udp_roundtrip
 from shieldwall.lab.servers import start_tcp_server, start_udp_echo
 from shieldwall.lab.trafgen import TrafficGenerator
+from shieldwall.paths import object_path
 
 from ..helpers import counter, server_status, shieldwall, silence_outside
 
@@ -49,11 +54,13 @@ def own_traffic(topo) -> dict[str, bool]:
             "ping6": ping(topo, dst=topo.client_v6, **at_home)}
 
 
-def egress_links(topo) -> list[int]:
-    """The programs on the server interface's tcx egress hook, as the kernel lists them;
-    status must name the same."""
+def egress_links(topo, also: list[int] = ()) -> list[int]:
+    """The programs on the server interface's tcx egress hook, as the kernel lists them,
+    but for `also` (another tool's, which must be there); status must name the same."""
     with kernel_netns.enter_netns(topo.server_ns):
         found = libbpf.tcx_egress_programs(xdp.ifindex(topo.server_if))
+    assert set(also) <= set(found)
+    found = [prog for prog in found if prog not in also]
     report = server_status(topo) if found else {}
     assert sorted(report.get("egress", {}).values()) == sorted(found)
     return found
@@ -108,10 +115,26 @@ def test_the_hosts_own_flows_with_a_default_drop(lab, tmp_path):
     assert counter(report, "pass", "rule") - counter(base, "pass", "rule") == ROUNDS
     assert counter(report, "drop", "default") - counter(base, "drop", "default") == 3 * ROUNDS
 
-    # Without the rule, the link goes; `down` leaves nothing of shieldwall behind.
+    # Without the rule, the link goes; `down` leaves nothing of shieldwall behind, and
+    # takes nothing of anyone else's (a program another tool attached on the same hook).
     apply(topo, "reload", policy, DROP_ALL)
     assert egress_links(topo) == []
-    apply(topo, "reload", policy, REPLIES)
-    assert len(egress_links(topo)) == 1
-    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
-    assert egress_links(topo) == []
+    with foreign_egress_program(topo) as foreign:
+        apply(topo, "reload", policy, REPLIES)
+        ours = egress_links(topo, also=[foreign])
+        assert len(ours) == 1
+        assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+        assert egress_links(topo, also=[foreign]) == []
+
+
+@contextmanager
+def foreign_egress_program(topo) -> Iterator[int]:
+    """Another tool's TC egress program on the server's interface, held by this test."""
+    with BpfObject(object_path("conntrack")) as obj, kernel_netns.enter_netns(topo.server_ns):
+        obj.load()
+        prog = obj.program("sw_ct_egress")
+        link = libbpf.tcx_egress_link_create(prog.fd, xdp.ifindex(topo.server_if))
+        try:
+            yield prog.id
+        finally:
+            os.close(link)
