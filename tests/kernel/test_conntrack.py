@@ -14,6 +14,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
+from shieldwall import abi
 from shieldwall.config import configure
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.kernel._libbpf import ffi
@@ -194,4 +195,20 @@ def test_the_table_survives_a_reload(pipeline, cpu):
     again = parse_policy_text(REPLIES_ONLY + "  - {name: dns, match: {dport: 53}, action: pass}\n",
                               "again.yaml", ".")
     pipeline.apply(configure(again))  # state maps are kept, as a reload keeps them
+    assert pipeline.run(reply, cpu).action == "pass"
+
+
+def test_the_table_stays_within_its_bound_and_keeps_the_newest_flows(pipeline, cpu):
+    policy = parse_policy_text(REPLIES_ONLY, "replies.yaml", ".")
+    egress, flows = fresh(pipeline, policy)
+    opened = abi.SW_CT_MAX_FLOWS + 4_000
+    template = frame(4, "192.0.2.1", "198.51.100.2", UDP(sport=1, dport=53))
+    port_at = len(template) - 8  # the UDP header's source port
+    for n in range(opened):
+        ports = (1024 + n % 60_000).to_bytes(2, "big") + (53 + n // 60_000).to_bytes(2, "big")
+        prog_test_run(egress, template[:port_at] + ports + template[port_at + 4:])
+    assert abi.SW_CT_MAX_FLOWS - 4_000 < len(list(flows.keys())) <= abi.SW_CT_MAX_FLOWS
+    newest = opened - 1
+    reply = frame(4, "198.51.100.2", "192.0.2.1",
+                  UDP(sport=53 + newest // 60_000, dport=1024 + newest % 60_000))
     assert pipeline.run(reply, cpu).action == "pass"
