@@ -93,6 +93,9 @@ def test_the_hosts_own_flows_with_a_default_drop(lab, tmp_path):
         assert not ping(topo)
         report = server_status(topo)
         assert report["stages"]["conntrack"]["flows"] >= 4
+        shown = shieldwall("status", "--netns", topo.server_ns, "--iface", topo.server_if).stdout
+        assert f"tc egress: conntrack's program id {report['egress']['conntrack']}" in shown
+        assert "flows of this host in the table" in shown
 
         # A reload keeps the table and the link.
         apply(topo, "reload", policy, REPLIES + "  - {name: web, match: {dport: 8081}, action: pass}\n")
