@@ -250,7 +250,9 @@ struct sw_ct_key {
 	__u16 lport;		/* TCP/UDP ports; ICMP echo: the identifier, and rport 0 */
 	__u16 rport;
 	__u8 proto;		/* IPPROTO_* (ICMP and ICMPv6 echo included) */
-	__u8 pad0[3];
+	__u8 family;		/* SW_FAMILY_*: an IPv6 packet between IPv4-mapped
+				 * addresses never answers an IPv4 flow */
+	__u8 pad0[2];
 };
 
 struct sw_ct_flow {

@@ -96,6 +96,7 @@ static __always_inline int sw_ct_outgoing(struct __sk_buff *skb, struct sw_ct_ke
 		if (((ip[6] & 0x1f) << 8 | ip[7]) != 0)
 			return 0;	/* a later fragment: no transport header */
 		key->proto = ip[9];
+		key->family = SW_FAMILY_IPV4;
 		sw_ct_mapped_v4(key->local, ip + 12);
 		sw_ct_mapped_v4(key->remote, ip + 16);
 		off += (ip[0] & 0xf) * 4;
@@ -105,6 +106,7 @@ static __always_inline int sw_ct_outgoing(struct __sk_buff *skb, struct sw_ct_ke
 		if (!ip)
 			return 0;
 		key->proto = ip[6];
+		key->family = SW_FAMILY_IPV6;
 		__builtin_memcpy(key->local, ip + 8, 16);
 		__builtin_memcpy(key->remote, ip + 24, 16);
 		off += 40;
@@ -191,6 +193,7 @@ static __always_inline int sw_ct_reply_key(struct xdp_md *ctx, const struct sw_p
 	if (!(pkt->flags & SW_PKT_HAS_L4))
 		return 0;
 	key->proto = pkt->l4_proto;
+	key->family = pkt->family;
 	if (pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP) {
 		key->lport = pkt->dport;
 		key->rport = pkt->sport;

@@ -106,8 +106,8 @@ def conversations(draw) -> tuple[list[bytes], list[bytes]]:
 
 def kernel_flows(flows) -> set[tuple]:
     """The table's keys as the reference writes them."""
-    return {(bytes(ffi.buffer(k.local)), bytes(ffi.buffer(k.remote)), k.lport, k.rport, k.proto)
-            for k in flows.keys()}
+    return {(bytes(ffi.buffer(k.local)), bytes(ffi.buffer(k.remote)), k.lport, k.rport, k.proto,
+             k.family) for k in flows.keys()}
 
 
 def run_conversation(pipeline, cpu, policy, out, inbound, table: FlowTable) -> int:
@@ -156,6 +156,8 @@ def test_only_replies_to_the_hosts_own_flows_pass(pipeline, cpu):
         frame(4, "198.51.100.2", "192.0.2.1", echo(4, False, 7)): "drop",
         frame(4, "203.0.113.5", "192.0.2.1", TCP(sport=50000, dport=22, flags="A")): "drop",
         frame(6, "2001:db8:1::7", "2001:db8::1", TCP(sport=53, dport=40001, flags="A")): "drop",
+        # IPv6 between the IPv4-mapped addresses of an IPv4 flow: no reply to it.
+        frame(6, "::ffff:198.51.100.2", "::ffff:192.0.2.1", TCP(sport=80, dport=40000, flags="SA")): "drop",
     }
     egress, flows = fresh(pipeline, policy)
     assert pipeline.run(next(iter(inbound)), cpu).action == "drop"  # nothing recorded yet

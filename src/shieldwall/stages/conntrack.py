@@ -57,7 +57,7 @@ def uses_state(policy_rules: Iterable[Any]) -> bool:
 
 # -- the reference model of the table -------------------------------------------------
 
-Key = tuple[bytes, bytes, int, int, int]  # local, remote, lport, rport, proto
+Key = tuple[bytes, bytes, int, int, int, int]  # local, remote, lport, rport, proto, family
 
 
 def flow_key(frame: bytes, pkt: ParsedPacket, outgoing: bool) -> Key | None:
@@ -69,12 +69,12 @@ def flow_key(frame: bytes, pkt: ParsedPacket, outgoing: bool) -> Key | None:
     local, remote = (pkt.src, pkt.dst) if outgoing else (pkt.dst, pkt.src)
     if pkt.l4_proto in (IPPROTO_TCP, IPPROTO_UDP):
         ports = (pkt.sport, pkt.dport) if outgoing else (pkt.dport, pkt.sport)
-        return (local, remote, *ports, pkt.l4_proto)
+        return (local, remote, *ports, pkt.l4_proto, pkt.family)
     if pkt.l4_proto == ICMP_PROTO[pkt.family]:
         want = (ECHO_REQUEST if outgoing else ECHO_REPLY)[pkt.family]
         ident = frame[pkt.l4_off + 4:pkt.l4_off + 6]
         if pkt.icmp_type == want and len(ident) == 2:
-            return (local, remote, int.from_bytes(ident, "big"), 0, pkt.l4_proto)
+            return (local, remote, int.from_bytes(ident, "big"), 0, pkt.l4_proto, pkt.family)
     return None
 
 
