@@ -9,6 +9,10 @@ BPF stages with it.
   of this model: stages/<name>.py, `decide`). The fastpath looks up the source in its
   lists; the longest matching prefix of allow and deny decides (allowlisted /
   blocklisted).
+- The conntrack stage decides nothing: it marks a reply to the host's own flows
+  (SW_PKT_ESTABLISHED in pkt.flags), which the `state` field reads. The mark depends on
+  what the host sent before, so it is an input here: stages.conntrack.FlowTable.mark()
+  sets it on a parsed packet the way the data plane's table would.
 - The policy stage applies the rules, in order. pass and drop decide; count and monitor record the hit and
   go on. When no rule decides, default_action applies (reason default), except that
   default_action: drop never drops IPv6 neighbor discovery (reason nd_protected).
