@@ -50,13 +50,16 @@
 #define SW_R_IPV4_OPTIONS 26
 #define SW_R_IPV6_RH0 27
 #define SW_R_ZERO_PORT 28
-#define SW_R_MAX 32
+#define SW_R_RATE_LIMITED 29
+#define SW_R_BLOCKED 30
+#define SW_R_MAX 64
 
 /* Which stage decided. Stage ids are fixed; their order in the chain is configuration. */
 #define SW_MOD_ROOT 0
 #define SW_MOD_FASTPATH 1
 #define SW_MOD_POLICY 2
 #define SW_MOD_PROTECT 3
+#define SW_MOD_LIMIT 4
 #define SW_MOD_CONNTRACK 5
 #define SW_MOD_MAX 16
 
@@ -159,6 +162,8 @@ struct sw_consts {
 	__u32 canary_family;	/* SW_CANARY_SOURCE: sources in this prefix run here */
 	__u8 canary_addr[16];
 	__u8 canary_mask[16];
+	__u32 limit_slot;	/* the limit stage's slot: the rules hand it what a rule passed */
+	__u32 pad0;
 };
 
 /* A canary's root runs its own policy for part of the traffic and hands the rest to the
@@ -267,6 +272,97 @@ struct sw_ct_consts {
 	__u64 closing_ns;	/* after this host's FIN or RST */
 	__u64 udp_ns;
 	__u64 icmp_ns;		/* after an echo request */
+};
+
+/*
+ * Rate limits (docs/defenses.md, "Rate limits"). A limit is a GCRA token bucket per key
+ * (the key is what `per` says); its state is two theoretical arrival times, moved with
+ * atomic adds, so every CPU shares one bucket. A count-min sketch keeps keys that send
+ * fewer than `gate` packets in a sketch window out of the bucket table: a flood of
+ * never-repeating sources creates no bucket and evicts none.
+ */
+#define SW_LIM_MAX 16
+#define SW_LIM_BLOCK_LENS 4	/* distinct block prefix lengths, per family */
+#define SW_LIM_PER_SOURCE 0
+#define SW_LIM_PER_DESTINATION 1
+#define SW_LIM_PER_RULE 2
+#define SW_LIM_PER_FLOW 3
+#define SW_LIM_BUCKETS 262144
+#define SW_LIM_BLOCKS 65536
+#define SW_LIM_SKETCH_ROWS 2
+#define SW_LIM_SKETCH_WIDTH 1048576	/* cells per row, a power of two */
+#define SW_LIM_WINDOW_SHIFT 24		/* a sketch window is 2^24 ns, about 16.8 ms */
+#define SW_LIM_NS16_SHIFT 16		/* byte costs are ns per byte << 16 */
+
+struct sw_lim_key {
+	__u32 limit;		/* the limit's id: a hash of its name, stable across reloads */
+	__u32 rule;		/* per rule: the rule's id */
+	__u8 a[16];		/* per source or destination: the masked address; per flow: the source */
+	__u8 b[16];		/* per flow: the destination */
+	__u16 sport;		/* per flow */
+	__u16 dport;
+	__u8 proto;
+	__u8 pad0[3];
+};
+
+struct sw_lim_bucket {
+	__u64 tat_pkt;		/* ns: when the bucket is full again, for packets */
+	__u64 tat_byte;		/* the same for bytes */
+	__u64 dropped;		/* packets over the limit */
+	__u64 created_ns;
+};
+
+struct sw_block_key {
+	__u8 addr[16];		/* the blocked prefix's address, masked, IPv4 mapped */
+	__u32 plen;		/* its length over the 16 bytes (IPv4: 96 + prefix) */
+	__u32 pad0;
+};
+
+struct sw_block {
+	__u64 expires_ns;	/* bpf_ktime_get_ns() */
+	__u32 limit;		/* the id of the limit that set it */
+	__u32 pad0;
+};
+
+struct sw_lim_mask {
+	__u8 m[16];
+};
+
+struct sw_lim_def {
+	__u32 id;		/* sw_lim_key.limit */
+	__u32 per;		/* SW_LIM_PER_* */
+	__u32 gate;		/* packets a key sends in a sketch window before it gets a bucket */
+	__u32 block;		/* 1: over the limit blocks the source prefix for block_ns */
+	__u64 pkt_ns;		/* ns per packet; 0: no packet rate */
+	__u64 pkt_tol;		/* ns of burst: (burst - 1) packets */
+	__u64 byte_ns16;	/* ns per byte << SW_LIM_NS16_SHIFT; 0: no bit rate */
+	__u64 byte_tol;
+	__u64 block_ns;
+	__u32 plen4;		/* the block key's length for IPv4 and IPv6 sources */
+	__u32 plen6;
+	struct sw_lim_mask mask4;	/* prefix aggregation, over the 16-byte address */
+	struct sw_lim_mask mask6;
+};
+
+struct sw_lim_consts {
+	__u32 nlimits;
+	__u32 nblock4;		/* distinct block prefix lengths in use, per family */
+	__u32 nblock6;
+	__u32 pad0;
+	__u64 seed;		/* the sketch's hash seed, drawn per load */
+	__u32 block_plen4[4];
+	__u32 block_plen6[4];
+	struct sw_lim_mask block_mask4[4];
+	struct sw_lim_mask block_mask6[4];
+	struct sw_lim_def def[16];
+};
+
+/* Per limit, per CPU. */
+struct sw_lim_stat {
+	__u64 passed;		/* within the limit */
+	__u64 limited;		/* dropped over it */
+	__u64 bucketed;		/* packets that reached the bucket table (the rest: under the gate) */
+	__u64 blocks;		/* blocks it set */
 };
 
 /* Values of the fastpath's table, per source class: 0 for neither list. */

@@ -47,6 +47,7 @@ const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {
 	.next_slot = SW_SLOT_END,
 	.missed_action = SW_ACT_PASS,
 	.end_action = SW_ACT_PASS,
+	.limit_slot = SW_SLOT_END,
 };
 
 /* A program's table (lib/table.h): one value of u32 entries whose size the loader sets

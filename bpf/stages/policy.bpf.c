@@ -289,8 +289,10 @@ static __always_inline int sw_pol_is_nd(struct sw_pkt *pkt)
 }
 
 /* The verdict for the deciding rule, or the default action (which never drops IPv6
- * neighbor discovery). */
-static __always_inline int sw_pol_decided(struct sw_pkt *pkt, __u32 best, __u32 drops, __u64 now)
+ * neighbor discovery). A rule that passes may be a limit's: with a limit stage in the
+ * chain, it has the last word on what a rule passed. */
+static __always_inline int sw_pol_decided(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 best,
+					  __u32 drops, __u64 now)
 {
 	__u32 action;
 
@@ -302,10 +304,15 @@ static __always_inline int sw_pol_decided(struct sw_pkt *pkt, __u32 best, __u32 
 		return sw_finish(pkt, action, SW_R_DEFAULT, SW_MOD_POLICY, SW_RULE_NONE);
 	}
 	sw_pol_hit(best, pkt->frame_len, now, 0);
+	if (!drops && sw_consts.limit_slot != SW_SLOT_END) {
+		pkt->rule = best;
+		bpf_tail_call(ctx, &sw_stages, sw_consts.limit_slot);
+		return sw_missed(pkt);
+	}
 	return sw_finish(pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, best);
 }
 
-static __always_inline int sw_pol_chains(struct sw_pkt *pkt, const __u32 *tab);
+static __always_inline int sw_pol_chains(struct xdp_md *ctx, struct sw_pkt *pkt, const __u32 *tab);
 
 SEC("xdp.frags")
 int sw_stage_policy(struct xdp_md *ctx)
@@ -337,16 +344,16 @@ int sw_stage_policy(struct xdp_md *ctx)
 				break;
 			}
 		}
-		return sw_pol_decided(pkt, best, drops, now);
+		return sw_pol_decided(ctx, pkt, best, drops, now);
 	}
 	tab = sw_table(&sw_pol_tab);
 	if (!tab)
 		return sw_missed(pkt);
-	return sw_pol_chains(pkt, tab);
+	return sw_pol_chains(ctx, pkt, tab);
 }
 
 /* Chain mode: classes per field, then each bucket's chain (docs/classifier.md). */
-static __always_inline int sw_pol_chains(struct sw_pkt *pkt, const __u32 *tab)
+static __always_inline int sw_pol_chains(struct xdp_md *ctx, struct sw_pkt *pkt, const __u32 *tab)
 {
 	__u32 cls[16] = {};
 	__u32 lists[SW_POL_MAX_BUCKETS] = {};
@@ -412,7 +419,7 @@ static __always_inline int sw_pol_chains(struct sw_pkt *pkt, const __u32 *tab)
 		}
 	}
 
-	return sw_pol_decided(pkt, best, drops, now);
+	return sw_pol_decided(ctx, pkt, best, drops, now);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -8,6 +8,7 @@ import pytest
 
 from shieldwall.config import default_config, load_config
 from shieldwall.policy import PolicyError
+from shieldwall.stages import stages
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -33,7 +34,7 @@ def test_an_explicit_chain_is_kept_as_written(tmp_path: Path):
 
 
 @pytest.mark.parametrize("stages,problem", [
-    ("[fastpath, nope]", "pipeline.stages[1]: unknown stage 'nope'; known: fastpath, protect, conntrack, policy"),
+    ("[fastpath, nope]", "pipeline.stages[1]: unknown stage 'nope'; known: " + ", ".join(stages())),
     ("[policy, policy]", "pipeline.stages[1]: stage 'policy' is listed twice"),
     ("policy", "pipeline.stages: expected a list"),
 ])

@@ -24,6 +24,7 @@ from shieldwall.policy import (
 )
 from shieldwall.policy.model import TCP_FLAG_BITS
 from shieldwall.policy.sets import read_set_file
+from shieldwall.stages import policy_keys
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -444,7 +445,7 @@ def test_default_capacity() -> None:
     [
         (HEADER + "rule: []\n", ": unknown key 'rule' (did you mean 'rules'?)"),
         (HEADER + "colour: blue\n",
-         ": unknown key 'colour' (allowed: version, sets, pipeline, fastpath, protect, conntrack, default_action, segments, rules)"),
+         ": unknown key 'colour' (allowed: version, sets, pipeline, " + ", ".join(policy_keys()) + ")"),
         (rules("- {name: r, action: drop, match: {dprot: 22}}\n"),
          ": rules[0].match: unknown key 'dprot' (did you mean 'dport'?)"),
         (rules("- {name: r, action: drop, when: {}}\n"),

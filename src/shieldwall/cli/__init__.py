@@ -326,6 +326,12 @@ def cmd_set(args: argparse.Namespace) -> int:
         return run(args)
 
 
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from .blocks import run
+    with _netns(args):
+        return run(args)
+
+
 def _name(check: Callable[[str], str]) -> Callable[[str], str]:
     """An argparse type that refuses what is not a name (check_ifname, check_netns_name)."""
     def parse(text: str) -> str:
@@ -373,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("set", cmd_set, "live entries of the running policy's sets: add, del, list, apply")
     actions = p.add_subparsers(dest="set_cmd", required=True)
 
-    def set_action(name: str, help: str) -> argparse.ArgumentParser:
+    def iface_action(actions: Any, name: str, help: str) -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help)
         a.add_argument("--iface", required=True, type=_name(check_ifname), help="network interface")
         a.add_argument("--netns", type=_name(check_netns_name),
@@ -382,16 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
         return a
 
     for name, help in (("add", "add prefixes to a set"), ("del", "take live entries off a set")):
-        a = set_action(name, help)
+        a = iface_action(actions, name, help)
         a.add_argument("set", metavar="NAME", help="a set of the running policy")
         a.add_argument("prefixes", nargs="+", metavar="PREFIX")
         if name == "add":
             a.add_argument("--ttl", metavar="DURATION", help="the entries expire after 90s, 15m, 4h, 7d")
-    a = set_action("list", "the live entries, with the time they have left")
+    a = iface_action(actions, "list", "the live entries, with the time they have left")
     a.add_argument("set", nargs="?", metavar="NAME")
-    a = set_action("apply", "a feed of decisions, one a line: add PREFIX [ttl=4h] [set=NAME], del PREFIX")
+    a = iface_action(actions, "apply", "a feed of decisions, one a line: add PREFIX [ttl=4h] [set=NAME], del PREFIX")
     a.add_argument("source", metavar="FILE", help="a file of decisions, - for standard input")
     a.add_argument("--set", dest="default_set", metavar="NAME", help="the set of lines that name none")
+    p = command("blocks", cmd_blocks, "sources blocked by rate limits: list, del")
+    actions = p.add_subparsers(dest="blocks_cmd", required=True)
+    for name, help in (("list", "the blocks in force, with the time they have left"),
+                       ("del", "lift blocks: the ones covering these prefixes or addresses")):
+        a = iface_action(actions, name, help)
+        if name == "del":
+            a.add_argument("prefixes", nargs="*", metavar="PREFIX")
+            a.add_argument("--all", action="store_true", help="every block in force")
     p = command("canary", cmd_canary, "try a new policy on a share of the traffic: start, status, promote, abort")
     actions = p.add_subparsers(dest="canary_cmd", required=True)
     for name, help in (("start", "run NEW.yaml for a share of flows or for a source prefix"),

@@ -310,6 +310,7 @@ def _consts(config: PipelineConfig, next_position: int, sources: Sources | None 
         "src_root4": trie.root4 if trie else 0,
         "src_root6": trie.root6 if trie else 0,
         "table_entries": len(table[1]) // 4 if table else 0,
+        "limit_slot": config.chain.index("limit") if "limit" in config.chain else abi.SW_SLOT_END,
     })
 
 

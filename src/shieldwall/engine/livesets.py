@@ -29,6 +29,7 @@ from ..kernel.errors import BpfError
 from ..policy.errors import Invalid, quote
 from ..policy.model import Network
 from ..policy.sets import parse_prefix
+from ..policy.values import parse_duration
 from ..policy.values import sort_key
 from .records import Records
 from .transaction import Layout, alone_in_force, close_maps
@@ -37,24 +38,8 @@ from .transaction import Layout, alone_in_force, close_maps
 MAX_ENTRIES = 1_000_000
 # A decision line of a feed, and the part of a bad one an error quotes.
 MAX_LINE = 512
-DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_TTL = 366 * 86400
-
-
 class LiveSetError(BpfError):
     pass
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `15m`, `4h`, `7d` (at most a year), as seconds."""
-    found = DURATION.match(text.strip())
-    if not found:
-        raise Invalid(f"{quote(text)} is not a duration (a number with ms, s, m, h or d: 4h)")
-    seconds = int(found.group(1)) * UNITS[found.group(2)]
-    if not 0 < seconds <= MAX_TTL:
-        raise Invalid(f"{quote(text)}: a TTL is more than 0 and at most 366d")
-    return seconds
 
 
 @dataclass(frozen=True)

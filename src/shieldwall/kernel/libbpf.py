@@ -138,7 +138,7 @@ class Map:
                 raise ValueError(f"a key of map {self.name} is {ffi.sizeof(self.key_type)} bytes")
             return ffi.from_buffer(f"{self.key_type} *", key)
         if isinstance(key, ffi.CData) and ffi.typeof(key) is ffi.typeof(f"{self.key_type} *"):
-            return key  # a struct key as keys() hands it out
+            return key  # as lookup_batch and keys() hand them out
         return ffi.new(f"{self.key_type} *", key)
 
     def _value_buf(self, count: int = 1) -> Any:

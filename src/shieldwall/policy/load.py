@@ -89,7 +89,7 @@ def parse_policy(
     for stage in stages().values():
         sections[stage.name] = stage.section({k: doc[k] for k in stage.keys if k in doc}, v)
     for stage in stages().values():
-        sections[stage.name] = stage.derive(sections[stage.name], sections)
+        sections[stage.name] = stage.link(sections[stage.name], sections, v)
     pipeline = _pipeline(doc.get("pipeline", {}), v)
     if pipeline is not None and pipeline.stages is not None:
         _check_chain(pipeline.stages, sections, v)

@@ -81,13 +81,15 @@ class ActionKind:
 
     `verdict` set: the rule decides and evaluation stops. None: evaluation goes on with
     the next rule. `counts`: the hit is recorded in Decision.counted. `would`: shadow
-    mode, the verdict the rule reports without applying it.
+    mode, the verdict the rule reports without applying it. `limit`: the named rate
+    limit (the `limits` section) that has the last word on what the rule passes.
     """
 
     name: str
     verdict: Verdict | None = None
     counts: bool = False
     would: Verdict | None = None
+    limit: str | None = None
 
     @property
     def decides(self) -> bool:

@@ -150,9 +150,53 @@ def parse_verdict(value: Any) -> Verdict:
     return text  # type: ignore[return-value]
 
 
+DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 366 * 86400
+
+
+def parse_duration(value: Any) -> float:
+    """`90s`, `15m`, `4h`, `7d` (more than 0, at most 366d), as seconds."""
+    text = value if isinstance(value, str) else str(value) if type(value) is int else None
+    found = DURATION.match(text.strip()) if text is not None else None
+    if not found:
+        raise Invalid(f"{quote(value) if isinstance(value, str) else describe(value)} is not a "
+                      "duration (a number with ms, s, m, h or d: 4h)")
+    seconds = int(found.group(1)) * UNITS[found.group(2)]
+    if not 0 < seconds <= MAX_DURATION:
+        raise Invalid(f"{quote(text)}: a duration is more than 0 and at most 366d")
+    return seconds
+
+
+RATE = re.compile(r"^(\d+)([kMG]?)$")
+RATE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def parse_rate(value: Any, what: str, top: int) -> int:
+    """A positive count per second: 1000, 10k, 2M, 1G (powers of 1000), at most `top`."""
+    if type(value) is int:
+        number = value
+    else:
+        found = RATE.match(value.strip()) if isinstance(value, str) else None
+        if not found:
+            raise Invalid(f"expected {what} (a number, optionally with k, M or G: 10k), got "
+                          f"{quote(value) if isinstance(value, str) else describe(value)}")
+        number = int(found.group(1)) * RATE_UNITS[found.group(2)]
+    if not 0 < number <= top:
+        raise Invalid(f"{what} {number} is out of range (1 to {top:,})")
+    return number
+
+
 def parse_action(value: Any) -> ActionKind:
+    """A word (pass, drop, count, monitor) or `{limit: NAME}`: pass within a rate limit
+    that the `limits` section defines (stages/limit.py checks the name)."""
     known = ", ".join(ACTIONS)
-    text = string(value, f"an action (one of: {known})")
+    if isinstance(value, dict):
+        if set(value) != {"limit"}:
+            raise Invalid(f"an action mapping is {{limit: NAME}}, got keys {', '.join(map(quote, value))}")
+        name = string(value["limit"], "a limit name")
+        return ActionKind("limit", verdict="pass", limit=name)
+    text = string(value, f"an action (one of: {known}, or {{limit: NAME}})")
     if text not in ACTIONS:
         raise Invalid(f"unknown action {quote(text)} (one of: {known})")
     return ACTIONS[text]

@@ -8,6 +8,7 @@ C file, its module, and the header entry for the layouts it shares with C.
 The life of a stage's data, in the order the pipeline uses it:
 
     section(doc, v)      its part of the policy file, validated (issues reported to v)
+    link(section, all, v) the same, once every section is read (references between them)
     image(section)       what the stage computes from it, in pure Python
     sources(image)       its longest-prefix view of source addresses, if it keys on them
     build(image, column) its config maps' contents and its program's constants; column
@@ -90,9 +91,9 @@ class Stage:
         their field paths. Called with the keys absent too: return the default."""
         raise NotImplementedError
 
-    def derive(self, section: Any, sections: dict[str, Any]) -> Any:
-        """Its section once every stage's is known, for a stage whose work follows from
-        another's (conntrack runs when some rule reads `state`)."""
+    def link(self, section: Any, sections: dict[str, Any], v: "Validator") -> Any:
+        """Its section once every stage has read its own: for references between
+        sections (a rule's action naming a limit); problems go to v.report."""
         return section
 
     def busy(self, section: Any) -> bool:

@@ -117,8 +117,8 @@ class FlowTable:
 class ConntrackStage(Stage):
     name = "conntrack"
     keys = ("conntrack",)
-    order = 17  # after the lists and the protect filters (what they decide costs no
-                # lookup), before the rules that read its mark
+    order = 19  # after the lists, the protect filters and the limit stage's blocks (what
+                # they decide costs no lookup), before the rules that read its mark
     state_maps = {FLOWS: ("struct sw_ct_key", "struct sw_ct_flow")}
     egress = EGRESS_PROGRAM
 
@@ -137,7 +137,7 @@ class ConntrackStage(Stage):
                     timeouts[name] = value
         return Conntrack(timeouts)
 
-    def derive(self, section: Conntrack, sections: dict[str, Any]) -> Conntrack:
+    def link(self, section: Conntrack, sections: dict[str, Any], v: Validator) -> Conntrack:
         ruleset = sections.get("policy")
         used = ruleset is not None and uses_state(ruleset.rules)
         return Conntrack(section.timeouts, used)

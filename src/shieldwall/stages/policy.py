@@ -13,11 +13,10 @@ from typing import Any, Iterable
 
 from .. import abi
 from ..dataplane import addrtrie
-from ..dataplane.images import pack
+from ..dataplane.images import pack, pack_names, read_names
 from ..dataplane.livehosts import Lookup
 from ..dataplane.sources import SourceMap
 from ..dataplane.tables import TableImage
-from ..kernel._libbpf import ffi
 from ..model.parse import ParsedPacket
 from ..policy.analysis import rule_warnings
 from ..policy.classes import FIELDS
@@ -219,12 +218,7 @@ def _set_names(items: Any) -> set[str]:
 def rule_names(maps: dict[str, Any]) -> dict[int, str]:
     """Names of the active ruleset's rules by id (the map holds exactly the ruleset's:
     id 0, the default's, has none)."""
-    names: dict[int, str] = {}
-    for key, value in maps[NAMES].lookup_batch():
-        name = ffi.string(value.name, abi.SW_RULE_NAME_LEN).decode(errors="replace")
-        if name:
-            names[int(key)] = name
-    return dict(sorted(names.items()))
+    return read_names(maps[NAMES])
 
 
 def counter(maps: dict[str, Any], rule_id: int) -> RuleCounter:
@@ -355,7 +349,7 @@ class _Layout:
         return self.tab.add(records)
 
     def _maps(self, hosts: dict[bytes, int]) -> StageBuild:
-        names = b"".join(r.name.encode().ljust(abi.SW_RULE_NAME_LEN, b"\0") for r in self.image.rules)
+        names = pack_names([r.name for r in self.image.rules])
         build = StageBuild(rodata={CONSTS: pack("struct sw_pol_consts", self.consts)})
         ids = len(self.image.rules) + 1
         build.sizes = {HOSTS: addrtrie.hash_size(hosts), NAMES: ids, HITS: ids, BASE: ids}

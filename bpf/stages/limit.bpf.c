@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Limit stage: rate limits and timed blocks (docs/defenses.md, "Rate limits").
+ *
+ * It runs twice for a packet a limit applies to. Before the rules, it drops sources
+ * that a limit has blocked (reason `blocked`): one hash lookup per block prefix length
+ * in use. After the rules, the policy stage hands it the packets a rule passed
+ * (sw_pkt.rule set); for a rule whose action is a limit, the packet takes from its
+ * key's bucket or is dropped (reason `rate_limited`), and may block its source.
+ *
+ * Every cost is bounded against an attacker who never repeats a source: a key sending
+ * fewer than its limit's gate packets in a sketch window is counted in a count-min
+ * sketch (two array reads) and passes without a bucket, so such a flood creates no
+ * bucket and evicts no known key's. Buckets are shared by every CPU (atomic adds).
+ */
+#include "lib/pipeline.h"
+
+const volatile struct sw_lim_consts sw_lim SEC(".rodata.lim") = {};
+
+/* Per rule id of the running ruleset: its limit's index + 1; 0 for a rule without. */
+SW_TABLE_MAP(sw_lim_tab);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_LIM_BUCKETS);
+	__type(key, struct sw_lim_key);
+	__type(value, struct sw_lim_bucket);
+} sw_lim_buckets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_LIM_BLOCKS);
+	__type(key, struct sw_block_key);
+	__type(value, struct sw_block);
+} sw_lim_blocks SEC(".maps");
+
+/* Cells: the window they count in (top 8 bits) and the count (low 24). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_LIM_SKETCH_ROWS * SW_LIM_SKETCH_WIDTH);
+	__type(key, __u32);
+	__type(value, __u32);
+} sw_lim_sketch SEC(".maps");
+
+/* By limit index of this load; sw_lim_base holds what earlier loads counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_LIM_MAX);
+	__type(key, __u32);
+	__type(value, struct sw_lim_stat);
+} sw_lim_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_LIM_MAX);
+	__type(key, __u32);
+	__type(value, struct sw_lim_stat);
+} sw_lim_base SEC(".maps");
+
+/* Limit names by index of this load: for the control plane only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_LIM_MAX);
+	__type(key, __u32);
+	__type(value, struct sw_rule_name);
+} sw_lim_names SEC(".maps");
+
+#define COUNT_MAX 0xffffff
+/* Keys are written and hashed a word at a time. */
+#define WORDS __attribute__((aligned(8)))
+
+static __always_inline void sw_lim_mask(__u8 *out, const __u8 *addr, const volatile struct sw_lim_mask *m)
+{
+	const volatile __u64 *mw = (const volatile __u64 *)m->m;
+	const __u64 *aw = (const __u64 *)addr;
+	__u64 *ow = (__u64 *)out;
+
+	ow[0] = aw[0] & mw[0];
+	ow[1] = aw[1] & mw[1];
+}
+
+/* -- before the rules: blocked sources --------------------------------------------- */
+
+static __always_inline int sw_lim_blocked(struct sw_pkt *pkt)
+{
+	int v4 = pkt->family == SW_FAMILY_IPV4;
+	__u32 n = v4 ? sw_lim.nblock4 : sw_lim.nblock6;
+	struct sw_block_key key WORDS = {};
+
+#pragma unroll
+	for (int i = 0; i < SW_LIM_BLOCK_LENS; i++) {
+		struct sw_block *b;
+
+		if (i >= n)
+			break;
+		sw_lim_mask(key.addr, pkt->src, v4 ? &sw_lim.block_mask4[i] : &sw_lim.block_mask6[i]);
+		key.plen = v4 ? sw_lim.block_plen4[i] : sw_lim.block_plen6[i];
+		b = bpf_map_lookup_elem(&sw_lim_blocks, &key);
+		if (!b)
+			continue;
+		if (bpf_ktime_get_ns() < b->expires_ns)
+			return 1;
+		bpf_map_delete_elem(&sw_lim_blocks, &key);	/* expired: the slot is free again */
+	}
+	return 0;
+}
+
+/* -- after the rules: the buckets -------------------------------------------------- */
+
+static __always_inline __u64 sw_lim_hash(const struct sw_lim_key *k)
+{
+	const __u64 *w = (const __u64 *)k;
+	__u64 h = sw_lim.seed;
+
+#pragma unroll
+	for (int i = 0; i < sizeof(*k) / 8; i++) {
+		h ^= w[i];
+		h *= 0x9E3779B97F4A7C15ULL;
+		h ^= h >> 32;
+	}
+	h *= 0xBF58476D1CE4E5B9ULL;
+	return h ^ (h >> 29);
+}
+
+/* The key's packets in this window so far, this one included (an over-estimate when
+ * keys share cells). Cells stop being written once they reach the gate, so a heavy key
+ * costs two reads. Two CPUs may lose an increment: an estimate can only run short by
+ * the packets counted at the same instant. */
+static __always_inline __u32 sw_lim_sketch_count(const struct sw_lim_key *key, __u64 now, __u32 gate)
+{
+	__u64 h = sw_lim_hash(key);
+	__u32 tag = (now >> SW_LIM_WINDOW_SHIFT) & 0xff, est = COUNT_MAX;
+
+#pragma unroll
+	for (int r = 0; r < SW_LIM_SKETCH_ROWS; r++) {
+		__u32 idx = r * SW_LIM_SKETCH_WIDTH + ((h >> (r * 32)) & (SW_LIM_SKETCH_WIDTH - 1));
+		__u32 *cell = bpf_map_lookup_elem(&sw_lim_sketch, &idx);
+		__u32 v, n;
+
+		if (!cell)
+			return gate;
+		v = *cell;
+		n = (v >> 24) == tag ? (v & COUNT_MAX) + 1 : 1;
+		if (n <= gate)
+			*cell = tag << 24 | n;
+		if (n < est)
+			est = n;
+	}
+	return est;
+}
+
+/* GCRA on one theoretical arrival time: the packet fits when the bucket, after taking
+ * `cost`, is no further ahead of now than the burst allows. A take that does not fit
+ * is given back, so a source over its limit does not push its own refill away. */
+static __always_inline int sw_lim_take(__u64 *tat, __u64 now, __u64 cost, __u64 tol)
+{
+	__u64 t = *(volatile __u64 *)tat, old;
+
+	if (t < now)	/* an idle bucket is full: catch up (one CPU wins) */
+		__sync_val_compare_and_swap(tat, t, now);
+	old = __sync_fetch_and_add(tat, cost);
+	if (old <= now + tol)
+		return 1;
+	__sync_fetch_and_sub(tat, cost);
+	return 0;
+}
+
+static __always_inline void sw_lim_key_of(struct sw_lim_key *key, const struct sw_pkt *pkt,
+					  const volatile struct sw_lim_def *d)
+{
+	int v4 = pkt->family == SW_FAMILY_IPV4;
+
+	key->limit = d->id;
+	switch (d->per) {
+	case SW_LIM_PER_SOURCE:
+		sw_lim_mask(key->a, pkt->src, v4 ? &d->mask4 : &d->mask6);
+		break;
+	case SW_LIM_PER_DESTINATION:
+		sw_lim_mask(key->a, pkt->dst, v4 ? &d->mask4 : &d->mask6);
+		break;
+	case SW_LIM_PER_RULE:
+		key->rule = pkt->rule;
+		break;
+	default:
+		__builtin_memcpy(key->a, pkt->src, 16);
+		__builtin_memcpy(key->b, pkt->dst, 16);
+		key->sport = pkt->sport;
+		key->dport = pkt->dport;
+		key->proto = pkt->l4_proto;
+	}
+}
+
+static __always_inline void sw_lim_block(const struct sw_pkt *pkt, const volatile struct sw_lim_def *d,
+					 __u64 now)
+{
+	int v4 = pkt->family == SW_FAMILY_IPV4;
+	struct sw_block_key key WORDS = { .plen = v4 ? d->plen4 : d->plen6 };
+	struct sw_block b = { .expires_ns = now + d->block_ns, .limit = d->id };
+
+	sw_lim_mask(key.addr, pkt->src, v4 ? &d->mask4 : &d->mask6);
+	bpf_map_update_elem(&sw_lim_blocks, &key, &b, BPF_ANY);
+}
+
+static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
+{
+	const volatile struct sw_lim_def *d = &sw_lim.def[index];
+	struct sw_lim_stat *stat = bpf_map_lookup_elem(&sw_lim_stats, &index);
+	struct sw_lim_key key WORDS = {};
+	struct sw_lim_bucket *b;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 gate = d->gate, charge = 1;
+	int fits;
+
+	if (!stat)
+		return sw_missed(pkt);
+	sw_lim_key_of(&key, pkt, d);
+	if (gate > 1) {
+		__u32 seen = sw_lim_sketch_count(&key, now, gate);
+
+		if (seen < gate) {
+			stat->passed++;
+			return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+		}
+		/* The key just reached the gate: it pays for its packets of this window. */
+		if (seen == gate)
+			charge = gate;
+	}
+	stat->bucketed++;
+	b = bpf_map_lookup_elem(&sw_lim_buckets, &key);
+	if (!b) {
+		struct sw_lim_bucket fresh = { .tat_pkt = now, .tat_byte = now, .created_ns = now };
+
+		bpf_map_update_elem(&sw_lim_buckets, &key, &fresh, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&sw_lim_buckets, &key);
+		if (!b)
+			return sw_missed(pkt);
+	}
+	fits = !d->pkt_ns || sw_lim_take(&b->tat_pkt, now, charge * d->pkt_ns, d->pkt_tol);
+	if (fits && d->byte_ns16) {
+		__u64 cost = ((__u64)charge * pkt->frame_len * d->byte_ns16) >> SW_LIM_NS16_SHIFT;
+
+		if (!sw_lim_take(&b->tat_byte, now, cost, d->byte_tol)) {
+			fits = 0;
+			if (d->pkt_ns)
+				__sync_fetch_and_sub(&b->tat_pkt, charge * d->pkt_ns);
+		}
+	}
+	if (fits) {
+		stat->passed++;
+		return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+	}
+	__sync_fetch_and_add(&b->dropped, 1);
+	stat->limited++;
+	if (d->block) {
+		sw_lim_block(pkt, d, now);
+		stat->blocks++;
+	}
+	return sw_finish(pkt, SW_ACT_DROP, SW_R_RATE_LIMITED, SW_MOD_LIMIT, pkt->rule);
+}
+
+SEC("xdp.frags")
+int sw_stage_limit(struct xdp_md *ctx)
+{
+	SW_STAGE_PKT(pkt);
+	const __u32 *tab;
+	__u32 index;
+
+	if (pkt->rule == SW_RULE_NONE) {
+		if ((sw_lim.nblock4 || sw_lim.nblock6) && sw_lim_blocked(pkt))
+			return sw_finish(pkt, SW_ACT_DROP, SW_R_BLOCKED, SW_MOD_LIMIT, SW_RULE_NONE);
+		return sw_next(ctx, pkt);
+	}
+	tab = sw_table(&sw_lim_tab);
+	index = tab ? sw_tab_at(tab, pkt->rule) : 0;
+	if (!index || index > sw_lim.nlimits || index > SW_LIM_MAX)
+		return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+	return sw_lim_apply(pkt, index - 1);
+}
+
+char LICENSE[] SEC("license") = "GPL";
