@@ -433,9 +433,14 @@ def tcx_egress_link_create(prog_fd: int, ifindex: int) -> int:
     or qdisc on the interface."""
     opts = ffi.new("struct bpf_link_create_opts *")
     opts.sz = ffi.sizeof("struct bpf_link_create_opts")
-    return _check(lib.bpf_link_create(prog_fd, ifindex, BPF_TCX_EGRESS, opts),
-                  f"attaching a TC egress program to ifindex {ifindex} with a bpf_link (tcx, "
-                  "kernel 6.6 or later)")
+    ret = lib.bpf_link_create(prog_fd, ifindex, BPF_TCX_EGRESS, opts)
+    if ret < 0:
+        # A kernel before 6.6 knows no such attach type: it says EINVAL.
+        hint = (f"tcx links need kernel 6.6 or later (this one is {os.uname().release}); "
+                "rules that read `state` need them") if -ret == errno.EINVAL else ""
+        raise BpfError(-ret, f"attaching a TC egress program to ifindex {ifindex} with a tcx "
+                             "bpf_link", hint)
+    return ret
 
 
 def tcx_egress_programs(ifindex: int, room: int = 64) -> list[int]:
