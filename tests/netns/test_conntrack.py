@@ -16,6 +16,12 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from shieldwall.config import configure
+from shieldwall.dataplane import bpffs
+from shieldwall.dataplane.pipeline import Pipeline, pinned_maps
+from shieldwall.engine import transaction as tx
+from shieldwall.engine.records import Records
+from shieldwall.engine.transaction import Layout
 from shieldwall.kernel import libbpf, xdp
 from shieldwall.kernel.libbpf import BpfObject
 from shieldwall.kernel import netns as kernel_netns
@@ -23,6 +29,7 @@ from shieldwall.lab.probes import ping, tcp_connect, udp_roundtrip
 from shieldwall.lab.servers import start_tcp_server, start_udp_echo
 from shieldwall.lab.trafgen import TrafficGenerator
 from shieldwall.paths import object_path
+from shieldwall.policy import parse_policy_text
 
 from ..helpers import counter, server_status, shieldwall, silence_outside
 
@@ -141,3 +148,29 @@ def foreign_egress_program(topo) -> Iterator[int]:
             yield prog.id
         finally:
             os.close(link)
+
+
+def test_a_change_cut_short_after_attaching_the_egress_program_is_undone(lab, tmp_path):
+    """A change that needs the egress program attaches it before its commit; killed
+    there, the next command rolls the change back, and the link with it."""
+    topo = lab
+    policy = tmp_path / "policy.yaml"
+    apply(topo, "up", policy, DROP_ALL)
+    with kernel_netns.enter_netns(topo.server_ns), bpffs.exclusive():
+        layout, records = Layout.of(topo.server_if), Records(topo.server_if)
+        live, number = layout.live_generation(), records.next_number()
+        tx.begin(records, "reload", live, number)
+        state = pinned_maps(layout.state)
+        try:
+            config = configure(parse_policy_text(REPLIES, "replies.yaml", "."))
+            with Pipeline.load(config, reuse={name: m.fd for name, m in state.items()}) as p:
+                tx.prepare(layout, number, p)  # ... and the process dies here
+        finally:
+            tx.close_maps(state)
+    assert len(egress_links(topo)) == 1
+    policy.write_text(DROP_ALL)
+    nxt = shieldwall("reload", "--netns", topo.server_ns, "--iface", topo.server_if,
+                     "--config", str(policy))
+    assert nxt.returncode == 0 and "rolled back an interrupted reload" in nxt.stdout, nxt.stdout
+    assert egress_links(topo) == []
+    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
