@@ -30,7 +30,7 @@ from ..policy.values import describe
 from . import register
 from .base import Stage, StageBuild
 
-FLOWS, CONSTS = "sw_ct_flows", ".rodata.ct"
+FLOWS, CLOCK, CONSTS = "sw_ct_flows", "sw_ct_clock", ".rodata.ct"
 EGRESS_PROGRAM = "sw_ct_egress"
 # Seconds after the host's last packet of a flow. TCP idles long between keepalives;
 # after the host's FIN or RST only the last segments of the close are due.
@@ -120,6 +120,8 @@ class ConntrackStage(Stage):
     order = 19  # after the lists, the protect filters and the limit stage's blocks (what
                 # they decide costs no lookup), before the rules that read its mark
     state_maps = {FLOWS: ("struct sw_ct_key", "struct sw_ct_flow")}
+    # lib/clock.h: a timer and a time, never read from here; pinned so it ticks.
+    config_maps = {CLOCK: ("__u32", "__u64[3]")}
     egress = EGRESS_PROGRAM
 
     # -- the policy file ----------------------------------------------------------------
