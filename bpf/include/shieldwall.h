@@ -276,7 +276,8 @@ struct sw_ct_consts {
 
 /*
  * Rate limits (docs/defenses.md, "Rate limits"). A limit is a GCRA token bucket per key
- * (the key is what `per` says); its state is two theoretical arrival times, moved with
+ * (the key is what `per` says); its state is two theoretical arrival times (in
+ * bpf_ktime_get_coarse_ns() time), moved with
  * atomic adds, so every CPU shares one bucket. A count-min sketch keeps keys that send
  * fewer than `gate` packets in a sketch window out of the bucket table: a flood of
  * never-repeating sources creates no bucket and evicts none.
@@ -289,9 +290,10 @@ struct sw_ct_consts {
 #define SW_LIM_PER_FLOW 3
 #define SW_LIM_BUCKETS 262144
 #define SW_LIM_BLOCKS 65536
-#define SW_LIM_SKETCH_ROWS 2
-#define SW_LIM_SKETCH_WIDTH 1048576	/* cells per row, a power of two */
-#define SW_LIM_WINDOW_SHIFT 24		/* a sketch window is 2^24 ns, about 16.8 ms */
+#define SW_LIM_SKETCH_ROWS 2		/* cells a key counts in, both in one cache line */
+#define SW_LIM_SKETCH_CELLS 262144	/* a power of two */
+#define SW_LIM_SKETCH_LINE 16		/* u32 cells in a 64-byte cache line */
+#define SW_LIM_WINDOW_SHIFT 25		/* a sketch window is 2^25 ns, about 33.6 ms */
 #define SW_LIM_NS16_SHIFT 16		/* byte costs are ns per byte << 16 */
 
 struct sw_lim_key {
@@ -319,7 +321,7 @@ struct sw_block_key {
 };
 
 struct sw_block {
-	__u64 expires_ns;	/* bpf_ktime_get_ns() */
+	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() */
 	__u32 limit;		/* the id of the limit that set it */
 	__u32 pad0;
 };

@@ -37,7 +37,7 @@ struct {
 /* Cells: the window they count in (top 8 bits) and the count (low 24). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SW_LIM_SKETCH_ROWS * SW_LIM_SKETCH_WIDTH);
+	__uint(max_entries, SW_LIM_SKETCH_CELLS);
 	__type(key, __u32);
 	__type(value, __u32);
 } sw_lim_sketch SEC(".maps");
@@ -98,7 +98,7 @@ static __always_inline int sw_lim_blocked(struct sw_pkt *pkt)
 		b = bpf_map_lookup_elem(&sw_lim_blocks, &key);
 		if (!b)
 			continue;
-		if (bpf_ktime_get_ns() < b->expires_ns)
+		if (bpf_ktime_get_coarse_ns() < b->expires_ns)
 			return 1;
 		bpf_map_delete_elem(&sw_lim_blocks, &key);	/* expired: the slot is free again */
 	}
@@ -123,17 +123,19 @@ static __always_inline __u64 sw_lim_hash(const struct sw_lim_key *k)
 }
 
 /* The key's packets in this window so far, this one included (an over-estimate when
- * keys share cells). Cells stop being written once they reach the gate, so a heavy key
- * costs two reads. Two CPUs may lose an increment: an estimate can only run short by
- * the packets counted at the same instant. */
+ * keys share cells). Both of a key's cells lie in one cache line (a blocked count-min
+ * sketch): one miss per packet, not one per row. Cells stop being written once they
+ * reach the gate, so a heavy key costs a read. Two CPUs may lose an increment: an
+ * estimate can only run short by the packets counted at the same instant. */
 static __always_inline __u32 sw_lim_sketch_count(const struct sw_lim_key *key, __u64 now, __u32 gate)
 {
 	__u64 h = sw_lim_hash(key);
 	__u32 tag = (now >> SW_LIM_WINDOW_SHIFT) & 0xff, est = COUNT_MAX;
+	__u32 line = (h >> 32) & (SW_LIM_SKETCH_CELLS / SW_LIM_SKETCH_LINE - 1);
 
 #pragma unroll
 	for (int r = 0; r < SW_LIM_SKETCH_ROWS; r++) {
-		__u32 idx = r * SW_LIM_SKETCH_WIDTH + ((h >> (r * 32)) & (SW_LIM_SKETCH_WIDTH - 1));
+		__u32 idx = line * SW_LIM_SKETCH_LINE + ((h >> (r * 4)) & (SW_LIM_SKETCH_LINE - 1));
 		__u32 *cell = bpf_map_lookup_elem(&sw_lim_sketch, &idx);
 		__u32 v, n;
 
@@ -207,7 +209,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 	struct sw_lim_stat *stat = bpf_map_lookup_elem(&sw_lim_stats, &index);
 	struct sw_lim_key key WORDS = {};
 	struct sw_lim_bucket *b;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 gate = d->gate, charge = 1;
 	int fits;
 

@@ -113,7 +113,8 @@ def test_protect_equals_reference(pipeline, cpu, spec, frames, default):
 
 
 def test_defaults(pipeline, cpu):
-    policy = parse_policy({"version": 1, "default_action": "pass", "protect": {}}, "p.yaml", ".")
+    policy = parse_policy({"version": 1, "default_action": "pass",
+                           "protect": {"bogons": {"mode": "monitor", "own": "keep"}}}, "p.yaml", ".")
     pipeline.apply(configure(policy))
     xmas = bytes(Ether(**ETH) / IP(src="8.8.8.8", dst="192.0.2.1") / TCP(flags="FPU"))
     doc = bytes(Ether(**ETH) / IP(src="192.0.2.7", dst="192.0.2.1") / TCP(sport=4000, dport=80, flags="S"))

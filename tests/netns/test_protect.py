@@ -69,3 +69,29 @@ def test_each_filter_on_real_traffic(lab, tmp_path):
     out = shieldwall("status", "--netns", topo.server_ns, "--iface", topo.server_if)
     assert "protect: tcp_flags 1,000, land 1,000" in out.stdout, out.stdout
     assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_bogons_of_the_hosts_own_network_are_excepted(lab, tmp_path):
+    """The lab's server sits on documentation ranges, which are bogons: with the bogon
+    filter at drop, its neighbours keep reaching it (their range is the host's own),
+    other bogons are dropped; with `own: keep`, the neighbours are cut off too."""
+    topo = lab
+    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
+    policy = tmp_path / "bogons.yaml"
+    policy.write_text("version: 1\ndefault_action: pass\nprotect: {bogons: drop}\n")
+    up = shieldwall("up", "--mode", "native", *where, "--config", str(policy))
+    assert up.returncode == 0, up.stderr
+    eth = Ether(src=topo.outside_mac, dst=topo.server_mac)
+    private = eth / IP(src="10.9.9.9", dst=topo.server_v4) / TCP(sport=4000, dport=9, flags="S")
+    with start_tcp_server(topo, PORT):
+        assert tcp_connect(topo, PORT) and tcp_connect(topo, PORT, dst=topo.server_v6)
+        base = server_status(topo)
+        with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+            gen.send(bytes(private), ROUNDS)
+        report = server_status(topo)
+        assert counter(report, "drop", "bogon_source") - counter(base, "drop", "bogon_source") >= ROUNDS
+        policy.write_text("version: 1\ndefault_action: pass\n"
+                          "protect: {bogons: {mode: drop, own: keep}}\n")
+        assert shieldwall("reload", *where, "--config", str(policy)).returncode == 0
+        assert not tcp_connect(topo, PORT)
+    assert shieldwall("down", *where).returncode == 0

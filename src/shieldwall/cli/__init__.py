@@ -265,6 +265,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.live:
         from .livebench import run_live
         report = run_live()
+    elif args.limits:
+        from .limitbench import run_limits
+        report = run_limits(rounds=args.rounds)
     elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
@@ -451,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost as rules grow 10 -> 10k and sets 1 -> 1M prefixes")
     p.add_argument("--live", action="store_true",
                    help="live set entries on a 1M-address set: set add latency, feed rate, per-packet cost")
+    p.add_argument("--limits", action="store_true",
+                   help="rate limits: per-packet cost, known sources under a random flood, accuracy")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -18,7 +18,6 @@ in two ways:
 from __future__ import annotations
 
 import errno
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterable

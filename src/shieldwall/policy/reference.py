@@ -68,7 +68,9 @@ def chain(policy: Policy) -> tuple[str, ...]:
     from ..stages import stages
     if policy.pipeline.stages is not None:
         return policy.pipeline.stages
-    return tuple(name for name, s in stages().items() if s.busy(policy.sections[name]))
+    busy = [(s.place(policy.sections[name]), name) for name, s in stages().items()
+            if s.busy(policy.sections[name])]
+    return tuple(name for _, name in sorted(busy))
 
 
 def evaluate_rules(policy: Policy | RuleSet, pkt: ParsedPacket) -> Decision:

@@ -101,6 +101,11 @@ class Stage:
         where it would cost a tail call per packet for nothing."""
         return True
 
+    def place(self, section: Any) -> int:
+        """Its place in the default chain for this section (`order` unless the section
+        changes where it has work to do)."""
+        return self.order
+
     def required(self, section: Any) -> bool:
         """Whether leaving it out of an explicit chain would change a decision (then the
         loader refuses such a chain)."""

@@ -21,7 +21,7 @@ import os
 import time
 import zlib
 from array import array
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from .. import abi
@@ -233,7 +233,7 @@ class LimitStage(Stage):
     name = "limit"
     reasons = ("rate_limited", "blocked")
     keys = ("limits",)
-    order = 18  # blocks before the rules; the rules hand it back what a limit rule passed
+    order = 18  # blocks before the rules; the rules hand it what a limit rule passed
     config_maps = {
         TABLE: ("__u32", "__u32"),
         SKETCH: ("__u32", "__u32"),
@@ -290,6 +290,13 @@ class LimitStage(Stage):
         if section is None:
             return None
         return replace(section, rules=tuple(used))
+
+    def place(self, section: Limits | None) -> int:
+        # Without blocks there is nothing to do before the rules: after them, the stage
+        # only runs for the packets the rules hand it, not one tail call more for all.
+        if section is not None and not any(x.block_s for x in section.limits.values()):
+            return 25
+        return self.order
 
     def busy(self, section: Limits | None) -> bool:
         return section is not None and bool(section.rules)
@@ -356,7 +363,7 @@ class LimitStage(Stage):
             contents[NAMES] = (array("I", range(len(order))).tobytes(), pack_names([x.name for x in order]))
         return StageBuild(rodata={CONSTS: pack("struct sw_lim_consts", consts)},
                           table=(TABLE, table.tobytes()), contents=contents,
-                          memory=4 * len(table) + 4 * abi.SW_LIM_SKETCH_ROWS * abi.SW_LIM_SKETCH_WIDTH)
+                          memory=4 * len(table) + 4 * abi.SW_LIM_SKETCH_CELLS)
 
     @staticmethod
     def _def(limit: Limit) -> dict:
@@ -445,7 +452,7 @@ def block_network(key: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 def list_blocks(blocks: Any, now_ns: int | None = None) -> list[Block]:
     """The blocks in force (expired ones are left for the data plane to drop)."""
-    now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) if now_ns is None else now_ns
     found = []
     for key, value in blocks.lookup_batch():
         if int(value.expires_ns) > now_ns:

@@ -4,7 +4,7 @@ dropped (bpf/stages/protect.bpf.c, docs/defenses.md).
     protect:
       tcp_flags: drop        # NULL, XMAS, SYN+FIN, SYN+RST, FIN without ACK
       land: drop             # source address equal to the destination
-      bogons: monitor        # or {mode: drop, except: [10.0.0.0/8], extra: [...]}
+      bogons: monitor        # or {mode: drop, except: [10.0.0.0/8], extra: [...], own: except}
       fragments: drop        # a later fragment at offset 8 bytes (overlaps the L4 header)
       ipv4_options: monitor
       ipv6_rh0: drop         # routing header type 0 (RFC 5095)
@@ -12,6 +12,11 @@ dropped (bpf/stages/protect.bpf.c, docs/defenses.md).
 
 A key left out takes its default (above). Bogon sources come from the root's one source
 classification: the stage's table says, per source class, whether it is a bogon.
+
+A host that sits on a private (or otherwise bogon) network would drop its neighbours:
+unless `own: keep`, each bogon range that holds an address of the network namespace the
+policy is read in (its interfaces' addresses, loopback and link-local aside) is excepted,
+and `check` says which.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG = 0x01, 0x02, 0x04, 0x08, 0
 class Protect:
     modes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODES))
     bogons: tuple[Network, ...] = ()          # the list in force: defaults + extra
-    not_bogons: tuple[Network, ...] = ()      # `except`
+    not_bogons: tuple[Network, ...] = ()      # `except`, and the host's own bogon ranges
+    own: tuple[Network, ...] = ()             # of those, the host's own (for check)
 
     def is_bogon(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
         if addr is None:
@@ -75,6 +81,20 @@ class Protect:
         cut = max((n.prefixlen for n in self.not_bogons if addr.version == n.version and addr in n),
                   default=-1)
         return best > cut
+
+
+# Every host has these: they say nothing of the network it sits on.
+ALWAYS_LOCAL = tuple(ipaddress.ip_network(p) for p in ("127.0.0.0/8", "::1/128", "fe80::/10"))
+
+
+def own_ranges(bogons: tuple[Network, ...]) -> tuple[Network, ...]:
+    """The bogon ranges that hold an address of this network namespace."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ip:
+        found = [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ip.get_addr()]
+    mine = [a for a in found if not any(a.version == n.version and a in n for n in ALWAYS_LOCAL)]
+    return tuple(sorted({n for n in bogons for a in mine if a.version == n.version and a in n},
+                        key=lambda n: (n.version, n)))
 
 
 def bad_tcp_flags(f: int) -> bool:
@@ -119,14 +139,18 @@ class ProtectStage(Stage):
         if spec is None:
             return None
         modes = dict(DEFAULT_MODES)
+        own = "except"
         extra: list[Network] = []
         excepted: list[Network] = []
         for key, value in spec.items():
             if key == "bogons" and isinstance(value, dict):
-                sub = v.mapping(value, "protect.bogons", ("mode", "except", "extra"))
+                sub = v.mapping(value, "protect.bogons", ("mode", "except", "extra", "own"))
                 if sub is None:
                     continue
                 value = sub.get("mode", modes["bogons"])
+                own = sub.get("own", own)
+                if own not in ("except", "keep"):
+                    v.report("protect.bogons.own", f"expected except or keep, got {describe(own)}")
                 for listed, into in (("except", excepted), ("extra", extra)):
                     if listed in sub:
                         items = v.check(f"protect.bogons.{listed}", parse_items, sub[listed], v.address)
@@ -141,8 +165,9 @@ class ProtectStage(Stage):
                 v.report(f"protect.{key}", f"expected off, monitor or drop, got {quote(value) if isinstance(value, str) else describe(value)}")
                 continue
             modes[key] = value
-        defaults = tuple(ipaddress.ip_network(p) for p in BOGONS_V4 + BOGONS_V6)
-        return Protect(modes, defaults + tuple(extra), tuple(excepted))
+        bogons = tuple(ipaddress.ip_network(p) for p in BOGONS_V4 + BOGONS_V6) + tuple(extra)
+        mine = own_ranges(bogons) if own == "except" and modes["bogons"] != "off" else ()
+        return Protect(modes, bogons, tuple(excepted) + mine, mine)
 
     def busy(self, section: Protect | None) -> bool:
         return section is not None and any(m != "off" for m in section.modes.values())
@@ -151,7 +176,11 @@ class ProtectStage(Stage):
         if section is None:
             return []
         on = [f"{k} ({m})" for k, m in section.modes.items() if m != "off"]
-        return [f"protect: {', '.join(on) or 'every filter off'}"]
+        lines = [f"protect: {', '.join(on) or 'every filter off'}"]
+        if section.own:
+            lines.append("protect: bogons of this host's own networks excepted: "
+                         + ", ".join(map(str, section.own)))
+        return lines
 
     # -- the reference model ------------------------------------------------------------
     def decide(self, section: Protect, pkt: ParsedPacket) -> Decision | None:

@@ -450,7 +450,8 @@ def chain(policy: Policy) -> tuple[str, ...]:
     if policy.pipeline.stages is not None:
         stages = tuple(policy.pipeline.stages)
     else:
-        stages = tuple(name for name in reference.chain(policy) if name != "policy") + ("policy",)
+        stages = reference.chain(policy)
+        stages += () if "policy" in stages else ("policy",)
     if "policy" in stages:
         stages = stages[:stages.index("policy") + 1]
     return stages
