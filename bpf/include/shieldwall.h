@@ -291,8 +291,9 @@ struct sw_ct_consts {
 #define SW_LIM_BUCKETS 262144
 #define SW_LIM_BLOCKS 65536
 #define SW_LIM_SKETCH_ROWS 2		/* cells a key counts in, both in one cache line */
-#define SW_LIM_SKETCH_CELLS 262144	/* a power of two */
-#define SW_LIM_SKETCH_LINE 16		/* u32 cells in a 64-byte cache line */
+#define SW_LIM_SKETCH_LINES 8192	/* 512 KiB: a power of two, small enough for L2 */
+#define SW_LIM_SKETCH_LINE 32		/* cells in a line */
+#define SW_LIM_GATE_MAX 4095		/* a cell counts to 4095 (12 bits; 4 bits of window) */
 #define SW_LIM_WINDOW_SHIFT 25		/* a sketch window is 2^25 ns, about 33.6 ms */
 #define SW_LIM_NS16_SHIFT 16		/* byte costs are ns per byte << 16 */
 
@@ -324,6 +325,20 @@ struct sw_block {
 	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() */
 	__u32 limit;		/* the id of the limit that set it */
 	__u32 pad0;
+};
+
+/* One cache line of the sketch: a cell is the window it counts in (top 4 bits) and
+ * its count. */
+struct sw_lim_line {
+	__u16 cell[32];
+};
+
+/* Which block keys may be in the blocks table, by a hash of the key: a packet looks a
+ * block up only when its bit is set, so sources never blocked cost no table miss. Bits
+ * are set by the data plane with each block and rebuilt by the control plane. */
+#define SW_LIM_BLOCK_BITS 65536
+struct sw_lim_bits {
+	__u32 word[2048];
 };
 
 struct sw_lim_mask {

@@ -13,6 +13,10 @@
  * sketch (two array reads) and passes without a bucket, so such a flood creates no
  * bucket and evicts no known key's. Buckets are shared by every CPU (atomic adds).
  */
+/* Buckets need time to the millisecond; a helper call per packet would cost more than
+ * the rest of the stage on hosts where every call pays a return thunk. */
+#define SW_CLOCK_PERIOD_NS 1000000ULL
+#include "lib/clock.h"
 #include "lib/pipeline.h"
 
 const volatile struct sw_lim_consts sw_lim SEC(".rodata.lim") = {};
@@ -34,12 +38,18 @@ struct {
 	__type(value, struct sw_block);
 } sw_lim_blocks SEC(".maps");
 
-/* Cells: the window they count in (top 8 bits) and the count (low 24). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SW_LIM_SKETCH_CELLS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct sw_lim_bits);
+} sw_lim_block_bits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_LIM_SKETCH_LINES);
+	__type(key, __u32);
+	__type(value, struct sw_lim_line);
 } sw_lim_sketch SEC(".maps");
 
 /* By limit index of this load; sw_lim_base holds what earlier loads counted. */
@@ -57,6 +67,8 @@ struct {
 	__type(value, struct sw_lim_stat);
 } sw_lim_base SEC(".maps");
 
+SW_CLOCK_MAP(sw_lim_clock);
+
 /* Limit names by index of this load: for the control plane only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -65,7 +77,7 @@ struct {
 	__type(value, struct sw_rule_name);
 } sw_lim_names SEC(".maps");
 
-#define COUNT_MAX 0xffffff
+#define COUNT_MAX SW_LIM_GATE_MAX
 /* Keys are written and hashed a word at a time. */
 #define WORDS __attribute__((aligned(8)))
 
@@ -81,24 +93,41 @@ static __always_inline void sw_lim_mask(__u8 *out, const __u8 *addr, const volat
 
 /* -- before the rules: blocked sources --------------------------------------------- */
 
+/* The key's bit in sw_lim_block_bits (stages/limit.py computes the same). */
+static __always_inline __u32 sw_lim_block_bit(const struct sw_block_key *k)
+{
+	const __u64 *w = (const __u64 *)k;
+	__u64 h = (w[0] * 0x9E3779B97F4A7C15ULL) ^ w[1];
+
+	h = (h ^ k->plen) * 0xBF58476D1CE4E5B9ULL;
+	return h >> 48;
+}
+
 static __always_inline int sw_lim_blocked(struct sw_pkt *pkt)
 {
 	int v4 = pkt->family == SW_FAMILY_IPV4;
-	__u32 n = v4 ? sw_lim.nblock4 : sw_lim.nblock6;
+	__u32 n = v4 ? sw_lim.nblock4 : sw_lim.nblock6, zero = 0;
 	struct sw_block_key key WORDS = {};
+	struct sw_lim_bits *bits = bpf_map_lookup_elem(&sw_lim_block_bits, &zero);
 
+	if (!bits)
+		return 0;
 #pragma unroll
 	for (int i = 0; i < SW_LIM_BLOCK_LENS; i++) {
 		struct sw_block *b;
+		__u32 bit;
 
 		if (i >= n)
 			break;
 		sw_lim_mask(key.addr, pkt->src, v4 ? &sw_lim.block_mask4[i] : &sw_lim.block_mask6[i]);
 		key.plen = v4 ? sw_lim.block_plen4[i] : sw_lim.block_plen6[i];
+		bit = sw_lim_block_bit(&key);
+		if (!(bits->word[(bit >> 5) & 2047] & (1U << (bit & 31))))
+			continue;
 		b = bpf_map_lookup_elem(&sw_lim_blocks, &key);
 		if (!b)
 			continue;
-		if (bpf_ktime_get_coarse_ns() < b->expires_ns)
+		if (sw_clock_now(&sw_lim_clock) < b->expires_ns)
 			return 1;
 		bpf_map_delete_elem(&sw_lim_blocks, &key);	/* expired: the slot is free again */
 	}
@@ -124,27 +153,27 @@ static __always_inline __u64 sw_lim_hash(const struct sw_lim_key *k)
 
 /* The key's packets in this window so far, this one included (an over-estimate when
  * keys share cells). Both of a key's cells lie in one cache line (a blocked count-min
- * sketch): one miss per packet, not one per row. Cells stop being written once they
- * reach the gate, so a heavy key costs a read. Two CPUs may lose an increment: an
- * estimate can only run short by the packets counted at the same instant. */
+ * sketch, small enough to stay in L2): one line per packet, not one per row. Cells stop
+ * being written once they reach the gate, so a heavy key costs a read. Two CPUs may
+ * lose an increment: an estimate can only run short by the packets counted at the same
+ * instant. */
 static __always_inline __u32 sw_lim_sketch_count(const struct sw_lim_key *key, __u64 now, __u32 gate)
 {
 	__u64 h = sw_lim_hash(key);
-	__u32 tag = (now >> SW_LIM_WINDOW_SHIFT) & 0xff, est = COUNT_MAX;
-	__u32 line = (h >> 32) & (SW_LIM_SKETCH_CELLS / SW_LIM_SKETCH_LINE - 1);
+	__u32 tag = (now >> SW_LIM_WINDOW_SHIFT) & 0xf, est = COUNT_MAX;
+	__u32 index = (h >> 32) & (SW_LIM_SKETCH_LINES - 1);
+	struct sw_lim_line *line = bpf_map_lookup_elem(&sw_lim_sketch, &index);
 
+	if (!line)
+		return gate;
 #pragma unroll
 	for (int r = 0; r < SW_LIM_SKETCH_ROWS; r++) {
-		__u32 idx = line * SW_LIM_SKETCH_LINE + ((h >> (r * 4)) & (SW_LIM_SKETCH_LINE - 1));
-		__u32 *cell = bpf_map_lookup_elem(&sw_lim_sketch, &idx);
-		__u32 v, n;
+		__u16 *cell = &line->cell[(h >> (r * 5)) & (SW_LIM_SKETCH_LINE - 1)];
+		__u32 v = *cell, n;
 
-		if (!cell)
-			return gate;
-		v = *cell;
-		n = (v >> 24) == tag ? (v & COUNT_MAX) + 1 : 1;
+		n = (v >> 12) == tag ? (v & COUNT_MAX) + 1 : 1;
 		if (n <= gate)
-			*cell = tag << 24 | n;
+			*cell = tag << 12 | n;
 		if (n < est)
 			est = n;
 	}
@@ -199,8 +228,14 @@ static __always_inline void sw_lim_block(const struct sw_pkt *pkt, const volatil
 	struct sw_block_key key WORDS = { .plen = v4 ? d->plen4 : d->plen6 };
 	struct sw_block b = { .expires_ns = now + d->block_ns, .limit = d->id };
 
+	__u32 zero = 0, bit;
+	struct sw_lim_bits *bits = bpf_map_lookup_elem(&sw_lim_block_bits, &zero);
+
 	sw_lim_mask(key.addr, pkt->src, v4 ? &d->mask4 : &d->mask6);
 	bpf_map_update_elem(&sw_lim_blocks, &key, &b, BPF_ANY);
+	bit = sw_lim_block_bit(&key);
+	if (bits)
+		__sync_fetch_and_or(&bits->word[(bit >> 5) & 2047], 1U << (bit & 31));
 }
 
 static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
@@ -209,7 +244,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 	struct sw_lim_stat *stat = bpf_map_lookup_elem(&sw_lim_stats, &index);
 	struct sw_lim_key key WORDS = {};
 	struct sw_lim_bucket *b;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = sw_clock_now(&sw_lim_clock);
 	__u32 gate = d->gate, charge = 1;
 	int fits;
 

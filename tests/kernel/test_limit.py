@@ -180,6 +180,10 @@ def test_an_expired_block_lets_the_source_back(pipeline, cpu):
     assert pipeline.run(frame, cpu).reason == "rate_limited"
     assert pipeline.run(frame, cpu).reason == "blocked"
     assert pipeline.run(_udp("198.51.100.45"), cpu).reason == "rule"  # a /32 block
+    # A reload rebuilds the blocks' bitmap from the table (the control plane's hash of a
+    # key must be the data plane's): the block still holds in the new generation.
+    pipeline.apply(pipeline.config)
+    assert pipeline.run(frame, cpu).reason == "blocked"
     time.sleep(1.2)
     # Expired: the bucket refilled (1 pps) and the block no longer holds.
     assert pipeline.run(frame, cpu).reason == "rule"

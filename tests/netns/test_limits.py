@@ -91,6 +91,7 @@ def test_a_blocked_source_is_cut_off_until_lifted_or_expired(lab, tmp_path):
         _up(topo, _policy(tmp_path, block="2s", name="again.yaml"), "reload")
         assert [r["prefix"] for r in __import__("json").loads(
             shieldwall("blocks", "list", *where, "--json").stdout)] == [f"{topo.client_v4}/32"]
+        assert not tcp_connect(topo, PORT, src=topo.client_v4)  # and it still holds
         lifted = shieldwall("blocks", "del", *where, topo.client_v4)
         assert lifted.returncode == 0 and "1 lifted" in lifted.stdout, lifted.stdout + lifted.stderr
         assert tcp_connect(topo, PORT, src=topo.client_v4)

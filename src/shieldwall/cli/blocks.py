@@ -14,7 +14,7 @@ from ..engine.transaction import Layout
 from ..kernel.libbpf import Map
 from ..policy.errors import Invalid, quote
 from ..policy.sets import parse_prefix
-from ..stages.limit import BLOCKS, NAMES, LimitStage, block_key, list_blocks
+from ..stages.limit import BITS, BLOCKS, NAMES, LimitStage, block_key, list_blocks, rebuild_block_bits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +49,18 @@ def _limit_names(layout: Layout) -> dict[int, str]:
         return {zlib.crc32(n.encode()) or 1: n for n in read_names(names).values()}
     finally:
         names.close()
+
+
+def _rebuild_bits(blocks: Map, layout: Layout) -> None:
+    """Lifted blocks' bits go, so their sources cost no lookup any more."""
+    path = layout.state / BITS
+    if path.exists():
+        k, v = LimitStage.state_maps[BITS]
+        bits = Map.open_pinned(path, k, v)
+        try:
+            rebuild_block_bits(blocks, bits)
+        finally:
+            bits.close()
 
 
 def _list(args: argparse.Namespace, found: list, names: dict[int, str]) -> int:
@@ -86,6 +98,7 @@ def _lift(args: argparse.Namespace, blocks: Map, found: list) -> int:
             print(f"shieldwall: {quote(text)} is not blocked on {args.iface}")
     for net in targets:
         blocks.delete(block_key(net))
+    _rebuild_bits(blocks, Layout.of(args.iface))
     if args.json:
         print(json.dumps({"lifted": [str(n) for n in targets]}))
     else:

@@ -37,6 +37,7 @@ from .base import Stage, StageBuild
 
 TABLE, BUCKETS, BLOCKS, SKETCH = "sw_lim_tab", "sw_lim_buckets", "sw_lim_blocks", "sw_lim_sketch"
 STATS, BASE, NAMES = "sw_lim_stats", "sw_lim_base", "sw_lim_names"
+BITS = "sw_lim_block_bits"
 CONSTS = ".rodata.lim"
 
 PER = {"source": abi.SW_LIM_PER_SOURCE, "destination": abi.SW_LIM_PER_DESTINATION,
@@ -75,7 +76,7 @@ class Limit:
         A bit rate alone is not gated (packet sizes vary)."""
         if not self.pps:
             return 1
-        return 1 + int(GATE_SLACK * WINDOW_S * self.pps)
+        return min(1 + int(GATE_SLACK * WINDOW_S * self.pps), abi.SW_LIM_GATE_MAX)
 
     def allows(self, seconds: float) -> tuple[int, int]:
         """What a key sending flat out passes in `seconds`, the exact bucket and the most
@@ -236,14 +237,17 @@ class LimitStage(Stage):
     order = 18  # blocks before the rules; the rules hand it what a limit rule passed
     config_maps = {
         TABLE: ("__u32", "__u32"),
-        SKETCH: ("__u32", "__u32"),
+        SKETCH: ("__u32", "struct sw_lim_line"),
         STATS: ("__u32", "struct sw_lim_stat"),
         BASE: ("__u32", "struct sw_lim_stat"),
         NAMES: ("__u32", "struct sw_rule_name"),
+        # lib/clock.h, ticking every millisecond: pinned so that it ticks.
+        "sw_lim_clock": ("__u32", "__u64[3]"),
     }
     state_maps = {
         BUCKETS: ("struct sw_lim_key", "struct sw_lim_bucket"),
         BLOCKS: ("struct sw_block_key", "struct sw_block"),
+        BITS: ("__u32", "struct sw_lim_bits"),
     }
 
     # -- the policy file ----------------------------------------------------------------
@@ -363,7 +367,7 @@ class LimitStage(Stage):
             contents[NAMES] = (array("I", range(len(order))).tobytes(), pack_names([x.name for x in order]))
         return StageBuild(rodata={CONSTS: pack("struct sw_lim_consts", consts)},
                           table=(TABLE, table.tobytes()), contents=contents,
-                          memory=4 * len(table) + 4 * abi.SW_LIM_SKETCH_CELLS)
+                          memory=4 * len(table) + 64 * abi.SW_LIM_SKETCH_LINES)
 
     @staticmethod
     def _def(limit: Limit) -> dict:
@@ -392,6 +396,8 @@ class LimitStage(Stage):
         return {name: stat_of(maps, i) for i, name in limit_names(maps).items()}
 
     def after_swap(self, maps: dict[str, Any], carried: Any) -> None:
+        if BLOCKS in maps and BITS in maps:
+            rebuild_block_bits(maps[BLOCKS], maps[BITS])
         if not carried or BASE not in maps:
             return
         ids = {i: carried[name] for i, name in limit_names(maps).items() if name in carried}
@@ -458,6 +464,29 @@ def list_blocks(blocks: Any, now_ns: int | None = None) -> list[Block]:
         if int(value.expires_ns) > now_ns:
             found.append(Block(block_network(key), int(value.limit), (int(value.expires_ns) - now_ns) / 1e9))
     return sorted(found, key=lambda b: (b.prefix.version, b.prefix))
+
+
+_M64 = (1 << 64) - 1
+
+
+def block_bit(key: dict) -> int:
+    """A block key's bit in the presence bitmap, as sw_lim_block_bit() computes it."""
+    raw = bytes(key["addr"])
+    w0, w1 = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+    h = ((w0 * 0x9E3779B97F4A7C15) & _M64) ^ w1
+    h = ((h ^ key["plen"]) * 0xBF58476D1CE4E5B9) & _M64
+    return h >> 48
+
+
+def rebuild_block_bits(blocks: Any, bits: Any) -> None:
+    """The bitmap of the blocks in force, stale bits (lifted and expired blocks) gone.
+    A block the data plane sets while this runs may lose its bit: its source is then
+    looked up again only once it goes over its limit again."""
+    words = [0] * (abi.SW_LIM_BLOCK_BITS // 32)
+    for block in list_blocks(blocks):
+        bit = block_bit(block_key(block.prefix))
+        words[bit >> 5] |= 1 << (bit & 31)
+    bits.update(0, {"word": words})
 
 
 def block_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict:
