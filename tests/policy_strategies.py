@@ -63,6 +63,19 @@ def _match(draw, sets: list[str]) -> dict:
     return {name: draw(fields[name]) for name in chosen}
 
 
+@st.composite
+def state_policies(draw, max_rules: int = 8) -> Policy:
+    """Generated policies whose rules read `state` here and there (one always does)."""
+    data = draw(policy_data(max_rules))
+    rules = data["rules"] or [{"name": "r1", "action": "pass", "match": {}}]
+    for rule in rules:
+        if draw(st.booleans()):
+            rule["match"]["state"] = draw(st.sampled_from(["established", "new"]))
+    rules[draw(st.integers(0, len(rules) - 1))]["match"].setdefault("state", "established")
+    data["rules"] = rules
+    return parse_policy(data, "generated.yaml", ".")
+
+
 def policies(max_rules: int = 12) -> st.SearchStrategy:
     return policy_data(max_rules).map(lambda data: parse_policy(data, "generated.yaml", "."))
 

@@ -60,6 +60,7 @@
 #define SW_MOD_POLICY 2
 #define SW_MOD_PROTECT 3
 #define SW_MOD_LIMIT 4
+#define SW_MOD_CONNTRACK 5
 #define SW_MOD_MAX 16
 
 /* Prefixes the fastpath lists hold, allow and deny together. */
@@ -85,6 +86,7 @@
 #define SW_PKT_HAS_L4 1
 #define SW_PKT_IPV4_OPTIONS 2	/* an IPv4 header longer than 20 bytes */
 #define SW_PKT_IPV6_RH0 4	/* an IPv6 routing header of type 0 (deprecated, RFC 5095) */
+#define SW_PKT_ESTABLISHED 8	/* a reply to a flow this host opened (conntrack stage) */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header). */
 #define SW_TCP_FIN 1
@@ -235,6 +237,41 @@ struct sw_host {
 struct sw_prot_consts {
 	__u32 mode[SW_PROT_MAX];	/* SW_PROT_OFF, _MONITOR or _DROP, per filter */
 	__u32 pad0;
+};
+
+/*
+ * Connection state (bpf/stages/conntrack.bpf.c, docs/defenses.md "Connection state").
+ * A TC egress program records the flows this host opens, keyed from the host's side;
+ * the conntrack stage looks a packet up with its ends swapped and marks a reply with
+ * SW_PKT_ESTABLISHED. Only egress writes: no inbound packet creates or extends an entry.
+ * The table is an LRU hash of SW_CT_MAX_FLOWS entries, a state map kept across reloads.
+ */
+#define SW_CT_MAX_FLOWS 65536
+#define SW_CT_CLOSING 1		/* sw_ct_flow.flags: this host sent FIN or RST */
+
+struct sw_ct_key {
+	__u8 local[16];		/* this host's address, IPv4 mapped */
+	__u8 remote[16];
+	__u16 lport;		/* TCP/UDP ports; ICMP echo: the identifier, and rport 0 */
+	__u16 rport;
+	__u8 proto;		/* IPPROTO_* (ICMP and ICMPv6 echo included) */
+	__u8 family;		/* SW_FAMILY_*: an IPv6 packet between IPv4-mapped
+				 * addresses never answers an IPv4 flow */
+	__u8 pad0[2];
+};
+
+struct sw_ct_flow {
+	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() after which replies are new */
+	__u32 flags;		/* SW_CT_* */
+	__u32 pad0;
+};
+
+/* Each load's timeouts (.rodata.ct), in nanoseconds from the host's last packet. */
+struct sw_ct_consts {
+	__u64 tcp_ns;		/* after a SYN or any later packet */
+	__u64 closing_ns;	/* after this host's FIN or RST */
+	__u64 udp_ns;
+	__u64 icmp_ns;		/* after an echo request */
 };
 
 /*
@@ -422,13 +459,14 @@ struct sw_gen_frame {
 #define SW_POL_F_VLAN 10
 #define SW_POL_F_FRAGMENT 11
 #define SW_POL_F_FAMILY 12
-#define SW_POL_FIELDS 13
+#define SW_POL_F_STATE 13
+#define SW_POL_FIELDS 14
 
 /* The classifier's decision chains (docs/classifier.md): the combined small fields are
  * one more dimension after the fields; buckets and steps are bounded so every packet
  * costs a bounded number of table reads. */
-#define SW_POL_DIM_MISC 13
-#define SW_POL_DIMS 14
+#define SW_POL_DIM_MISC 14
+#define SW_POL_DIMS 15
 #define SW_POL_MAX_BUCKETS 6
 #define SW_POL_MAX_STEPS 12
 
@@ -515,7 +553,7 @@ struct sw_pol_rule {
 	__u32 verdict;		/* SW_ACT_PASS or SW_ACT_DROP; 0: it does not decide */
 	__u32 counts;
 	__u32 would_drop;
-	struct sw_pol_values value[13];		/* by field id (src and dst unused) */
+	struct sw_pol_values value[14];		/* by field id (src and dst unused) */
 	struct sw_pol_prefixes prefix[2];	/* src, dst */
 };
 
@@ -527,14 +565,14 @@ struct sw_pol_consts {
 	__u32 default_action;
 	__u32 nbuckets;
 	__u32 counting;		/* some rule counts without deciding (count, monitor) */
-	__u32 field_used[13];
-	__u32 field_base[13];	/* scalar: key table; src: column by source class */
-	__u32 field_na[13];	/* class when the field does not apply to the packet */
+	__u32 field_used[14];
+	__u32 field_base[14];	/* scalar: key table; src: column by source class */
+	__u32 field_na[14];	/* class when the field does not apply to the packet */
 	__u32 dst_root4;
 	__u32 dst_root6;
 	__u32 misc_used;
 	__u32 misc_base;
-	__u32 misc_stride[13];	/* 0 for fields outside the product */
+	__u32 misc_stride[14];	/* 0 for fields outside the product */
 	struct sw_pol_bucket bucket[6];
 	struct sw_pol_rule rule[16];
 };

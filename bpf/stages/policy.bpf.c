@@ -110,6 +110,10 @@ static __always_inline int sw_pol_key(struct sw_pkt *pkt, int f, __u32 *key)
 	case SW_POL_F_FAMILY:
 		*key = pkt->family == SW_FAMILY_IPV6;
 		return 1;
+	case SW_POL_F_STATE:
+		/* Set by the conntrack stage, which a chain holds whenever a rule uses state. */
+		*key = (pkt->flags & SW_PKT_ESTABLISHED) != 0;
+		return 1;
 	}
 	return 0;
 }
@@ -244,7 +248,7 @@ static __always_inline int sw_pol_prefixes_hold(const volatile struct sw_pol_pre
 /* The order a rule's fields are tested in: the cheap, selective ones first (most rules
  * fail on the protocol), the 16-byte addresses last. */
 static const int sw_pol_test_order[SW_POL_FIELDS] = {
-	SW_POL_F_PROTO, SW_POL_F_FAMILY, SW_POL_F_FRAGMENT, SW_POL_F_TCP_FLAGS, SW_POL_F_TTL,
+	SW_POL_F_PROTO, SW_POL_F_STATE, SW_POL_F_FAMILY, SW_POL_F_FRAGMENT, SW_POL_F_TCP_FLAGS, SW_POL_F_TTL,
 	SW_POL_F_ICMP_TYPE, SW_POL_F_ICMP_CODE, SW_POL_F_VLAN, SW_POL_F_DPORT, SW_POL_F_SPORT,
 	SW_POL_F_LENGTH, SW_POL_F_DST, SW_POL_F_SRC,
 };

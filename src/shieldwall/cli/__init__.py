@@ -171,6 +171,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f", applied {rev['when']} ({rev['origin']}): {rev['source'] or 'no policy'}"
                 f"{' sha256 ' + rev['sha256'][:12] if rev.get('sha256') else ''}"
                 if "when" in rev else f": {rev.get('problem')}"))
+        for stage, prog in r.get("egress", {}).items():
+            print(f"  tc egress: {stage}'s program id {prog} (a tcx link)")
         if "live_entries" in r:
             counts = ", ".join(f"{n} in {name}" for name, n in r["live_entries"].items())
             print(f"  live set entries: {counts} (shieldwall set list)")

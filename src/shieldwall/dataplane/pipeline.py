@@ -37,6 +37,7 @@ ROOT_OBJECT = "root"
 ROOT_PIN = "prog_root"
 ROOT_PROGRAM = "sw_root"
 CONSTS = ".rodata.sw"
+EGRESS_PIN_PREFIX = "egress_"  # a stage's TC egress program in a generation's pins
 
 # Maps every program of a pipeline shares (lib/maps.h): the root's instances.
 SHARED_MAPS: dict[str, tuple[str, str]] = {
@@ -206,6 +207,12 @@ class Pipeline:
     def stage_program(self, name: str) -> Program:
         return self.stages[name].program(stages()[name].program)
 
+    def egress_programs(self) -> dict[str, Program]:
+        """The TC egress programs the chain's stages need on the interface, by stage."""
+        registry = stages()
+        return {name: obj.program(registry[name].egress) for name, obj in self.stages.items()
+                if registry[name].egress}
+
     def state_fds(self) -> dict[str, int]:
         return {name: m.fd for name, m in self.maps.items() if name in state_maps()}
 
@@ -237,6 +244,8 @@ class Pipeline:
         self.root_program.pin(generation / ROOT_PIN)
         for name in self.stages:
             self.stage_program(name).pin(generation / f"prog_{name}")
+        for name, program in self.egress_programs().items():
+            program.pin(generation / f"{EGRESS_PIN_PREFIX}{name}")
 
     # -- offline verdicts -----------------------------------------------------------------
     def run(self, packet: bytes, cpu: int) -> Verdict:

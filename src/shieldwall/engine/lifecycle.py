@@ -26,7 +26,7 @@ from ..policy.files import read_bounded
 from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
 from ..policy.sets import MAX_SET_FILE_BYTES
 from ..stages import stages
-from . import livesets
+from . import egress, livesets
 from . import transaction as tx
 from .records import Records, Revision
 from .transaction import Layout
@@ -427,6 +427,9 @@ def _status_of(iface: str) -> dict:
         report["revision"] = {**revision.to_json(), "when": revision.when}
     except ValueError:
         report["revision"] = {"revision": live, "problem": "its record is missing"}
+    links = egress.running(layout.directory)
+    if links:
+        report["egress"] = links
     active = livesets.Entries.load(records).active(time.time())
     if active:
         report["live_entries"] = active

@@ -5,6 +5,7 @@ short (docs/updates.md).
 The pins of an interface (bpffs.pin_dir):
 
     link       the bpf_link: the one switch, the only thing a packet follows
+    link-egress-<stage>  TC egress links some stages need beside it (engine/egress.py)
     state/     state maps (verdict counters, each stage's state): every generation's
     gen-<n>/   one generation: its root and stage programs and their config maps, as
                loaded for revision n
@@ -31,6 +32,7 @@ from ..dataplane.pipeline import ROOT_PIN, Pipeline, after_swap, carry, pinned_m
 from ..kernel import libbpf
 from ..kernel.errors import BpfError
 from ..stages import stages
+from . import egress
 from .records import Records
 
 LINK_PIN = "link"
@@ -132,6 +134,8 @@ def prepare(layout: Layout, number: int, pipeline: Pipeline, own: tuple[str, ...
     """Pins a loaded pipeline as generation `number`, beside whatever runs."""
     bpffs.remove_tree(layout.gen(number))  # left by a change that never committed
     pipeline.pin(layout.gen(number), layout.state, own)
+    # Before the commit: the new chain never runs without the egress programs it needs.
+    egress.attach(layout.directory, [layout.gen(number)])
 
 
 def commit(layout: Layout, before: int, pipeline: Pipeline) -> None:
@@ -173,6 +177,7 @@ def finish(layout: Layout, records: Records, before: int | None, after: int,
     for number, path in layout.generations().items():
         if number not in (after, keep):
             bpffs.remove_tree(path)
+    egress.sync(layout.directory, [layout.gen(n) for n in (after, keep) if n is not None])
     if keep is None:
         records.clear_canary()
     records.set_current(after)
@@ -185,6 +190,9 @@ def abandon(layout: Layout, records: Records, after: int | None) -> None:
         bpffs.remove_tree(layout.gen(after))
         if records.current() != after:
             records.drop(after)
+    live = layout.live_generation()
+    running = [layout.gen(n) for n in (live, control_of(layout, live)) if n is not None]
+    egress.sync(layout.directory, running)
     records.clear_journal()
 
 
@@ -262,15 +270,9 @@ def control_of(layout: Layout, live: int | None) -> int | None:
 
 
 def _finish_down(layout: Layout, records: Records) -> None:
-    if layout.link.exists():
-        fd = libbpf.obj_get(layout.link)
-        try:
-            libbpf.link_detach(fd)
-        except BpfError as exc:
-            if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
-                raise
-        finally:
-            os.close(fd)
+    for pin in [*egress.links(layout.directory).values(), layout.link]:
+        if pin.exists():
+            libbpf.detach_pinned(pin)
     bpffs.remove_tree(layout.directory)
     bpffs.remove_empty_parents(layout.directory)
     records.forget()

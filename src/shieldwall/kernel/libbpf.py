@@ -6,6 +6,7 @@ so their layouts are the compiler's, not ours.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -422,12 +423,54 @@ def xdp_link_create(prog_fd: int, ifindex: int, mode_flags: int) -> int:
                   f"attaching XDP to ifindex {ifindex} with a bpf_link")
 
 
+# enum bpf_attach_type of kernel 6.6 and later (the build host's uapi header may be older).
+BPF_TCX_EGRESS = 47
+
+
+def tcx_egress_link_create(prog_fd: int, ifindex: int) -> int:
+    """A TC egress bpf_link (tcx, kernel 6.6+), after any programs already there: it
+    detaches when its last holder, fd or pin, goes away, and touches no other program
+    or qdisc on the interface."""
+    opts = ffi.new("struct bpf_link_create_opts *")
+    opts.sz = ffi.sizeof("struct bpf_link_create_opts")
+    ret = lib.bpf_link_create(prog_fd, ifindex, BPF_TCX_EGRESS, opts)
+    if ret < 0:
+        # A kernel before 6.6 knows no such attach type: it says EINVAL.
+        hint = (f"tcx links need kernel 6.6 or later (this one is {os.uname().release}); "
+                "rules that read `state` need them") if -ret == errno.EINVAL else ""
+        raise BpfError(-ret, f"attaching a TC egress program to ifindex {ifindex} with a tcx "
+                             "bpf_link", hint)
+    return ret
+
+
+def tcx_egress_programs(ifindex: int, room: int = 64) -> list[int]:
+    """Ids of the programs on the interface's tcx egress hook, in the order they run."""
+    ids = ffi.new("__u32[]", room)
+    count = ffi.new("__u32 *", room)
+    _check(lib.bpf_prog_query(ifindex, BPF_TCX_EGRESS, 0, ffi.NULL, ids, count),
+           f"querying the TC egress programs of ifindex {ifindex}")
+    return [ids[i] for i in range(count[0])]
+
+
 def pin_fd(fd: int, path: str | Path) -> None:
     _check(lib.bpf_obj_pin(fd, str(path).encode()), f"pinning at {path}")
 
 
 def link_detach(fd: int) -> None:
     _check(lib.bpf_link_detach(fd), "detaching link")
+
+
+def detach_pinned(path: str | Path) -> None:
+    """Detaches a pinned link now, even while a process still holds an fd of it; one
+    whose interface or attachment is already gone is fine. The pin stays."""
+    fd = obj_get(path)
+    try:
+        link_detach(fd)
+    except BpfError as exc:
+        if exc.errno not in (errno.ENOLINK, errno.ENODEV, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def link_update(fd: int, new_prog_fd: int, expected_fd: int | None = None) -> None:

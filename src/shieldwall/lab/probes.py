@@ -20,10 +20,13 @@ def _family(addr: str) -> socket.AddressFamily:
 
 
 def _outside_socket(
-    topo: LabTopology, dst: str, kind: socket.SocketKind, proto: int = 0, src: str | None = None
+    topo: LabTopology, dst: str, kind: socket.SocketKind, proto: int = 0, src: str | None = None,
+    netns: str | None = None,
 ) -> socket.socket:
+    """A socket in the outside namespace, or in `netns` (the server's, for the protected
+    host's own connections)."""
     # Created inside the namespace, the socket stays there after enter_netns returns.
-    with ns.enter_netns(topo.outside_ns):
+    with ns.enter_netns(netns or topo.outside_ns):
         sock = socket.socket(_family(dst), kind, proto)
     try:
         if src is not None:
@@ -40,6 +43,7 @@ def tcp_banner(
     dst: str | None = None,
     src: str | None = None,
     timeout: float = 1.0,
+    netns: str | None = None,
 ) -> str | None:
     """Connect from the outside namespace and return the server's line ("sw-lab <client
     address>"), or None if the connection or the line did not make it in time.
@@ -49,7 +53,7 @@ def tcp_banner(
     """
     dst = dst or topo.server_v4
     try:
-        with _outside_socket(topo, dst, socket.SOCK_STREAM, src=src) as sock:
+        with _outside_socket(topo, dst, socket.SOCK_STREAM, src=src, netns=netns) as sock:
             sock.settimeout(timeout)
             sock.connect((dst, port))
             line = sock.recv(256).decode(errors="replace").strip()
@@ -64,12 +68,14 @@ def tcp_connect(
     dst: str | None = None,
     src: str | None = None,
     timeout: float = 1.0,
+    netns: str | None = None,
 ) -> bool:
-    """True if a connection from the outside namespace completes and the server's line arrives.
+    """True if a connection from the outside namespace (or `netns`) completes and the
+    server's line arrives.
 
     Waiting for the line proves data flows both ways, not just the handshake.
     """
-    return tcp_banner(topo, port, dst=dst, src=src, timeout=timeout) is not None
+    return tcp_banner(topo, port, dst=dst, src=src, timeout=timeout, netns=netns) is not None
 
 
 def udp_roundtrip(
@@ -79,11 +85,13 @@ def udp_roundtrip(
     src: str | None = None,
     payload: bytes = b"sw-lab probe",
     timeout: float = 1.0,
+    netns: str | None = None,
 ) -> bool:
-    """True if a datagram sent from the outside namespace comes back from the echo server."""
+    """True if a datagram sent from the outside namespace (or `netns`) comes back from
+    the echo server."""
     dst = dst or topo.server_v4
     try:
-        with _outside_socket(topo, dst, socket.SOCK_DGRAM, src=src) as sock:
+        with _outside_socket(topo, dst, socket.SOCK_DGRAM, src=src, netns=netns) as sock:
             sock.settimeout(timeout)
             sock.sendto(payload, (dst, port))
             data, _ = sock.recvfrom(65535)
@@ -105,9 +113,11 @@ def _icmp_checksum(data: bytes) -> int:
 
 
 def ping(
-    topo: LabTopology, dst: str | None = None, src: str | None = None, timeout: float = 1.0
+    topo: LabTopology, dst: str | None = None, src: str | None = None, timeout: float = 1.0,
+    netns: str | None = None,
 ) -> bool:
-    """One ICMP/ICMPv6 echo from the outside namespace; True if the reply arrives in time.
+    """One ICMP/ICMPv6 echo from the outside namespace (or `netns`); True if the reply
+    arrives in time.
 
     Raw sockets rather than the ping binary, which need not be installed.
     """
@@ -123,7 +133,7 @@ def ping(
         header = struct.pack("!BBHHH", request, 0, _icmp_checksum(header + body), ident, seq)
     deadline = time.monotonic() + timeout
     try:
-        with _outside_socket(topo, dst, socket.SOCK_RAW, proto, src=src) as sock:
+        with _outside_socket(topo, dst, socket.SOCK_RAW, proto, src=src, netns=netns) as sock:
             sock.sendto(header + body, (dst, 0))
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)

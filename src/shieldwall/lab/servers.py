@@ -168,14 +168,16 @@ def _server_addrs(topo: LabTopology, addrs: list[str] | None) -> list[str]:
 
 
 def start_tcp_server(
-    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0
+    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0,
+    netns: str | None = None,
 ) -> LabServer:
-    """A TCP server in the server namespace (default: on both server addresses).
+    """A TCP server in the server namespace (default: on both server addresses), or in
+    `netns` (the outside's, for the protected host to connect to).
 
     Each connection is sent one line, "sw-lab <client address>", and closed.
     """
     addrs = _server_addrs(topo, addrs)
-    return _start_server(_TCP_SERVER, topo.server_ns, port, addrs, lifetime,
+    return _start_server(_TCP_SERVER, netns or topo.server_ns, port, addrs, lifetime,
                          f"tcp server {','.join(addrs)} port {port}")
 
 
@@ -190,9 +192,11 @@ def start_http_server(
 
 
 def start_udp_echo(
-    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0
+    topo: LabTopology, port: int, addrs: list[str] | None = None, lifetime: float = 60.0,
+    netns: str | None = None,
 ) -> LabServer:
-    """A UDP echo server in the server namespace (default: on both server addresses)."""
+    """A UDP echo server in the server namespace (default: on both server addresses), or
+    in `netns`."""
     addrs = _server_addrs(topo, addrs)
-    return _start_server(_UDP_ECHO, topo.server_ns, port, addrs, lifetime,
+    return _start_server(_UDP_ECHO, netns or topo.server_ns, port, addrs, lifetime,
                          f"udp echo {','.join(addrs)} port {port}")

@@ -23,6 +23,7 @@ from .model import (
     PrefixSet,
     Range,
     Rule,
+    State,
     TcpFlags,
     register_action,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Range",
     "Report",
     "Rule",
+    "State",
     "TcpFlags",
     "analyze",
     "evaluate",

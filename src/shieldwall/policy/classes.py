@@ -21,7 +21,7 @@ from .. import abi
 from ..model.parse import IPPROTO_TCP, ParsedPacket
 from .analysis import Intervals, field_space, normalize
 from .model import DOMAINS, AddrValue, Items, Match, PrefixSet, Rule
-from .reference import has_icmp, has_ports, has_tcp, matches
+from .reference import has_icmp, has_ports, has_tcp, matches, state_key
 
 # Field ids are the data plane's (SW_POL_F_*), in the header's order.
 FIELDS: dict[str, int] = {
@@ -36,7 +36,7 @@ SCALAR_FIELDS = tuple(name for name in FIELDS if name not in ADDRESS_FIELDS)
 # a range field's whole domain, counted from 0.
 KEY_COUNTS: dict[str, int] = {
     **{name: domain.hi + 1 for name, domain in DOMAINS.items()},
-    "tcp_flags": 256, "fragment": abi.SW_POL_FRAG_KEYS, "family": 2,
+    "tcp_flags": 256, "fragment": abi.SW_POL_FRAG_KEYS, "family": 2, "state": 2,
 }
 
 
@@ -62,6 +62,7 @@ KEYS: dict[str, Callable[[ParsedPacket], int | None]] = {
     "vlan": lambda p: p.vlan_id if p.vlan_depth > 0 else None,
     "fragment": fragment_key,
     "family": lambda p: int(p.family == abi.SW_FAMILY_IPV6),
+    "state": state_key,
 }
 assert set(KEYS) == set(SCALAR_FIELDS), "every scalar field of the header has a key"
 
@@ -77,6 +78,7 @@ _KEY_PACKETS: dict[str, Callable[[int], ParsedPacket]] = {
     "tcp_flags": lambda key: ParsedPacket(flags=abi.SW_PKT_HAS_L4, l4_proto=IPPROTO_TCP, tcp_flags=key),
     "fragment": _FRAG_PACKETS.__getitem__,
     "family": lambda key: ParsedPacket(family=(abi.SW_FAMILY_IPV4, abi.SW_FAMILY_IPV6)[key]),
+    "state": lambda key: ParsedPacket(flags=abi.SW_PKT_ESTABLISHED if key else 0),
 }
 
 # A prefix node of an address field: (address as an int, prefix length, class).

@@ -19,7 +19,7 @@ from .. import abi
 from ..model.parse import ParsedPacket
 from .analysis import normalize
 from .classes import KEYS
-from .model import Family, Fragment, Items, PrefixSet, RuleSet, TcpFlags
+from .model import Family, Fragment, Items, PrefixSet, RuleSet, State, TcpFlags
 
 ITEMS = abi.SW_POL_SMALL_ITEMS
 RULES = abi.SW_POL_SMALL_RULES
@@ -72,9 +72,8 @@ def _test(name: str, value: object) -> Test | None:
         return Test(((value.mask, value.value),))
     if isinstance(value, Fragment):
         return Test((_FRAGMENT[value],))
-    if isinstance(value, Family):
-        key = int(value is Family.IPV6)
-        return Test(((key, key),))
+    if isinstance(value, (Family, State)):
+        return Test(((value.key, value.key),))
     assert isinstance(value, Items)
     if name in ("src", "dst"):
         plain = [p for v in value.plain for p in _prefixes(v)]

@@ -279,6 +279,24 @@ class Family(Enum):
         """The value of sw_pkt.family."""
         return abi.SW_FAMILY_IPV4 if self is Family.IPV4 else abi.SW_FAMILY_IPV6
 
+    @property
+    def key(self) -> int:
+        """The policy stage's key for it (sw_pol_key)."""
+        return int(self is Family.IPV6)
+
+
+class State(Enum):
+    """Whether a packet replies to a flow this host opened (the conntrack stage's
+    table, docs/defenses.md "Connection state"); `new` is every other packet."""
+
+    NEW = "new"
+    ESTABLISHED = "established"
+
+    @property
+    def key(self) -> int:
+        """The policy stage's key for it (sw_pol_key): SW_PKT_ESTABLISHED set or not."""
+        return int(self is State.ESTABLISHED)
+
 
 class Fragment(Enum):
     ANY = "any"  # any fragment
@@ -303,6 +321,7 @@ class Match:
     vlan: RangeItems | None = None
     fragment: Fragment | None = None
     family: Family | None = None
+    state: State | None = None
 
     def fields(self) -> dict[str, object]:
         """The fields that are set, in declaration order."""

@@ -9,6 +9,10 @@ BPF stages with it.
   of this model: stages/<name>.py, `decide`). The fastpath looks up the source in its
   lists; the longest matching prefix of allow and deny decides (allowlisted /
   blocklisted).
+- The conntrack stage decides nothing: it marks a reply to the host's own flows
+  (SW_PKT_ESTABLISHED in pkt.flags), which the `state` field reads. The mark depends on
+  what the host sent before, so it is an input here: stages.conntrack.FlowTable.mark()
+  sets it on a parsed packet the way the data plane's table would.
 - The policy stage applies the rules, in order. pass and drop decide; count and monitor record the hit and
   go on. When no rule decides, default_action applies (reason default), except that
   default_action: drop never drops IPv6 neighbor discovery (reason nd_protected).
@@ -146,6 +150,12 @@ def _always(pkt: ParsedPacket) -> bool:
     return True
 
 
+def state_key(pkt: ParsedPacket) -> int:
+    """1 for a reply to a flow this host opened: the conntrack stage marks it (only
+    that stage does, and only in a chain that has it: a rule using state brings it)."""
+    return int(bool(pkt.flags & abi.SW_PKT_ESTABLISHED))
+
+
 def _tcp_flags(flags: TcpFlags, pkt: ParsedPacket) -> bool:
     return has_tcp(pkt) and pkt.tcp_flags & flags.mask == flags.value
 
@@ -164,4 +174,5 @@ _FIELD_TESTS: dict[str, Callable[[Any, ParsedPacket], bool]] = {
     "vlan": _numbers(lambda pkt: pkt.vlan_depth > 0, lambda pkt: pkt.vlan_id),
     "fragment": is_fragment_of,
     "family": lambda family, pkt: pkt.family == family.code,
+    "state": lambda state, pkt: state_key(pkt) == state.key,
 }

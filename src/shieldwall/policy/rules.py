@@ -8,7 +8,8 @@ from dataclasses import fields, replace
 from typing import Any, Callable
 
 from .errors import Invalid, quote
-from .model import DOMAINS, Family, Fragment, Items, Match, Network, PrefixSet, Rule, RuleSet, Segment
+from .model import (DOMAINS, Family, Fragment, Items, Match, Network, PrefixSet, Rule, RuleSet, Segment,
+                    State)
 from .validator import NAME, Validator
 from .values import (
     parse_action,
@@ -193,4 +194,6 @@ def _match_field(v: Validator, key: str) -> Callable[[Any], Any] | None:
         return lambda raw: parse_choice(raw, Fragment, "fragment")
     if key == "family":
         return lambda raw: parse_choice(raw, Family, "family")
+    if key == "state":
+        return lambda raw: parse_choice(raw, State, "state")
     return None

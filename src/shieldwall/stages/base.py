@@ -64,6 +64,9 @@ class Stage:
     order: ClassVar[int]                     # its place in the default chain
     config_maps: ClassVar[MapTypes] = {}
     state_maps: ClassVar[MapTypes] = {}
+    # A TC egress program of its object that must run on the interface while the chain
+    # holds the stage (the lifecycle attaches it): it sees the host's own packets.
+    egress: ClassVar[str | None] = None
 
     @property
     def module(self) -> int:

@@ -23,7 +23,7 @@ from ..policy.classes import FIELDS
 from ..policy.classifier import Plan, plan
 from ..policy.direct import words
 from ..policy.errors import Issue
-from ..policy.model import Policy, PrefixSet, RuleSet
+from ..policy.model import Policy, PrefixSet, RuleSet, State
 from ..policy.reference import Decision, evaluate_rules
 from ..policy.rules import parse_ruleset
 from ..policy.validator import Validator
@@ -42,6 +42,12 @@ class RuleCounter:
     bytes: int
     last_hit_ns: int  # bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE); 0 if never hit
     would_drop: int
+
+
+def established_rule(policy: Policy) -> bool:
+    """Some rule passes the replies to the host's own flows (the conntrack stage)."""
+    return any(rule.match.state is State.ESTABLISHED and rule.action.verdict == "pass"
+               for rule in policy.rules)
 
 
 class PolicyStage(Stage):
@@ -84,13 +90,12 @@ class PolicyStage(Stage):
 
     def warnings(self, policy: Policy) -> Iterable[Issue]:
         yield from rule_warnings(policy)
-        if policy.default_action == "drop":
-            # Nothing yet knows which flows the host opened (issue: connection state).
+        if policy.default_action == "drop" and not established_rule(policy):
             yield Issue(policy.source, "default_action",
                         "drop also drops the replies to connections this host opens itself "
-                        "(DNS lookups, updates, outbound TCP): shieldwall keeps no connection "
-                        "state yet; add rules that pass those replies (from your resolvers, "
-                        "to your ephemeral ports) or they time out")
+                        "(DNS lookups, updates, outbound TCP): add a rule that passes them, "
+                        "{name: replies, match: {state: established}, action: pass} "
+                        "(docs/defenses.md, Connection state)")
 
     def sets_used(self, section: RuleSet) -> set[str]:
         used = set()
@@ -238,9 +243,9 @@ class _Layout:
         self.column = column
         self.tab = TableImage()
         self.lookups: dict[str, Lookup] = {}
+        per_field = ("field_used", "field_base", "field_na", "misc_stride")
         self.consts: dict[str, Any] = {"enabled": 1, "default_action": abi.ACTION_CODES[image.default_action],
-                                       "field_used": [0] * 13, "field_base": [0] * 13,
-                                       "field_na": [0] * 13, "misc_stride": [0] * 13}
+                                       **{name: [0] * abi.SW_POL_FIELDS for name in per_field}}
 
     def build(self) -> StageBuild:
         image, tab, c = self.image, self.tab, self.consts
@@ -293,7 +298,7 @@ class _Layout:
     def _direct_rule(rule: Any) -> dict:
         entry: dict[str, Any] = {"used": 0, "verdict": abi.ACTION_CODES[rule.verdict] if rule.verdict else 0,
                                  "counts": int(rule.counts), "would_drop": int(rule.would_drop),
-                                 "value": [{} for _ in range(13)], "prefix": [{}, {}]}
+                                 "value": [{} for _ in range(abi.SW_POL_FIELDS)], "prefix": [{}, {}]}
         for name, test in rule.tests.items():
             fid = FIELDS[name]
             entry["used"] |= 1 << fid

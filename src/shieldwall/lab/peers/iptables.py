@@ -521,10 +521,9 @@ def iptables_rules(policy: Policy, device: str, *, chain: str = DEFAULT_CHAIN,
                    set_prefix: str = DEFAULT_SET_PREFIX, counters: bool = False
                    ) -> IptablesConfig | NotExpressible:
     """The policy as raw-table rules for packets from `device`, or why it cannot be."""
-    unknown = ir.unknown_stages(policy)
+    unknown = ir.stage_reasons(policy, "iptables")
     if unknown:
-        return NotExpressible(PEER, tuple(f"stage {name}: iptables has no stand-in for it"
-                                          for name in unknown))
+        return NotExpressible(PEER, tuple(unknown))
     sets = _Sets(set_prefix)
     compiler = _Compiler(policy, chain, sets, counters)
     texts, chains = {}, {}

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
+from ...policy import reference
 from ...policy.model import (DOMAINS, Fragment, Items, Network, Policy, Range, Rule,
                              TcpFlags, expand)
 
@@ -443,13 +444,14 @@ def fastpath_of(policy: Policy):
 
 def chain(policy: Policy) -> tuple[str, ...]:
     """The stages that decide, in order, as the reference runs them: pipeline.stages, or
-    the fastpath when it lists anything, then the policy stage. The policy stage always
-    decides, so the chain stops there; without it, what the chain leaves passes."""
+    those with work to do (the fastpath when it lists anything, ...), then the policy
+    stage. The policy stage always decides, so the chain stops there; without it, what
+    the chain leaves passes."""
     if policy.pipeline.stages is not None:
         stages = tuple(policy.pipeline.stages)
     else:
-        fp = fastpath_of(policy)
-        stages = (("fastpath",) if fp.allow or fp.deny else ()) + ("policy",)
+        stages = reference.chain(policy)
+        stages += () if "policy" in stages else ("policy",)
     if "policy" in stages:
         stages = stages[:stages.index("policy") + 1]
     return stages
@@ -457,6 +459,21 @@ def chain(policy: Policy) -> tuple[str, ...]:
 
 def unknown_stages(policy: Policy) -> list[str]:
     return [name for name in chain(policy) if name not in PEER_STAGES]
+
+
+# Why a peer has no stand-in for a stage, where there is more to say than that.
+_NO_STAND_IN = {
+    "conntrack": "the rules' `state` needs the kernel's connection tracking, which runs "
+                 "after the hook the peer filters at (netdev ingress, raw PREROUTING, XDP): "
+                 "`ct state established` or `-m conntrack --ctstate ESTABLISHED` know no "
+                 "state there",
+}
+
+
+def stage_reasons(policy: Policy, peer: str) -> list[str]:
+    """Why the peer cannot run the policy's chain: one reason per stage it lacks."""
+    return [f"stage {name}: " + _NO_STAND_IN.get(name, f"{peer} has no stand-in for it")
+            for name in unknown_stages(policy)]
 
 
 def runs_rules(policy: Policy) -> bool:

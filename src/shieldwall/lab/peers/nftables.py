@@ -519,10 +519,9 @@ def nftables_ruleset(policy: Policy, device: str, *, table: str = DEFAULT_TABLE,
     policy stage in the policy's chain is not. `differences` lists the documented
     differences from shieldwall that can apply to it (DIFFERENCES).
     """
-    unknown = ir.unknown_stages(policy)
+    unknown = ir.stage_reasons(policy, "nftables")
     if unknown:
-        return NotExpressible(PEER, tuple(f"stage {name}: nftables has no stand-in for it"
-                                          for name in unknown))
+        return NotExpressible(PEER, tuple(unknown))
     p = plan(policy, counters)
     text = _Writer(policy, table, device, priority).write(p)
     differences = [DIFFERENCES["qinq"]]

@@ -74,8 +74,7 @@ def xdp_filter_config(policy: Policy, device: str, *, xdp_mode: str = "native",
     """The policy as xdp-filter commands for `device`, or why it cannot be."""
     hit = "drop" if ir.end_verdict(policy) == "pass" else "pass"
     mode = "allow" if hit == "drop" else "deny"
-    reasons: list[str] = [f"stage {name}: xdp-filter has no stand-in for it"
-                          for name in ir.unknown_stages(policy)]
+    reasons: list[str] = ir.stage_reasons(policy, "xdp-filter")
     ignored: list[str] = []
     src: dict[int, ir.Span] = {4: ir.Span(), 6: ir.Span()}
     dst: dict[int, ir.Span] = {4: ir.Span(), 6: ir.Span()}

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Connection state (docs/defenses.md, "Connection state"): which inbound packets reply
+ * to flows this host opened.
+ *
+ * sw_ct_egress runs on the interface's TC egress hook and records the host's own flows
+ * (TCP from its SYN, UDP, ICMP and ICMPv6 echo requests) in sw_ct_flows, keyed from the
+ * host's side, with an expiry refreshed by the host's own packets. The XDP stage looks
+ * an inbound packet up with its ends swapped and sets SW_PKT_ESTABLISHED when a live
+ * entry holds it; the policy stage reads that as the `state` field.
+ *
+ * Only egress writes the table, so no inbound packet, spoofed or not, creates an entry
+ * or keeps one alive; the LRU bounds its memory, and a flood of the host's own new
+ * flows can only push out its own oldest ones.
+ */
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include "lib/clock.h"
+#include "lib/pipeline.h"
+
+const volatile struct sw_ct_consts sw_ct SEC(".rodata.ct") = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_CT_MAX_FLOWS);
+	__type(key, struct sw_ct_key);
+	__type(value, struct sw_ct_flow);
+} sw_ct_flows SEC(".maps");
+
+/* The stage's time, to a tenth of a second without a helper call per packet: a reply
+ * may pass up to that long after its flow's expiry. Egress writes exact times. */
+SW_CLOCK_MAP(sw_ct_clock);
+
+#define ICMP_ECHO_REQUEST 8
+#define ICMP_ECHO_REPLY 0
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* An entry is written again only when its expiry would move by more than this: a busy
+ * flow costs a lookup per packet, not a write. */
+#define REFRESH_NS 1000000000ULL
+
+/* -- egress: the host's own packets, from an sk_buff ---------------------------------- */
+
+static __always_inline void *sw_skb_bytes(struct __sk_buff *skb, __u32 off, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (off > 0x3fff || data + off + len > data_end)
+		return NULL;
+	return data + off;
+}
+
+static __always_inline void sw_ct_mapped_v4(__u8 *dst16, const __u8 *addr4)
+{
+	__builtin_memset(dst16, 0, 10);
+	dst16[10] = 0xff;
+	dst16[11] = 0xff;
+	__builtin_memcpy(dst16 + 12, addr4, 4);
+}
+
+/* The key of an outgoing packet (local = its source) and its TCP flags; 0 when it opens
+ * or continues no flow the table tracks (not IP, a later fragment, other protocols).
+ * VLAN tags in the frame are skipped (the key has no VLAN: a tag the driver inserts
+ * is not in the frame at all). IPv6 extension headers are not walked: the host's own
+ * TCP, UDP and echo requests carry none but a fragment header, whose later fragments
+ * have no ports anyway; a first fragment is recorded as its protocol when the fragment
+ * header comes first. */
+static __always_inline int sw_ct_outgoing(struct __sk_buff *skb, struct sw_ct_key *key, __u8 *flags)
+{
+	struct ethhdr *eth = sw_skb_bytes(skb, 0, sizeof(*eth));
+	__u32 off = sizeof(*eth);
+	__u16 proto;
+	__u8 *l4;
+
+	if (!eth)
+		return 0;
+	proto = bpf_ntohs(eth->h_proto);
+#pragma unroll
+	for (int i = 0; i < SW_MAX_VLAN_DEPTH; i++) {
+		__be16 *tag;
+
+		if (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_)
+			break;
+		tag = sw_skb_bytes(skb, off, 4);
+		if (!tag)
+			return 0;
+		proto = bpf_ntohs(tag[1]);
+		off += 4;
+	}
+	if (proto == ETH_P_IP) {
+		__u8 *ip = sw_skb_bytes(skb, off, 20);
+
+		if (!ip || (ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5)
+			return 0;
+		if (((ip[6] & 0x1f) << 8 | ip[7]) != 0)
+			return 0;	/* a later fragment: no transport header */
+		key->proto = ip[9];
+		key->family = SW_FAMILY_IPV4;
+		sw_ct_mapped_v4(key->local, ip + 12);
+		sw_ct_mapped_v4(key->remote, ip + 16);
+		off += (ip[0] & 0xf) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		__u8 *ip = sw_skb_bytes(skb, off, 40);
+
+		if (!ip)
+			return 0;
+		key->proto = ip[6];
+		key->family = SW_FAMILY_IPV6;
+		__builtin_memcpy(key->local, ip + 8, 16);
+		__builtin_memcpy(key->remote, ip + 24, 16);
+		off += 40;
+		if (key->proto == IPPROTO_FRAGMENT_) {
+			__u8 *frag = sw_skb_bytes(skb, off, 8);
+
+			if (!frag || (frag[2] << 8 | (frag[3] & 0xf8)) != 0)
+				return 0;
+			key->proto = frag[0];
+			off += 8;
+		}
+	} else {
+		return 0;
+	}
+	l4 = sw_skb_bytes(skb, off, 8);
+	if (!l4)
+		return 0;
+	if (key->proto == IPPROTO_TCP || key->proto == IPPROTO_UDP) {
+		key->lport = l4[0] << 8 | l4[1];
+		key->rport = l4[2] << 8 | l4[3];
+		if (key->proto == IPPROTO_TCP) {
+			__u8 *tcp = sw_skb_bytes(skb, off, 14);
+
+			if (!tcp)
+				return 0;
+			*flags = tcp[13];
+		}
+		return 1;
+	}
+	if ((key->proto == IPPROTO_ICMP && proto == ETH_P_IP && l4[0] == ICMP_ECHO_REQUEST) ||
+	    (key->proto == IPPROTO_ICMPV6_ && proto == ETH_P_IPV6 && l4[0] == ICMPV6_ECHO_REQUEST)) {
+		key->lport = l4[4] << 8 | l4[5];
+		return 1;
+	}
+	return 0;
+}
+
+/* Records or refreshes the flow of an outgoing packet. A TCP flow is opened by a SYN
+ * alone: the host's answers to connections others opened create nothing. */
+static __always_inline void sw_ct_record(struct sw_ct_key *key, __u8 tcp_flags)
+{
+	struct sw_ct_flow *old = bpf_map_lookup_elem(&sw_ct_flows, key);
+	struct sw_ct_flow flow = {};
+	__u64 now = bpf_ktime_get_coarse_ns(), life = sw_ct.udp_ns;
+
+	if (key->proto == IPPROTO_TCP) {
+		int opens = (tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+
+		if (!old && !opens)
+			return;
+		if (old && !opens)
+			flow.flags = old->flags;
+		if (tcp_flags & (TCP_FIN | TCP_RST))
+			flow.flags |= SW_CT_CLOSING;
+		life = flow.flags & SW_CT_CLOSING ? sw_ct.closing_ns : sw_ct.tcp_ns;
+	} else if (key->proto != IPPROTO_UDP) {
+		life = sw_ct.icmp_ns;
+	}
+	flow.expires_ns = now + life;
+	/* Writes only what changes: a new flow, a closing one, or an expiry that moved. */
+	if (old && old->flags == flow.flags && old->expires_ns + REFRESH_NS > flow.expires_ns)
+		return;
+	bpf_map_update_elem(&sw_ct_flows, key, &flow, BPF_ANY);
+}
+
+SEC("tc")
+int sw_ct_egress(struct __sk_buff *skb)
+{
+	struct sw_ct_key key = {};
+	__u8 tcp_flags = 0;
+
+	if (sw_ct_outgoing(skb, &key, &tcp_flags))
+		sw_ct_record(&key, tcp_flags);
+	return TC_ACT_UNSPEC;	/* only watches: the next program, or the packet goes */
+}
+
+/* -- ingress: the XDP stage -------------------------------------------------------- */
+
+/* The key an inbound packet replies to (its ends swapped); 0 when it can reply to no
+ * recorded flow. */
+static __always_inline int sw_ct_reply_key(struct xdp_md *ctx, const struct sw_pkt *pkt,
+					   struct sw_ct_key *key)
+{
+	if (!(pkt->flags & SW_PKT_HAS_L4))
+		return 0;
+	key->proto = pkt->l4_proto;
+	key->family = pkt->family;
+	if (pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP) {
+		key->lport = pkt->dport;
+		key->rport = pkt->sport;
+	} else if ((pkt->l4_proto == IPPROTO_ICMP && pkt->icmp_type == ICMP_ECHO_REPLY) ||
+		   (pkt->l4_proto == IPPROTO_ICMPV6_ && pkt->icmp_type == ICMPV6_ECHO_REPLY)) {
+		/* The parser read 4 bytes of the ICMP header; the identifier follows. */
+		__u8 *id = sw_bytes(ctx, pkt->l4_off + 4, 2);
+
+		if (!id)
+			return 0;
+		key->lport = id[0] << 8 | id[1];
+	} else {
+		return 0;
+	}
+	__builtin_memcpy(key->local, pkt->dst, 16);
+	__builtin_memcpy(key->remote, pkt->src, 16);
+	return 1;
+}
+
+SEC("xdp.frags")
+int sw_stage_conntrack(struct xdp_md *ctx)
+{
+	SW_STAGE_PKT(pkt);
+	struct sw_ct_key key = {};
+	struct sw_ct_flow *flow;
+
+	if (sw_ct_reply_key(ctx, pkt, &key)) {
+		flow = bpf_map_lookup_elem(&sw_ct_flows, &key);
+		if (flow && flow->expires_ns > sw_clock_now(&sw_ct_clock))
+			pkt->flags |= SW_PKT_ESTABLISHED;
+	}
+	return sw_next(ctx, pkt);
+}
+
+char LICENSE[] SEC("license") = "GPL";
