@@ -84,9 +84,10 @@ class Scenario:
 SCENARIOS = (
     Scenario("syn", why=f"SYNs from random sources to port {HTTP_PORT} are what the client "
              "sends first; only SYN cookies, not built yet, would tell them apart"),
-    Scenario("ack", why=f"lone ACKs from random sources to port {HTTP_PORT}: only connection "
-             "state, not built yet, tells them from the client's (nftables' conntrack picks "
-             "a lone ACK up as a connection by default)"),
+    Scenario("ack", why=f"lone ACKs from random sources to port {HTTP_PORT}: only the state of "
+             "the connections clients open to the server tells them from the client's (the "
+             "connection state shieldwall keeps is of the flows the host opens itself; "
+             "nftables' conntrack picks a lone ACK up as a connection by default)"),
     Scenario("udp", rules=("udp-not-served",), peers=("udp-not-served",)),
     Scenario("heavy", limited=("udp",), peers=("udp-per-source",)),
     Scenario("slow", limited=("udp",), peers=("udp-per-source",),
