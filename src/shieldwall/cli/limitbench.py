@@ -64,27 +64,46 @@ def run_limits(rounds: int = ROUNDS) -> dict:
                 TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
             templates = adversarial_templates(topo.server_mac, topo.outside_mac, topo.server_v4,
                                               topo.server_v6)
-            chained.random(templates)
             pipelines = {name: Pipeline.load(configure(_policy(spec))) for name, spec in VARIANTS.items()}
             try:
                 measure = _Measure(topo, chained, gen, rounds, PACKETS, PACKETS)
-                cost = {name: min(measure.ns(p.root_program.fd, live=False) for _ in range(rounds))
-                        for name, p in pipelines.items()}
+                # IPv6 sources with 96 random bits never repeat; the whole adversarial
+                # mix adds IPv4 sources from three /24s, which do (buckets, blocks).
+                costs = {}
+                for traffic, chosen in (("never_repeating", [x for x in templates if x.family == 6]),
+                                        ("adversarial", templates)):
+                    chained.random(chosen)
+                    costs[traffic] = _interleaved(measure, pipelines, rounds)
+                chained.random(templates)
                 known = _known_sources(pipelines["limit_block"], chained)
                 accuracy = _accuracy(topo, gen, measure)
             finally:
                 for p in pipelines.values():
                     p.close()
-    added = {name: round(ns - cost["pass"], 1) for name, ns in cost.items() if name != "pass"}
-    summary = (f"limit cost (programs only, adversarial flood): {cost['pass']:.0f} ns without, "
-               + ", ".join(f"+{v} ns {k}" for k, v in added.items())
+    added = {traffic: {name: round(ns - cost["pass"], 1) for name, ns in cost.items() if name != "pass"}
+             for traffic, cost in costs.items()}
+    summary = ("limit cost (programs only): "
+               + "; ".join(f"{traffic} flood {cost['pass']:.0f} ns without, "
+                           + ", ".join(f"{v:+} ns {k}" for k, v in added[traffic].items())
+                           for traffic, cost in costs.items())
                + f"; known buckets kept after {RANDOM_FLOOD:,} random sources: "
-               f"{known['known_buckets_after']}/{KNOWN}, blocks {known['known_blocks_after']}/1, "
+               f"{known['known_buckets_after']}/{known['known_buckets_before']}, blocks "
+               f"{known['known_blocks_after']}/{known['known_blocks_before']}, "
                f"buckets the flood created: {known['flood_buckets']}; accuracy: "
                f"{accuracy['passed']:,} passed, {accuracy['expected']:,} allowed "
                f"({accuracy['error']:+.1%})")
-    return {"programs_ns_per_packet": cost, "added_ns": added, "known_sources": known,
+    return {"programs_ns_per_packet": costs, "added_ns": added, "known_sources": known,
             "accuracy": accuracy, "summary": summary}
+
+
+def _interleaved(measure: _Measure, pipelines: dict[str, Pipeline], rounds: int) -> dict[str, float]:
+    """Each variant once per round, in turn, its best round kept: interference on a
+    shared machine only slows a run down, and the variants see the same moments."""
+    best = {name: float("inf") for name in pipelines}
+    for _ in range(rounds * 2):
+        for name, p in pipelines.items():
+            best[name] = min(best[name], measure.ns(p.root_program.fd, live=False))
+    return {name: round(ns, 1) for name, ns in best.items()}
 
 
 def _udp(src: str, dst: str = "192.0.2.1") -> bytes:
@@ -97,7 +116,7 @@ def _known_sources(pipeline: Pipeline, chained: TrafficGenerator) -> dict:
     blocked), then a flood of never-repeating sources runs through the same limit."""
     known = [f"2001:db8:cafe:{i:x}::1" for i in range(KNOWN)]  # a /64 each: a bucket each
     for src in known:
-        prog_test_run(pipeline.root_program.fd, _udp(src), repeat=60)
+        prog_test_run(pipeline.root_program.fd, _udp(src), repeat=100)  # past the gate in some window
     prog_test_run(pipeline.root_program.fd, _udp(known[0]), repeat=200)
     keys = lambda: {bytes(k.a) for k, _ in pipeline.maps[BUCKETS].lookup_batch()}  # noqa: E731
     before = keys()
