@@ -21,6 +21,9 @@ def test_demo_passes_its_checks_and_cleans_up():
     assert "[FAIL]" not in out.stdout and "drop blocklisted" in out.stdout
     assert "drop-attacker" in out.stdout
     assert "in force in place" in out.stdout and "TTL ran out: reached" in out.stdout
+    # The heavy hitter passes its burst, then its source is blocked.
+    assert "200 passed (its burst)" in out.stdout and "1 block in force" in out.stdout
+    assert re.search(r"drop blocked\s+[1-9]", out.stdout), out.stdout
     # The demo names its lab; the names are its own, and gone with their pins.
     built = re.search(r"^lab: (\S+) \(.*\) <-> (\S+) \(", out.stdout, re.MULTILINE)
     assert built, out.stdout

@@ -10,6 +10,9 @@ from ipaddress import ip_network
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
 from ..config import load_config
 from ..engine import lifecycle, livesets
 from . import topology
@@ -21,9 +24,11 @@ from .trafgen import TrafficGenerator
 
 PORT = 8080
 FLOOD_PACKETS = 1_000_000
+HEAVY_PACKETS = 200_000
 
 # The demo's policy: a spoofed range and a live blocklist in the fastpath, the attacker's
-# address and any port but the web server's refused by rules, everything else passed.
+# address and any port but the web server's refused by rules, UDP held to a rate per
+# source (over it, the source is blocked for a while), everything else passed.
 POLICY = f"""\
 version: 1
 default_action: pass
@@ -31,6 +36,8 @@ sets:
   blocklist: {{type: prefix, entries: []}}   # filled live: shieldwall set add
 fastpath:
   deny: [{SPOOFED_V4}, "@blocklist"]
+limits:
+  udp-per-source: {{per: source, pps: 1000, burst: 200, block: 10s}}
 rules:
   - name: drop-attacker
     match: {{src: [192.0.2.66, "2001:db8:0:1::66"]}}
@@ -38,6 +45,9 @@ rules:
   - name: web
     match: {{proto: tcp, dport: {PORT}}}
     action: pass
+  - name: udp
+    match: {{proto: udp}}
+    action: {{limit: udp-per-source}}
   - name: only-web-over-tcp
     match: {{proto: tcp}}
     action: drop
@@ -92,6 +102,20 @@ def _run(change: lifecycle.Proposal) -> int:
                                     src_offset=IPV4_SRC_OFFSET)
                 _say(f"  sent {sent.sent:,} frames in {sent.seconds:.2f} s ({sent.mpps:.2f} Mpps)")
                 ok &= _check("client -> server during the attack", tcp_connect(topo, PORT), True)
+
+                heavy = "203.0.113.7"
+                _say(f"heavy hitter: {HEAVY_PACKETS:,} UDP frames from {heavy} alone")
+                frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                              / IP(src=heavy, dst=topo.server_v4) / UDP(sport=4000, dport=53))
+                with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+                    gen.send(frame, HEAVY_PACKETS)
+                with enter_netns(topo.server_ns):
+                    limit = lifecycle.status(topo.server_if)[0].get("stages", {}).get("limit", {})
+                counts = limit.get("limits", {}).get("udp-per-source", {})
+                _say(f"  {counts.get('passed', 0):,} passed (its burst), {counts.get('limited', 0):,} "
+                     f"rate-limited, then blocked: {limit.get('blocks', 0)} block in force "
+                     "(shieldwall blocks list)")
+                ok &= _check("client -> server during it", tcp_connect(topo, PORT), True)
 
                 ttl = 2
                 _say(f"live entry: shieldwall set add blocklist {topo.client_v4} --ttl {ttl}s")
