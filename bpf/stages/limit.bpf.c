@@ -136,17 +136,20 @@ static __always_inline int sw_lim_blocked(struct sw_pkt *pkt)
 
 /* -- after the rules: the buckets -------------------------------------------------- */
 
+/* Each word multiplied apart and the products summed (multilinear, keyed by the seed):
+ * the multiplications run side by side instead of one after another, then one mix. */
 static __always_inline __u64 sw_lim_hash(const struct sw_lim_key *k)
 {
+	static const __u64 mul[6] = { 0x9E3779B97F4A7C15ULL, 0xC2B2AE3D27D4EB4FULL,
+				      0x165667B19E3779F9ULL, 0xD6E8FEB86659FD93ULL,
+				      0xFF51AFD7ED558CCDULL, 0xC4CEB9FE1A85EC53ULL };
 	const __u64 *w = (const __u64 *)k;
-	__u64 h = sw_lim.seed;
+	__u64 seed = sw_lim.seed, h = 0;
 
 #pragma unroll
-	for (int i = 0; i < sizeof(*k) / 8; i++) {
-		h ^= w[i];
-		h *= 0x9E3779B97F4A7C15ULL;
-		h ^= h >> 32;
-	}
+	for (int i = 0; i < sizeof(*k) / 8; i++)
+		h += (w[i] ^ seed) * mul[i];
+	h ^= h >> 32;
 	h *= 0xBF58476D1CE4E5B9ULL;
 	return h ^ (h >> 29);
 }
