@@ -3,14 +3,15 @@
  * Limit stage: rate limits and timed blocks (docs/defenses.md, "Rate limits").
  *
  * It runs twice for a packet a limit applies to. Before the rules, it drops sources
- * that a limit has blocked (reason `blocked`): one hash lookup per block prefix length
- * in use. After the rules, the policy stage hands it the packets a rule passed
- * (sw_pkt.rule set); for a rule whose action is a limit, the packet takes from its
- * key's bucket or is dropped (reason `rate_limited`), and may block its source.
+ * that a limit has blocked (reason `blocked`): a bit test per block prefix length in
+ * use, and a hash lookup only where the bit is set. After the rules, the policy stage
+ * hands it the packets a rule passed (sw_pkt.rule set); for a rule whose action is a
+ * limit, the packet takes from its key's bucket or is dropped (reason `rate_limited`),
+ * and may block its source.
  *
  * Every cost is bounded against an attacker who never repeats a source: a key sending
  * fewer than its limit's gate packets in a sketch window is counted in a count-min
- * sketch (two array reads) and passes without a bucket, so such a flood creates no
+ * sketch (one cache line) and passes without a bucket, so such a flood creates no
  * bucket and evicts no known key's. Buckets are shared by every CPU (atomic adds).
  */
 /* Buckets need time to the millisecond; a helper call per packet would cost more than
@@ -93,14 +94,19 @@ static __always_inline void sw_lim_mask(__u8 *out, const __u8 *addr, const volat
 
 /* -- before the rules: blocked sources --------------------------------------------- */
 
-/* The key's bit in sw_lim_block_bits (stages/limit.py computes the same). */
-static __always_inline __u32 sw_lim_block_bit(const struct sw_block_key *k)
+/* The word of sw_lim_block_bits that holds the key's bit, and the bit in *mask
+ * (stages/limit.py, block_bit, computes the same). */
+static __always_inline __u32 *sw_lim_block_word(struct sw_lim_bits *bits, const struct sw_block_key *k,
+						__u32 *mask)
 {
 	const __u64 *w = (const __u64 *)k;
 	__u64 h = (w[0] * 0x9E3779B97F4A7C15ULL) ^ w[1];
+	__u32 bit;
 
 	h = (h ^ k->plen) * 0xBF58476D1CE4E5B9ULL;
-	return h >> 48;
+	bit = h >> 48;
+	*mask = 1U << (bit & 31);
+	return &bits->word[(bit >> 5) & (SW_LIM_BLOCK_BITS / 32 - 1)];
 }
 
 static __always_inline int sw_lim_blocked(struct sw_pkt *pkt)
@@ -115,14 +121,13 @@ static __always_inline int sw_lim_blocked(struct sw_pkt *pkt)
 #pragma unroll
 	for (int i = 0; i < SW_LIM_BLOCK_LENS; i++) {
 		struct sw_block *b;
-		__u32 bit;
+		__u32 mask;
 
 		if (i >= n)
 			break;
 		sw_lim_mask(key.addr, pkt->src, v4 ? &sw_lim.block_mask4[i] : &sw_lim.block_mask6[i]);
 		key.plen = v4 ? sw_lim.block_plen4[i] : sw_lim.block_plen6[i];
-		bit = sw_lim_block_bit(&key);
-		if (!(bits->word[(bit >> 5) & 2047] & (1U << (bit & 31))))
+		if (!(*sw_lim_block_word(bits, &key, &mask) & mask))
 			continue;
 		b = bpf_map_lookup_elem(&sw_lim_blocks, &key);
 		if (!b)
@@ -234,15 +239,19 @@ static __always_inline void sw_lim_block(const struct sw_pkt *pkt, const volatil
 	int v4 = pkt->family == SW_FAMILY_IPV4;
 	struct sw_block_key key WORDS = { .plen = v4 ? d->plen4 : d->plen6 };
 	struct sw_block b = { .expires_ns = now + d->block_ns, .limit = d->id };
-
-	__u32 zero = 0, bit;
+	__u32 zero = 0, mask;
 	struct sw_lim_bits *bits = bpf_map_lookup_elem(&sw_lim_block_bits, &zero);
 
 	sw_lim_mask(key.addr, pkt->src, v4 ? &d->mask4 : &d->mask6);
 	bpf_map_update_elem(&sw_lim_blocks, &key, &b, BPF_ANY);
-	bit = sw_lim_block_bit(&key);
 	if (bits)
-		__sync_fetch_and_or(&bits->word[(bit >> 5) & 2047], 1U << (bit & 31));
+		__sync_fetch_and_or(sw_lim_block_word(bits, &key, &mask), mask);
+}
+
+/* Within the limit (or none): the rule's own pass, as if the policy stage had finished. */
+static __always_inline int sw_lim_pass(struct sw_pkt *pkt)
+{
+	return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
 }
 
 static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
@@ -263,7 +272,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 
 		if (seen < gate) {
 			stat->passed++;
-			return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+			return sw_lim_pass(pkt);
 		}
 		/* The key just reached the gate: it pays for its packets of this window. */
 		if (seen == gate)
@@ -291,7 +300,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 	}
 	if (fits) {
 		stat->passed++;
-		return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+		return sw_lim_pass(pkt);
 	}
 	b->dropped++;	/* a diagnostic: two CPUs may lose a count, never worth an atomic */
 	stat->limited++;
@@ -317,7 +326,7 @@ int sw_stage_limit(struct xdp_md *ctx)
 	tab = sw_table(&sw_lim_tab);
 	index = tab ? sw_tab_at(tab, pkt->rule) : 0;
 	if (!index || index > sw_lim.nlimits || index > SW_LIM_MAX)
-		return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+		return sw_lim_pass(pkt);
 	return sw_lim_apply(pkt, index - 1);
 }
 

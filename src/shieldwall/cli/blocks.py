@@ -13,6 +13,7 @@ from ..dataplane.images import read_names
 from ..engine.transaction import Layout
 from ..kernel.libbpf import Map
 from ..policy.errors import Invalid, quote
+from ..policy.model import Network
 from ..policy.sets import parse_prefix
 from ..stages.limit import BITS, BLOCKS, NAMES, LimitStage, block_key, list_blocks, rebuild_block_bits
 
@@ -49,6 +50,10 @@ def _limit_names(layout: Layout) -> dict[int, str]:
         return {zlib.crc32(n.encode()) or 1: n for n in read_names(names).values()}
     finally:
         names.close()
+
+
+def _overlap(a: Network, b: Network) -> bool:
+    return a.version == b.version and (a.subnet_of(b) or b.subnet_of(a))
 
 
 def _rebuild_bits(blocks: Map, layout: Layout) -> None:
@@ -89,11 +94,8 @@ def _lift(args: argparse.Namespace, blocks: Map, found: list) -> int:
             except Invalid as exc:
                 raise Invalid(f"prefix {exc}") from None
         # An address lifts the block that covers it, whatever the block's length.
-        targets = [b.prefix for b in found
-                   if any(w.version == b.prefix.version and (w.subnet_of(b.prefix) or b.prefix.subnet_of(w))
-                          for w in wanted)]
-        missing = [str(w) for w in wanted
-                   if not any(w.version == t.version and (w.subnet_of(t) or t.subnet_of(w)) for t in targets)]
+        targets = [b.prefix for b in found if any(_overlap(w, b.prefix) for w in wanted)]
+        missing = [str(w) for w in wanted if not any(_overlap(w, t) for t in targets)]
         for text in missing:
             print(f"shieldwall: {quote(text)} is not blocked on {args.iface}")
     for net in targets:

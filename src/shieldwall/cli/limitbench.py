@@ -23,6 +23,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from ..config import configure
+from ..dataplane.addresses import from_key_bytes
 from ..dataplane.pipeline import Pipeline
 from ..kernel.netns import enter_netns
 from ..kernel.testrun import prog_test_run
@@ -136,7 +137,7 @@ def _known_sources(pipeline: Pipeline, chained: TrafficGenerator) -> dict:
 
 
 def _v4_mapped(addr: bytes) -> bool:
-    return addr[:12] == bytes(10) + b"\xff\xff"
+    return from_key_bytes(addr).version == 4
 
 
 def _accuracy(topo: topology.LabTopology, gen: TrafficGenerator, measure: _Measure) -> dict:

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from .. import abi
+from ..dataplane.addresses import from_key_bytes, lpm_key
 from ..dataplane.images import pack, pack_names, read_names
 from ..model.parse import ParsedPacket
 from ..policy.errors import Issue, quote
-from ..policy.model import Policy, RuleSet
+from ..policy.model import Network, Policy, RuleSet
 from ..policy.reference import Decision
 from ..policy.validator import NAME, Validator
 from ..policy.values import describe, parse_duration, parse_rate
@@ -78,11 +79,10 @@ class Limit:
             return 1
         return min(1 + int(GATE_SLACK * WINDOW_S * self.pps), abi.SW_LIM_GATE_MAX)
 
-    def allows(self, seconds: float) -> tuple[int, int]:
-        """What a key sending flat out passes in `seconds`, the exact bucket and the most
-        the gate can add (docs/defenses.md)."""
-        exact = int(self.pps * seconds) + self.burst if self.pps else 0
-        return exact, int((self.gate - 1) * seconds / WINDOW_S)
+    def prefix(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Network:
+        """The prefix an address counts in (its family's aggregation length)."""
+        length = self.prefix4 if addr.version == 4 else self.prefix6
+        return ipaddress.ip_network((addr, length), strict=False)
 
 
 @dataclass(frozen=True)
@@ -96,15 +96,15 @@ class Limits:
         return hash((tuple(self.limits.items()), self.rules))
 
 
+def _span(prefix: int, v4: bool) -> int:
+    """A prefix length over the 16-byte (IPv4-mapped) address the data plane keys by."""
+    return 96 + prefix if v4 else prefix
+
+
 def _mask(prefix: int, v4: bool) -> list[int]:
-    bits = (96 + prefix) if v4 else prefix
+    bits = _span(prefix, v4)
     value = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
     return list(value.to_bytes(16, "big"))
-
-
-def plen(limit: Limit, v4: bool) -> int:
-    """The length over the 16-byte (IPv4-mapped) address that a block key carries."""
-    return 96 + limit.prefix4 if v4 else limit.prefix6
 
 
 # -- the reference model -------------------------------------------------------------
@@ -113,18 +113,10 @@ def plen(limit: Limit, v4: bool) -> int:
 def bucket_key(limit: Limit, rule_id: int, pkt: ParsedPacket) -> tuple:
     """What a packet's bucket is keyed by, as the stage keys it."""
     if limit.per in ("source", "destination"):
-        addr = pkt.src_ip if limit.per == "source" else pkt.dst_ip
-        length = limit.prefix4 if addr.version == 4 else limit.prefix6
-        return (limit.per, ipaddress.ip_network((addr, length), strict=False))
+        return (limit.per, limit.prefix(pkt.src_ip if limit.per == "source" else pkt.dst_ip))
     if limit.per == "rule":
         return ("rule", rule_id)
     return ("flow", pkt.src_ip, pkt.dst_ip, pkt.sport, pkt.dport, pkt.l4_proto)
-
-
-def block_prefix(limit: Limit, pkt: ParsedPacket) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    addr = pkt.src_ip
-    return ipaddress.ip_network((addr, limit.prefix4 if addr.version == 4 else limit.prefix6),
-                                strict=False)
 
 
 class LimiterModel:
@@ -139,7 +131,7 @@ class LimiterModel:
 
     def blocked(self, pkt: ParsedPacket, now: int) -> bool:
         for limit in self.section.limits.values():
-            if limit.block_s and self.blocks.get(block_prefix(limit, pkt), 0) > now:
+            if limit.block_s and self.blocks.get(limit.prefix(pkt.src_ip), 0) > now:
                 return True
         return False
 
@@ -151,24 +143,33 @@ class LimiterModel:
         limit = self.section.limits[name]
         key = (name, *bucket_key(limit, rule_id, pkt))
         tat = self.tat.setdefault(key, [now, now])
+        d = bucket_consts(limit)
         costs = []
-        if limit.pps:
-            costs.append((0, round(1e9 / limit.pps), (limit.burst - 1) * round(1e9 / limit.pps)))
-        if limit.bps:
-            per_byte = _byte_ns16(limit.bps)
-            costs.append((1, (pkt.frame_len * per_byte) >> abi.SW_LIM_NS16_SHIFT,
-                          (limit.burst_bytes * per_byte) >> abi.SW_LIM_NS16_SHIFT))
+        if d["pkt_ns"]:
+            costs.append((0, d["pkt_ns"], d["pkt_tol"]))
+        if d["byte_ns16"]:
+            costs.append((1, (pkt.frame_len * d["byte_ns16"]) >> abi.SW_LIM_NS16_SHIFT, d["byte_tol"]))
         if all(max(tat[i], now) <= now + tol for i, _, tol in costs):
             for i, cost, _ in costs:
                 tat[i] = max(tat[i], now) + cost
             return True
         if limit.block_s:
-            self.blocks[block_prefix(limit, pkt)] = now + int(limit.block_s * 1e9)
+            self.blocks[limit.prefix(pkt.src_ip)] = now + int(limit.block_s * 1e9)
         return False
 
 
-def _byte_ns16(bps: int) -> int:
-    return round(8e9 * (1 << abi.SW_LIM_NS16_SHIFT) / bps)
+def bucket_consts(limit: Limit) -> dict:
+    """The limit as its program reads it (struct sw_lim_def)."""
+    pkt_ns = round(1e9 / limit.pps) if limit.pps else 0
+    byte_ns16 = round(8e9 * (1 << abi.SW_LIM_NS16_SHIFT) / limit.bps) if limit.bps else 0
+    return {
+        "id": limit.id, "per": PER[limit.per], "gate": limit.gate, "block": int(bool(limit.block_s)),
+        "pkt_ns": pkt_ns, "pkt_tol": max(limit.burst - 1, 0) * pkt_ns,
+        "byte_ns16": byte_ns16, "byte_tol": (limit.burst_bytes * byte_ns16) >> abi.SW_LIM_NS16_SHIFT,
+        "block_ns": int(limit.block_s * 1e9),
+        "plen4": _span(limit.prefix4, True), "plen6": _span(limit.prefix6, False),
+        "mask4": {"m": _mask(limit.prefix4, True)}, "mask6": {"m": _mask(limit.prefix6, False)},
+    }
 
 
 # -- the policy file -----------------------------------------------------------------
@@ -273,7 +274,7 @@ class LimitStage(Stage):
             lengths = {getattr(x, key) for x in found.values() if x.block_s}
             if len(lengths) > abi.SW_LIM_BLOCK_LENS:
                 v.report("limits", f"blocking limits use {len(lengths)} IPv{version} prefix lengths; "
-                                   f"at most {abi.SW_LIM_BLOCK_LENS} (each costs a lookup per packet)")
+                                   f"at most {abi.SW_LIM_BLOCK_LENS} (each costs a test per packet)")
         return Limits(found)
 
     def link(self, section: Limits | None, sections: dict, v: Validator) -> Limits | None:
@@ -310,12 +311,12 @@ class LimitStage(Stage):
             return []
         lines = []
         for limit in section.limits.values():
-            users = [str(i) for i, name in section.rules if name == limit.name]
+            users = sum(1 for _, name in section.rules if name == limit.name)
             rate = " + ".join(x for x in (f"{limit.pps:,} pps" if limit.pps else "",
                                           f"{limit.bps:,} bit/s" if limit.bps else "") if x)
             block = f", blocks for {limit.block_s:g}s" if limit.block_s else ""
             lines.append(f"limit {limit.name}: {rate} per {limit.per}{block}; "
-                         f"used by {len(users)} rule(s)")
+                         f"used by {users} rule(s)")
         return lines
 
     def warnings(self, policy: Policy) -> Iterable[Issue]:
@@ -356,11 +357,11 @@ class LimitStage(Stage):
             table[rule_id] = index[name]
         consts: dict[str, Any] = {"nlimits": len(order),
                                   "seed": int.from_bytes(os.urandom(8), "little"),
-                                  "def": [self._def(limit) for limit in order]}
+                                  "def": [bucket_consts(limit) for limit in order]}
         for version, key in ((4, "4"), (6, "6")):
             lengths = sorted({getattr(x, f"prefix{key}") for x in order if x.block_s})
             consts[f"nblock{key}"] = len(lengths)
-            consts[f"block_plen{key}"] = [(96 + n) if version == 4 else n for n in lengths]
+            consts[f"block_plen{key}"] = [_span(n, version == 4) for n in lengths]
             consts[f"block_mask{key}"] = [{"m": _mask(n, version == 4)} for n in lengths]
         contents = {}
         if order:
@@ -369,23 +370,10 @@ class LimitStage(Stage):
                           table=(TABLE, table.tobytes()), contents=contents,
                           memory=4 * len(table) + 64 * abi.SW_LIM_SKETCH_LINES)
 
-    @staticmethod
-    def _def(limit: Limit) -> dict:
-        pkt_ns = round(1e9 / limit.pps) if limit.pps else 0
-        byte_ns16 = _byte_ns16(limit.bps) if limit.bps else 0
-        return {
-            "id": limit.id, "per": PER[limit.per], "gate": limit.gate, "block": int(bool(limit.block_s)),
-            "pkt_ns": pkt_ns, "pkt_tol": max(limit.burst - 1, 0) * pkt_ns,
-            "byte_ns16": byte_ns16, "byte_tol": (limit.burst_bytes * byte_ns16) >> abi.SW_LIM_NS16_SHIFT,
-            "block_ns": int(limit.block_s * 1e9),
-            "plen4": plen(limit, True), "plen6": plen(limit, False),
-            "mask4": {"m": _mask(limit.prefix4, True)}, "mask6": {"m": _mask(limit.prefix6, False)},
-        }
-
     def describe(self, image: Limits) -> list[str]:
         blocking = sum(1 for x in image.limits.values() if x.block_s)
         return [f"limit: {len(image.limits)} limits for {len(image.rules)} rules; "
-                f"{blocking} blocking (a lookup per packet per block prefix length); "
+                f"{blocking} blocking (a bit test per packet per block prefix length); "
                 f"buckets shared by all CPUs, at most {abi.SW_LIM_BUCKETS:,}; "
                 f"blocks at most {abi.SW_LIM_BLOCKS:,}"]
 
@@ -448,12 +436,9 @@ class Block:
     remaining_s: float
 
 
-def block_network(key: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    raw = bytes(key.addr)
-    length = int(key.plen)
-    if raw[:12] == bytes(10) + b"\xff\xff" and length >= 96:
-        return ipaddress.ip_network((raw[12:], length - 96))
-    return ipaddress.ip_network((raw, length))
+def block_network(key: Any) -> Network:
+    addr = from_key_bytes(bytes(key.addr))
+    return ipaddress.ip_network((addr, int(key.plen) - (96 if addr.version == 4 else 0)))
 
 
 def list_blocks(blocks: Any, now_ns: int | None = None) -> list[Block]:
@@ -470,7 +455,7 @@ _M64 = (1 << 64) - 1
 
 
 def block_bit(key: dict) -> int:
-    """A block key's bit in the presence bitmap, as sw_lim_block_bit() computes it."""
+    """A block key's bit in the presence bitmap, as sw_lim_block_word() computes it."""
     raw = bytes(key["addr"])
     w0, w1 = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
     h = ((w0 * 0x9E3779B97F4A7C15) & _M64) ^ w1
@@ -489,11 +474,10 @@ def rebuild_block_bits(blocks: Any, bits: Any) -> None:
     bits.update(0, {"word": words})
 
 
-def block_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict:
-    if net.version == 4:
-        return {"addr": list(bytes(10) + b"\xff\xff" + net.network_address.packed),
-                "plen": 96 + net.prefixlen}
-    return {"addr": list(net.network_address.packed), "plen": net.prefixlen}
+def block_key(net: Network) -> dict:
+    """The struct sw_block_key of a blocked prefix (the 16-byte key with its length)."""
+    key = lpm_key(net)
+    return {"addr": key["addr"], "plen": key["prefixlen"]}
 
 
 register(LimitStage())
