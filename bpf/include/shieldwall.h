@@ -52,6 +52,7 @@
 #define SW_R_ZERO_PORT 28
 #define SW_R_RATE_LIMITED 29
 #define SW_R_BLOCKED 30
+/* 31-35: the syn stage; 36-39: the reflection stage; 40-43: the icmp stage. */
 #define SW_R_MAX 64
 
 /* Which stage decided. Stage ids are fixed; their order in the chain is configuration. */
@@ -61,6 +62,9 @@
 #define SW_MOD_PROTECT 3
 #define SW_MOD_LIMIT 4
 #define SW_MOD_CONNTRACK 5
+#define SW_MOD_SYN 6
+#define SW_MOD_REFLECTION 7
+#define SW_MOD_ICMP 8
 #define SW_MOD_MAX 16
 
 /* Prefixes the fastpath lists hold, allow and deny together. */
@@ -381,6 +385,12 @@ struct sw_lim_stat {
 	__u64 bucketed;		/* packets that reached the bucket table (the rest: under the gate) */
 	__u64 blocks;		/* blocks it set */
 };
+
+/* -- the syn stage (bpf/stages/syn.bpf.c) ------------------------------------------ */
+
+/* -- the reflection stage (bpf/stages/reflection.bpf.c) ------------------------------ */
+
+/* -- the icmp stage (bpf/stages/icmp.bpf.c) ------------------------------------------ */
 
 /* Values of the fastpath's table, per source class: 0 for neither list. */
 #define SW_FP_NONE 0

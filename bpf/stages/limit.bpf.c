@@ -18,6 +18,7 @@
  * the rest of the stage on hosts where every call pays a return thunk. */
 #define SW_CLOCK_PERIOD_NS 1000000ULL
 #include "lib/clock.h"
+#include "lib/gcra.h"
 #include "lib/pipeline.h"
 
 const volatile struct sw_lim_consts sw_lim SEC(".rodata.lim") = {};
@@ -188,26 +189,6 @@ static __always_inline __u32 sw_lim_sketch_count(const struct sw_lim_key *key, _
 	return est;
 }
 
-/* GCRA on one theoretical arrival time: the packet fits when the bucket, after taking
- * `cost`, is no further ahead of now than the burst allows. A take that does not fit
- * is given back, so a source over its limit does not push its own refill away. */
-static __always_inline int sw_lim_take(__u64 *tat, __u64 now, __u64 cost, __u64 tol)
-{
-	__u64 t = *(volatile __u64 *)tat, old;
-
-	/* A key over its limit, the flood's usual case, is refused on a plain read: no
-	 * atomic operation, no cache line taken from the other CPUs. */
-	if (t > now + tol)
-		return 0;
-	if (t < now)	/* an idle bucket is full: catch up (one CPU wins) */
-		__sync_val_compare_and_swap(tat, t, now);
-	old = __sync_fetch_and_add(tat, cost);
-	if (old <= now + tol)
-		return 1;
-	__sync_fetch_and_sub(tat, cost);
-	return 0;
-}
-
 static __always_inline void sw_lim_key_of(struct sw_lim_key *key, const struct sw_pkt *pkt,
 					  const volatile struct sw_lim_def *d)
 {
@@ -288,11 +269,11 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 		if (!b)
 			return sw_missed(pkt);
 	}
-	fits = !d->pkt_ns || sw_lim_take(&b->tat_pkt, now, charge * d->pkt_ns, d->pkt_tol);
+	fits = !d->pkt_ns || sw_gcra_take(&b->tat_pkt, now, charge * d->pkt_ns, d->pkt_tol);
 	if (fits && d->byte_ns16) {
 		__u64 cost = ((__u64)charge * pkt->frame_len * d->byte_ns16) >> SW_LIM_NS16_SHIFT;
 
-		if (!sw_lim_take(&b->tat_byte, now, cost, d->byte_tol)) {
+		if (!sw_gcra_take(&b->tat_byte, now, cost, d->byte_tol)) {
 			fits = 0;
 			if (d->pkt_ns)
 				__sync_fetch_and_sub(&b->tat_pkt, charge * d->pkt_ns);

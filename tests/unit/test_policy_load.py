@@ -641,3 +641,18 @@ def test_registered_action_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(ACTIONS, "tally", ActionKind("tally", counts=True))
     policy = load(rules("- {name: r, action: tally}\n"))
     assert policy.rules[0].action is ACTIONS["tally"]
+
+
+# --- sections inside sections -------------------------------------------------------
+
+
+def test_a_dotted_key_is_handed_to_its_own_stage_only() -> None:
+    from shieldwall.policy.load import _own_part
+    owners = {"protect": object(), "protect.syn": object(), "limits": object()}
+    doc = {"protect": {"land": "drop", "syn": {"ports": [80]}}, "limits": {}}
+    assert _own_part(doc, ("protect",), owners) == {"protect": {"land": "drop"}}
+    assert _own_part(doc, ("protect.syn",), owners) == {"protect.syn": {"ports": [80]}}
+    # Absent, or its parent not a mapping (the parent's stage reports that): nothing.
+    assert _own_part({"protect": "x"}, ("protect.syn",), owners) == {}
+    assert _own_part({}, ("protect.syn",), owners) == {}
+    assert _own_part({"protect": "x"}, ("protect",), owners) == {"protect": "x"}

@@ -78,7 +78,8 @@ def parse_policy(
     adds prefixes to sets by name (live entries compiled in)."""
     v = Validator(source, Path(base_dir), capacity, files, extra)
     owners = policy_keys()
-    doc = v.mapping(data, "", _OWN_KEYS + tuple(owners), required=("version",))
+    top = tuple(dict.fromkeys(key.split(".")[0] for key in owners))
+    doc = v.mapping(data, "", _OWN_KEYS + top, required=("version",))
     if doc is None:
         raise PolicyError.of(v.issues)
     version = doc.get("version")
@@ -87,7 +88,7 @@ def parse_policy(
     v.read_sets(doc.get("sets", {}))
     sections = {}
     for stage in stages().values():
-        sections[stage.name] = stage.section({k: doc[k] for k in stage.keys if k in doc}, v)
+        sections[stage.name] = stage.section(_own_part(doc, stage.keys, owners), v)
     for stage in stages().values():
         sections[stage.name] = stage.link(sections[stage.name], sections, v)
     pipeline = _pipeline(doc.get("pipeline", {}), v)
@@ -102,6 +103,24 @@ def parse_policy(
         pipeline=pipeline,  # type: ignore[arg-type]
         sections=MappingProxyType(sections),
     )
+
+
+def _own_part(doc: dict, keys: tuple[str, ...], owners: Mapping[str, Any]) -> dict:
+    """A stage's keys of the document. A dotted key (`protect.syn`) is a sub-key that
+    another stage's section holds (`protect:`); that stage gets its section without
+    the sub-keys others own, so each validates only its own."""
+    part = {}
+    for key in keys:
+        head, _, sub = key.partition(".")
+        value = doc.get(head)
+        if sub:
+            if isinstance(value, dict) and sub in value:
+                part[key] = value[sub]
+        elif head in doc:
+            if isinstance(value, dict):
+                value = {k: x for k, x in value.items() if f"{head}.{k}" not in owners}
+            part[key] = value
+    return part
 
 
 def _pipeline(value: Any, v: Validator) -> Pipeline | None:

@@ -51,7 +51,8 @@ def stage(name: str) -> Stage:
 
 
 def policy_keys() -> dict[str, Stage]:
-    """Top-level policy keys -> the stage that owns them."""
+    """Policy keys -> the stage that owns them. A dotted key (`protect.syn`) is a sub-key
+    of another stage's section (policy/load.py hands each stage only its own)."""
     return {key: s for s in stages().values() for key in s.keys}
 
 

@@ -60,7 +60,8 @@ class StageBuild:
 class Stage:
     name: ClassVar[str]                      # what pipeline.stages calls it
     reasons: ClassVar[tuple[str, ...]] = ()  # reason codes it decides with (header SW_R_*)
-    keys: ClassVar[tuple[str, ...]] = ()     # top-level keys of the policy file it owns
+    keys: ClassVar[tuple[str, ...]] = ()     # keys of the policy file it owns; a dotted one
+                                             # (protect.syn) is a sub-key of another's section
     order: ClassVar[int]                     # its place in the default chain
     config_maps: ClassVar[MapTypes] = {}
     state_maps: ClassVar[MapTypes] = {}
