@@ -7,8 +7,11 @@ Each run measures, over the attack's seconds:
   to its p99 with no attack and no defense (idle, measured once at the start);
 - the attack's offered rate (frames the generator sent a second);
 - what the defense dropped, by reason (shieldwall's verdict counters, as `status
-  --json` shows them) or by rule (the peers' counters);
-- how many IP packets reached the server namespace's stack;
+  --json` shows them) or by rule (the peers' counters; nftables' SYNPROXY counts what
+  it took: SYNs it answered, ACKs it checked, and what it dropped as invalid);
+- how many IP packets reached the server namespace's stack, and what reached its TCP
+  listen path: handshakes it answered with its own SYN cookies, SYNs it dropped at a
+  full queue, connections it accepted (TCP_COUNTERS);
 - CPU: the busy and softirq shares of all CPUs (/proc/stat) during the attack. The
   receive side of a veth (its NAPI poll, XDP, the stack) runs in softirq; "busy" also
   holds the generator and the client, which share the machine.
@@ -28,7 +31,8 @@ from ..lab.attacks import HTTP_PORT, UDP_PORT, check_run, run_attack
 from ..lab.client import LegitClient, LegitResult
 from ..lab.peers import iptables as iptables_peer
 from ..lab.peers import nftables as nftables_peer
-from ..lab.peers.written import iptables_config, nft_ruleset
+from ..lab.peers.written import (SYNPROXY_SYSCTLS, iptables_config, nft_ruleset,
+                                 synproxy_ruleset, sysctls)
 from ..lab.scenarios import PEER_RULES, SCENARIOS, Scenario, shieldwall_policy
 from ..lab.servers import start_http_server, start_udp_echo
 from ..policy import parse_policy
@@ -62,14 +66,21 @@ def _shieldwall(topo: topology.LabTopology, s: Scenario) -> Iterator[Drops]:
 
 
 def _shieldwall_drops(topo: topology.LabTopology) -> dict[str, int]:
+    """Packets dropped by reason; those answered from XDP (SYN cookies) as
+    "answered:<reason>" beside them."""
     with enter_netns(topo.server_ns):
         report = lifecycle.status(topo.server_if)[0]
-    return {c["reason"]: c["packets"] for c in report.get("counters", ())
-            if c["action"] == "drop"}
+    return {c["reason"] if c["action"] == "drop" else f"answered:{c['reason']}": c["packets"]
+            for c in report.get("counters", ()) if c["action"] in ("drop", "tx")}
 
 
 @contextmanager
 def _nftables(topo: topology.LabTopology, s: Scenario) -> Iterator[Drops]:
+    if s.synproxy:
+        with sysctls(topo.server_ns, SYNPROXY_SYSCTLS), nftables_peer.installed(
+                topo.server_ns, synproxy_ruleset(topo.server_if, s.synproxy)) as handle:
+            yield handle.counters
+        return
     rules = {name: PEER_RULES[name] for name in s.peers}
     with nftables_peer.installed(topo.server_ns, nft_ruleset(rules, topo.server_if)) as handle:
         yield handle.counters
@@ -116,6 +127,25 @@ def stack_packets(netns: str) -> int:
     return v4 + v6
 
 
+# What a SYN flood does to the server's TCP: handshakes answered with the kernel's
+# own cookies, SYNs dropped at a full listen queue, and connections accepted.
+TCP_COUNTERS = ("SyncookiesSent", "SyncookiesRecv", "ListenOverflows", "ListenDrops",
+                "TCPReqQFullDrop", "PassiveOpens")
+
+
+def tcp_counters(netns: str) -> dict[str, int]:
+    """TCP_COUNTERS of the namespace's stack (/proc/net/netstat TcpExt, snmp Tcp)."""
+    found: dict[str, int] = {}
+    with enter_netns(netns):
+        for path in ("/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"):
+            with open(path) as f:
+                lines = f.read().splitlines()
+            for names, values in zip(lines[::2], lines[1::2]):
+                if names.startswith(("TcpExt:", "Tcp:")):
+                    found.update(zip(names.split()[1:], map(int, values.split()[1:])))
+    return {name: found.get(name, 0) for name in TCP_COUNTERS}
+
+
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     out = {k: n - before.get(k, 0) for k, n in after.items()}
     return {k: n for k, n in sorted(out.items()) if n}
@@ -138,6 +168,7 @@ def run_once(topo: topology.LabTopology, s: Scenario, defense: str, seconds: flo
     """One scenario under one defense: the attack for `seconds`, the client throughout."""
     with INSTALL[defense](topo, s) as drops:
         before, stack = drops(), stack_packets(topo.server_ns)
+        tcp = tcp_counters(topo.server_ns)
         with LegitClient(topo, seconds, PORTS) as client:
             cpu = cpu_times()
             sent = run_attack(s.attack, topo, seconds, rate)
@@ -145,11 +176,12 @@ def run_once(topo: topology.LabTopology, s: Scenario, defense: str, seconds: flo
             legit = client.result()
         dropped = _delta(before, drops())
         stack = stack_packets(topo.server_ns) - stack
+        tcp = _delta(tcp, tcp_counters(topo.server_ns))
     run = {"legit_success": round(legit.success, 4),
            "legit_p50_ms": _ms(legit.percentile(50)), "legit_p99_ms": _ms(legit.percentile(99)),
            "idle_p99_ms": _ms(idle_result.percentile(99)),
            "attack_mpps": round(sent.mpps, 3), "attack_frames": sent.sent,
-           "dropped": dropped, "server_stack_packets": stack, "cpu": cpu}
+           "dropped": dropped, "server_stack_packets": stack, "server_tcp": tcp, "cpu": cpu}
     return run
 
 
@@ -192,6 +224,10 @@ def summary(report: dict) -> str:
                 f"{_text(run['legit_p50_ms']):>8} {_text(run['legit_p99_ms']):>8} "
                 f"{_text(run['idle_p99_ms']):>8} {run['attack_mpps']:>6.3f} "
                 f"{run['server_stack_packets']:>11,} {run['cpu']['softirq']:>7.1%}  {dropped}")
+            handshakes = {k: n for k, n in run.get("server_tcp", {}).items() if k != "PassiveOpens"}
+            if handshakes:
+                lines.append(f"{'':<23} server TCP: " + ", ".join(
+                    f"{k} {n:,}" for k, n in handshakes.items()))
         if not entry["distinguishable"]:
             lines.append(f"{'':<10} not distinguishable: {entry['why']}")
     return "\n".join(lines)

@@ -46,6 +46,9 @@ class Part:
     kind: str            # syn, ack, udp, icmp, fragment-first, fragment-later
     sources: str
     dport: int | None = None
+    # TCP: the options a real stack's handshake carries (MSS, SACK, timestamps, window
+    # scale), so a SYN takes a SYN cookie's slowest path: every option encoded.
+    handshake: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,11 @@ class Attack:
     parts: tuple[Part, ...]  # drawn with equal weight per frame (repeat one to weigh it)
 
 
-def _many(kind: str, dport: int | None = None) -> tuple[Part, ...]:
+def _many(kind: str, dport: int | None = None, handshake: bool = False) -> tuple[Part, ...]:
     """A random-source flood: both IPv4 documentation /24s outside the lab's own, and
     twice the IPv6 /48, which holds the millions of sources."""
-    return (Part(kind, SPOOF_V4_A, dport), Part(kind, SPOOF_V4_B, dport),
-            Part(kind, SPOOF_V6, dport), Part(kind, SPOOF_V6, dport))
+    return tuple(Part(kind, prefix, dport, handshake)
+                 for prefix in (SPOOF_V4_A, SPOOF_V4_B, SPOOF_V6, SPOOF_V6))
 
 
 ATTACKS = {a.name: a for a in (
@@ -67,6 +70,12 @@ ATTACKS = {a.name: a for a in (
            _many("syn", HTTP_PORT)),
     Attack("ack", "ACK flood from random spoofed sources to the web port",
            _many("ack", HTTP_PORT)),
+    Attack("syn-spoofed", "SYN flood from random spoofed sources and ports to the web port, "
+           "each SYN with a real stack's options (MSS, SACK, timestamps, window scale)",
+           _many("syn", HTTP_PORT, handshake=True)),
+    Attack("syn-cookie-replay", "the handshake's last step forged: ACKs with timestamps and "
+           "a cookie-like ack number from random spoofed sources and ports to the web port",
+           _many("ack", HTTP_PORT, handshake=True)),
     Attack("udp", "UDP flood from random spoofed sources to random ports",
            _many("udp")),
     Attack("heavy", "one heavy-hitter source sending UDP to the served UDP port",
@@ -117,8 +126,17 @@ def _layers(part: Part, dst4: str, dst6: str):
     dport = part.dport if part.dport is not None else 1
     drawn = _PORTS | (0 if part.dport is not None else abi.SW_GEN_RW_DPORT)
     if part.kind in ("syn", "ack"):
-        return ip / TCP(sport=1, dport=dport, flags="S" if part.kind == "syn" else "A",
-                        seq=1, ack=0 if part.kind == "syn" else 1), drawn, _L4_CSUM["syn"]
+        syn = part.kind == "syn"
+        tcp = TCP(sport=1, dport=dport, flags="S" if syn else "A", seq=1, ack=0 if syn else 1)
+        if part.handshake:
+            # A cookie-like ack (a forged cookie is a 32-bit guess), and the timestamp
+            # echo the cookie's options would ride in.
+            tcp.seq, tcp.ack = (0x1D2C3B4A, 0) if syn else (0x1D2C3B4B, 0x6A5B4C3E)
+            tcp.window = 64240 if syn else 502
+            tcp.options = ([("MSS", 1460), ("SAckOK", b""), ("Timestamp", (0x11223344, 0)),
+                            ("NOP", None), ("WScale", 7)] if syn else
+                           [("NOP", None), ("NOP", None), ("Timestamp", (0x11223345, 0x6A5B4C00))])
+        return ip / tcp, drawn, _L4_CSUM["syn"]
     if part.kind == "udp":
         return ip / UDP(sport=1, dport=dport), drawn, _L4_CSUM["udp"]
     if part.kind == "icmp":
@@ -138,8 +156,11 @@ def _layers(part: Part, dst4: str, dst6: str):
 def template(part: Part, topo: LabTopology) -> Template:
     packet, rewrite, l4_csum = _layers(part, topo.server_v4, topo.server_v6)
     eth = Ether(dst=topo.server_mac, src=topo.outside_mac) / packet
-    # Zeros up to FRAME, as payload: scapy's lengths and checksums cover them.
-    frame = bytes(eth / Raw(bytes(FRAME - len(eth))))
+    # Zeros up to FRAME, as payload: scapy's lengths and checksums cover them. A
+    # handshake segment carries none (the zeros trail the IP packet, as an Ethernet
+    # pad does): a SYN cookie answers it with a frame of its own length.
+    frame = (bytes(eth) + bytes(FRAME - len(eth)) if part.handshake
+             else bytes(eth / Raw(bytes(FRAME - len(eth)))))
     net = ipaddress.ip_network(part.sources)
     family, l4 = ((abi.SW_FAMILY_IPV6, ETH_HLEN + 40) if net.version == 6
                   else (abi.SW_FAMILY_IPV4, ETH_HLEN + 20))

@@ -12,7 +12,8 @@ short definition and a new defense is one more piece.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .attacks import HTTP_PORT, UDP_PORT, Attack, attack
 from .peers.written import PeerRule
@@ -52,6 +53,16 @@ PEER_RULES = {
                         "-p ipv6-icmp --icmpv6-type echo-request"),
     "no-fragments": PeerRule(("ip frag-off & 0x3fff != 0",),
                              "-m u32 --u32 4&0x3FFF=0x1:0x3FFF", None),
+    # hashlimit's answer to a SYN flood: each source held to a rate (spoofed sources
+    # never repeat, so it holds none of them).
+    "syn-per-source": PeerRule(
+        (f"tcp dport {HTTP_PORT} tcp flags & (fin|syn|rst|ack) == syn meter syn4 size 65535 "
+         "{ ip saddr limit rate over 100/second burst 200 packets }",),
+        f"-p tcp --syn --dport {HTTP_PORT} -m hashlimit --hashlimit-above 100/sec "
+        "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-name syn4",
+        f"-p tcp --syn --dport {HTTP_PORT} -m hashlimit --hashlimit-above 100/sec "
+        "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-srcmask 64 "
+        "--hashlimit-name syn6"),
     "udp-per-source": PeerRule(
         ("meta l4proto udp meter udp4 size 65535 { ip saddr limit rate over 1000/second "
          "burst 2000 packets }",
@@ -71,6 +82,10 @@ class Scenario:
     limited: tuple[str, ...] = ()  # LIMITED rules
     peers: tuple[str, ...] = ()    # PEER_RULES; none: the peers are not run
     why: str = ""                  # why no defense tells the attack from the client
+    # Defenses of the protect section besides the anomaly filters (protect.syn, ...).
+    protect: dict[str, Any] = field(default_factory=dict)
+    # The nftables peer is its SYNPROXY on these ports instead of PEER_RULES.
+    synproxy: tuple[int, ...] = ()
 
     @property
     def distinguishable(self) -> bool:
@@ -81,13 +96,16 @@ class Scenario:
         return attack(self.name)
 
 
+# SYN cookies on the web port (docs/defenses.md, "SYN floods"): a SYN is answered from
+# XDP, and only an ACK that carries a valid cookie or belongs to a connection goes on.
+SYN_COOKIES = {"syn": {"ports": [HTTP_PORT], "mode": "cookie"}}
+
 SCENARIOS = (
-    Scenario("syn", why=f"SYNs from random sources to port {HTTP_PORT} are what the client "
-             "sends first; only SYN cookies, not built yet, would tell them apart"),
-    Scenario("ack", why=f"lone ACKs from random sources to port {HTTP_PORT}: only the state of "
-             "the connections clients open to the server tells them from the client's (the "
-             "connection state shieldwall keeps is of the flows the host opens itself; "
-             "nftables' conntrack picks a lone ACK up as a connection by default)"),
+    Scenario("syn", protect=SYN_COOKIES, peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
+    Scenario("syn-spoofed", protect=SYN_COOKIES, peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
+    Scenario("syn-cookie-replay", protect=SYN_COOKIES, peers=("syn-per-source",),
+             synproxy=(HTTP_PORT,)),
+    Scenario("ack", protect=SYN_COOKIES, peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
     Scenario("udp", rules=("udp-not-served",), peers=("udp-not-served",)),
     Scenario("heavy", limited=("udp",), peers=("udp-per-source",)),
     Scenario("slow", limited=("udp",), peers=("udp-per-source",),
@@ -96,9 +114,10 @@ SCENARIOS = (
     Scenario("icmp", rules=("no-echo-v4", "no-echo-v6"), peers=("no-echo",)),
     Scenario("fragments", rules=("no-fragments",), peers=("no-fragments",)),
     Scenario("mixed", rules=("no-fragments", "udp-not-served", "no-echo-v4", "no-echo-v6"),
-             limited=("udp",), peers=("no-fragments", "udp-not-served", "no-echo", "udp-per-source"),
-             why="in part: its SYN, ACK and slow shares are not (see those scenarios); its "
-             "UDP, ICMP, fragment and heavy-hitter shares are"),
+             limited=("udp",), protect=SYN_COOKIES,
+             peers=("no-fragments", "udp-not-served", "no-echo", "udp-per-source"),
+             why="in part: its slow share is not (see that scenario); its SYN, ACK, UDP, "
+             "ICMP, fragment and heavy-hitter shares are"),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -106,7 +125,7 @@ BY_NAME = {s.name: s for s in SCENARIOS}
 def shieldwall_policy(s: Scenario) -> dict:
     """The scenario's shieldwall policy document (what a policy file holds)."""
     rules = [{"name": name, **RULES[name]} for name in s.rules]
-    doc: dict = {"version": 1, "default_action": "pass", "protect": dict(PROTECT)}
+    doc: dict = {"version": 1, "default_action": "pass", "protect": {**PROTECT, **s.protect}}
     if s.limited:
         used = {LIMITED[name][1] for name in s.limited}
         doc["limits"] = {name: dict(LIMITS[name]) for name in sorted(used)}

@@ -508,6 +508,7 @@ class NftRuleset:
     device: str
     counters: bool
     differences: tuple[str, ...] = field(default=())
+    family: str = "netdev"  # the table's: a ruleset at other hooks (synproxy) is inet
 
 
 def nftables_ruleset(policy: Policy, device: str, *, table: str = DEFAULT_TABLE,
@@ -548,7 +549,7 @@ class NftInstalled(Installed):
     def counters(self) -> dict[str, int]:
         """Packets per rule name (and "(default)"), summed over both families; empty
         unless the ruleset was written with counters."""
-        out = _nft(self.netns, ["-j", "list", "table", "netdev", self.ruleset.table]).stdout
+        out = _nft(self.netns, ["-j", "list", "table", self.ruleset.family, self.ruleset.table]).stdout
         counts: dict[str, int] = {}
         for item in json.loads(out)["nftables"]:
             rule = item.get("rule")
@@ -567,8 +568,9 @@ def installed(netns: str, ruleset: NftRuleset | NotExpressible) -> Iterator[NftI
     exist yet: `create` refuses to merge into someone else's."""
     if isinstance(ruleset, NotExpressible):
         raise NotExpressibleError(ruleset)
-    _nft(netns, ["-f", "-"], stdin=f"create table netdev {ruleset.table}\n{ruleset.text}")
+    family = ruleset.family
+    _nft(netns, ["-f", "-"], stdin=f"create table {family} {ruleset.table}\n{ruleset.text}")
     try:
         yield NftInstalled(netns, ruleset)
     finally:
-        _nft(netns, ["delete", "table", "netdev", ruleset.table], check=False)
+        _nft(netns, ["delete", "table", family, ruleset.table], check=False)
