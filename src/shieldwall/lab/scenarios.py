@@ -52,6 +52,13 @@ PEER_RULES = {
                         "-p ipv6-icmp --icmpv6-type echo-request"),
     "no-fragments": PeerRule(("ip frag-off & 0x3fff != 0",),
                              "-m u32 --u32 4&0x3FFF=0x1:0x3FFF", None),
+    "echo-limit": PeerRule(
+        ("icmp type echo-request limit rate over 1000/second burst 1000 packets",
+         "icmpv6 type echo-request limit rate over 1000/second burst 1000 packets"),
+        "-p icmp --icmp-type echo-request -m hashlimit --hashlimit-above 1000/sec "
+        "--hashlimit-burst 1000 --hashlimit-name echo4",
+        "-p ipv6-icmp --icmpv6-type echo-request -m hashlimit --hashlimit-above 1000/sec "
+        "--hashlimit-burst 1000 --hashlimit-name echo6"),
     "udp-per-source": PeerRule(
         ("meta l4proto udp meter udp4 size 65535 { ip saddr limit rate over 1000/second "
          "burst 2000 packets }",
@@ -64,6 +71,12 @@ PEER_RULES = {
 }
 
 
+# Defenses under `protect:` of their own (docs/defenses.md), by name: their section.
+PROTECT_STAGES = {
+    "icmp": {},  # echo limited per type, unrelated errors dropped
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str                      # also the attack's name (attacks.ATTACKS)
@@ -71,6 +84,7 @@ class Scenario:
     limited: tuple[str, ...] = ()  # LIMITED rules
     peers: tuple[str, ...] = ()    # PEER_RULES; none: the peers are not run
     why: str = ""                  # why no defense tells the attack from the client
+    protects: tuple[str, ...] = () # PROTECT_STAGES in force
 
     @property
     def distinguishable(self) -> bool:
@@ -95,6 +109,12 @@ SCENARIOS = (
              "a per-source limit never triggers, and a global one drops the client too"),
     Scenario("icmp", rules=("no-echo-v4", "no-echo-v6"), peers=("no-echo",)),
     Scenario("fragments", rules=("no-fragments",), peers=("no-fragments",)),
+    # The peers limit echo requests per type (nftables `limit rate over`, iptables
+    # hashlimit without a key: one bucket per type, as shieldwall's). Neither can tell a
+    # forged error from a real one at ingress: nftables' netdev hook has no connection
+    # state, and conntrack's RELATED (in the raw table's stead) only knows the flows it
+    # tracked, not the host's sockets; so the forged errors reach the server's stack.
+    Scenario("icmp-flood", protects=("icmp",), peers=("echo-limit",)),
     Scenario("mixed", rules=("no-fragments", "udp-not-served", "no-echo-v4", "no-echo-v6"),
              limited=("udp",), peers=("no-fragments", "udp-not-served", "no-echo", "udp-per-source"),
              why="in part: its SYN, ACK and slow shares are not (see those scenarios); its "
@@ -107,6 +127,7 @@ def shieldwall_policy(s: Scenario) -> dict:
     """The scenario's shieldwall policy document (what a policy file holds)."""
     rules = [{"name": name, **RULES[name]} for name in s.rules]
     doc: dict = {"version": 1, "default_action": "pass", "protect": dict(PROTECT)}
+    doc["protect"].update({name: dict(PROTECT_STAGES[name]) for name in s.protects})
     if s.limited:
         used = {LIMITED[name][1] for name in s.limited}
         doc["limits"] = {name: dict(LIMITS[name]) for name in sorted(used)}
