@@ -271,3 +271,18 @@ def test_monitor_counts_and_passes(pipeline, cpu):
         assert pipeline.run(v4("198.51.100.1", ICMP(type=8)), cpu).action == "pass"
         assert pipeline.run(frame, cpu).reason == "default"
     assert counts(pipeline)[slot_index(4, 3)]["unrelated"] - before == 5
+
+
+def test_buckets_and_counts_survive_a_reload(pipeline, cpu):
+    load(pipeline, {"rates": {"echo_request": {"pps": 1, "burst": 1}}})
+    echo = v4("198.51.100.1", ICMP(type=8))
+    assert pipeline.run(echo, cpu).action == "pass"
+    assert pipeline.run(echo, cpu).reason == "icmp_limited"
+    before = counts(pipeline)[slot_index(4, 8)]
+    policy = parse_policy({"version": 1, "default_action": "pass",
+                           "protect": {"icmp": {"rates": {"echo_request": {"pps": 1, "burst": 1},
+                                                          "icmp/13": {"pps": 5}}}}}, "p.yaml", ".")
+    pipeline.apply(configure(policy))  # state maps are kept, as a reload keeps them
+    assert pipeline.run(echo, cpu).reason == "icmp_limited"
+    after = counts(pipeline)[slot_index(4, 8)]
+    assert (after["passed"], after["limited"]) == (before["passed"], before["limited"] + 1)
