@@ -402,6 +402,7 @@ struct sw_lim_stat {
 #define SW_R_ICMP_LIMITED 41
 #define SW_ICMP_SLOTS 512
 #define SW_ICMP_LIMITS 16
+#define SW_ICMP_INNER_EXT 2	/* IPv6 extension headers walked in an error's embedded packet */
 
 struct sw_icmp_def {
 	__u64 pkt_ns;		/* ns per packet */

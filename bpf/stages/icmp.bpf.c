@@ -43,7 +43,6 @@ SW_CLOCK_MAP(sw_icmp_clock);
 /* What an error quotes of the packet it is about beyond its IP header (RFC 792): the
  * ports of TCP and UDP, an echo's identifier. */
 #define INNER_L4_MIN 8
-#define INNER_EXT_MAX 2
 
 static __always_inline int sw_icmp_is_error(const struct sw_pkt *pkt)
 {
@@ -119,7 +118,7 @@ static __always_inline int sw_icmp_inner6(struct xdp_md *ctx, const struct sw_pk
 	next = ip[6];
 	*off += 40;
 #pragma unroll
-	for (int i = 0; i < INNER_EXT_MAX; i++) {
+	for (int i = 0; i < SW_ICMP_INNER_EXT; i++) {
 		__u8 *h;
 
 		if (next == IPPROTO_FRAGMENT_) {

@@ -15,10 +15,10 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS,
                                 ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6PacketTooBig, ICMPv6TimeExceeded,
-                                IPv6, IPv6ExtHdrFragment)
+                                IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -116,13 +116,22 @@ def v6(src: str, upper) -> bytes:
 
 
 def inner(family: int, proto: str, sport: int, dport: int, src: str | None = None,
-          dst: str | None = None, cut: int = 0):
-    """The start of a packet the host is said to have sent."""
+          dst: str | None = None, cut: int = 0, ext: str = ""):
+    """The start of a packet the host is said to have sent: its IP header (with IPv4
+    options, or IPv6 extension headers: `ext`) and 8 bytes of its payload."""
     src, dst = src or HOST[family], dst or HOST[family]
     l4 = {"tcp": TCP(sport=sport, dport=dport, flags="A"), "udp": UDP(sport=sport, dport=dport),
           "echo": ICMP(type=8, id=sport) if family == 4 else ICMPv6EchoRequest(id=sport)}[proto]
-    raw = bytes((IP(src=src, dst=dst) if family == 4 else IPv6(src=src, dst=dst)) / l4)
-    return Raw(raw[:len(raw) - cut] if cut else raw[:(20 if family == 4 else 40) + 8])
+    if family == 4:
+        ip = IP(src=src, dst=dst, options=[IPOption_NOP()] * 4 if ext else [])
+    else:
+        ip = IPv6(src=src, dst=dst)
+        for kind in ext.split("+") if ext else ():
+            ip = ip / {"hop": IPv6ExtHdrHopByHop(), "frag": IPv6ExtHdrFragment(offset=0, m=1),
+                       "later": IPv6ExtHdrFragment(offset=5), "route": IPv6ExtHdrRouting()}[kind]
+    raw = bytes(ip / l4)
+    keep = len(raw) - len(bytes(l4)) + 8
+    return Raw(raw[:len(raw) - cut] if cut else raw[:keep])
 
 
 def error(family: int, kind: str, embedded) -> bytes:
@@ -176,7 +185,8 @@ def frames(sockets: Sockets):
         src_in = ROUTERS[family][1] if miss == "source" else None
         dst_in = ROUTERS[family][1] if miss == "peer" else None
         cut = draw(st.integers(1, 12)) if miss == "cut" else 0
-        embedded = inner(family, proto, sport, dport, src_in, dst_in, cut)
+        ext = draw(st.sampled_from(["", "", "", "hop", "frag", "later", "hop+frag", "hop+route+frag"]))
+        embedded = inner(family, proto, sport, dport, src_in, dst_in, cut, ext if family == 6 else ext[:1])
         return error(family, draw(st.sampled_from(["frag_needed", "unreach", "ttl", "param",
                                                    "redirect"])), embedded)
     return draw_frame()

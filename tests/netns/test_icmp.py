@@ -7,7 +7,6 @@ neighbor discovery keeps working under an ICMPv6 flood."""
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 

@@ -265,7 +265,7 @@ def embedded_flow(frame: bytes, pkt: ParsedPacket) -> tuple[int, bytes, int, byt
         if len(inner) < 40 or inner[0] >> 4 != 6 or inner[8:24] != pkt.dst:
             return None
         src, dst, proto, at = inner[8:24], inner[24:40], inner[6], 40
-        for _ in range(2):
+        for _ in range(abi.SW_ICMP_INNER_EXT):
             if proto == 44:
                 h = inner[at:at + 8]
                 if len(h) < 8 or (h[2] << 8 | (h[3] & 0xF8)):
