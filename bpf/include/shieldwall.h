@@ -392,6 +392,43 @@ struct sw_lim_stat {
 
 /* -- the icmp stage (bpf/stages/icmp.bpf.c) ------------------------------------------ */
 
+/*
+ * ICMP and ICMPv6 (docs/defenses.md, "ICMP"): a shared GCRA bucket per (family, type)
+ * for the types the policy limits, and errors whose embedded packet is no flow of this
+ * host dropped. Neighbor discovery (ICMPv6 133-137) is handed on untouched. A slot is
+ * the ICMP type for IPv4 and 256 + the type for IPv6.
+ */
+#define SW_R_ICMP_UNRELATED 40
+#define SW_R_ICMP_LIMITED 41
+#define SW_ICMP_SLOTS 512
+#define SW_ICMP_LIMITS 16
+#define SW_ICMP_INNER_EXT 2	/* IPv6 extension headers walked in an error's embedded packet */
+
+struct sw_icmp_def {
+	__u64 pkt_ns;		/* ns per packet */
+	__u64 pkt_tol;		/* ns of burst: (burst - 1) packets */
+};
+
+struct sw_icmp_consts {
+	__u32 unrelated;	/* SW_PROT_OFF, _MONITOR or _DROP */
+	__u32 nlimits;
+	__u8 slot[512];		/* per slot: its limit's index + 1; 0: not limited */
+	struct sw_icmp_def def[16];
+};
+
+/* Per slot, shared by every CPU (a state map: kept across reloads). */
+struct sw_icmp_bucket {
+	__u64 tat;		/* ns of the stage's clock: when the bucket is full again */
+};
+
+/* Per slot, per CPU. */
+struct sw_icmp_stat {
+	__u64 passed;		/* handed on by this stage */
+	__u64 limited;		/* dropped over the type's limit */
+	__u64 unrelated;	/* errors about no flow of this host (dropped, or counted in monitor mode) */
+	__u64 pad0;
+};
+
 /* Values of the fastpath's table, per source class: 0 for neither list. */
 #define SW_FP_NONE 0
 

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -43,7 +43,8 @@ class Part:
     host bits the generator draws per frame; a /32 or /128 is one source) and where it
     goes (dport None: a port drawn per frame)."""
 
-    kind: str            # syn, ack, udp, icmp, fragment-first, fragment-later
+    kind: str            # syn, ack, udp, icmp, fragment-first, fragment-later,
+                         # icmp-forged-unreach, icmp-forged-frag, icmp-forged-too-big
     sources: str
     dport: int | None = None
     # TCP: the options a real stack's handshake carries (MSS, SACK, timestamps, window
@@ -87,6 +88,11 @@ ATTACKS = {a.name: a for a in (
            "datagram each) from random spoofed sources",
            (Part("fragment-first", SPOOF_V4_A), Part("fragment-later", SPOOF_V4_A),
             Part("fragment-first", SPOOF_V4_B), Part("fragment-later", SPOOF_V4_B))),
+    Attack("icmp-flood", "ICMP and ICMPv6 echo requests from random spoofed sources, and a "
+           "share of forged errors (destination unreachable, fragmentation needed, packet "
+           "too big) embedding a header of no flow of the server",
+           (*_many("icmp"), Part("icmp-forged-unreach", SPOOF_V4_A),
+            Part("icmp-forged-frag", SPOOF_V4_B), Part("icmp-forged-too-big", SPOOF_V6))),
     Attack("mixed", "one of each: SYN, ACK, UDP, ICMP, fragments, the heavy hitter and "
            "the slow sources", (
                Part("syn", SPOOF_V4_A, HTTP_PORT), Part("ack", SPOOF_V6, HTTP_PORT),
@@ -143,6 +149,8 @@ def _layers(part: Part, dst4: str, dst6: str):
         if v6:
             return ip / ICMPv6EchoRequest(), abi.SW_GEN_RW_CSUM, _L4_CSUM["icmp6"]
         return ip / ICMP(type=8), abi.SW_GEN_RW_CSUM, 0
+    if part.kind.startswith("icmp-forged"):
+        return _forged_error(part.kind, ip, dst4, dst6)
     if part.kind.startswith("fragment") and not v6:
         # A first fragment's UDP checksum covers a datagram that never completes.
         if part.kind == "fragment-first":
@@ -151,6 +159,23 @@ def _layers(part: Part, dst4: str, dst6: str):
         ip.proto, ip.flags, ip.frag = 17, "MF", 185  # 1480 bytes in: a later one
         return ip, abi.SW_GEN_RW_IPID | abi.SW_GEN_RW_CSUM, 0
     raise ValueError(f"no template for {part.kind} from {part.sources}")
+
+
+# What a forged error claims the server sent: a UDP query to a peer, from a port no
+# socket of the server holds (its embedded header is junk to the server).
+_FORGED_PEER = {4: "198.51.100.250", 6: "2001:db8:5::250"}
+
+
+def _forged_error(kind: str, ip, dst4: str, dst6: str):
+    """An ICMP error about a packet the server never sent; only the outer source is
+    drawn per frame (ICMPv4's checksum does not cover it, ICMPv6's is made right)."""
+    if kind == "icmp-forged-too-big":
+        inner = IPv6(src=dst6, dst=_FORGED_PEER[6]) / UDP(sport=33333, dport=UDP_PORT)
+        return (ip / ICMPv6PacketTooBig(mtu=1280) / Raw(bytes(inner)[:48]), abi.SW_GEN_RW_CSUM,
+                _L4_CSUM["icmp6"])
+    inner = IP(src=dst4, dst=_FORGED_PEER[4]) / UDP(sport=33333, dport=UDP_PORT)
+    head = ICMP(type=3, code=4, nexthopmtu=576) if kind == "icmp-forged-frag" else ICMP(type=3, code=3)
+    return ip / head / Raw(bytes(inner)[:28]), abi.SW_GEN_RW_CSUM, 0
 
 
 def template(part: Part, topo: LabTopology) -> Template:

@@ -12,8 +12,7 @@ short definition and a new defense is one more piece.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from .attacks import HTTP_PORT, UDP_PORT, Attack, attack
 from .peers.written import PeerRule
@@ -63,6 +62,13 @@ PEER_RULES = {
         f"-p tcp --syn --dport {HTTP_PORT} -m hashlimit --hashlimit-above 100/sec "
         "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-srcmask 64 "
         "--hashlimit-name syn6"),
+    "echo-limit": PeerRule(
+        ("icmp type echo-request limit rate over 1000/second burst 1000 packets",
+         "icmpv6 type echo-request limit rate over 1000/second burst 1000 packets"),
+        "-p icmp --icmp-type echo-request -m hashlimit --hashlimit-above 1000/sec "
+        "--hashlimit-burst 1000 --hashlimit-name echo4",
+        "-p ipv6-icmp --icmpv6-type echo-request -m hashlimit --hashlimit-above 1000/sec "
+        "--hashlimit-burst 1000 --hashlimit-name echo6"),
     "udp-per-source": PeerRule(
         ("meta l4proto udp meter udp4 size 65535 { ip saddr limit rate over 1000/second "
          "burst 2000 packets }",
@@ -75,6 +81,15 @@ PEER_RULES = {
 }
 
 
+# Defenses under `protect:` of their own (docs/defenses.md), by name: their section.
+PROTECT_STAGES = {
+    "icmp": {},  # echo limited per type, unrelated errors dropped
+    # SYNs to the web port answered from XDP with cookies; only an ACK with a valid
+    # cookie, or of a connection, goes on.
+    "syn": {"ports": [HTTP_PORT], "mode": "cookie"},
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str                      # also the attack's name (attacks.ATTACKS)
@@ -82,8 +97,7 @@ class Scenario:
     limited: tuple[str, ...] = ()  # LIMITED rules
     peers: tuple[str, ...] = ()    # PEER_RULES; none: the peers are not run
     why: str = ""                  # why no defense tells the attack from the client
-    # Defenses of the protect section besides the anomaly filters (protect.syn, ...).
-    protect: dict[str, Any] = field(default_factory=dict)
+    protects: tuple[str, ...] = ()  # PROTECT_STAGES in force
     # The nftables peer is its SYNPROXY on these ports instead of PEER_RULES.
     synproxy: tuple[int, ...] = ()
 
@@ -96,16 +110,12 @@ class Scenario:
         return attack(self.name)
 
 
-# SYN cookies on the web port (docs/defenses.md, "SYN floods"): a SYN is answered from
-# XDP, and only an ACK that carries a valid cookie or belongs to a connection goes on.
-SYN_COOKIES = {"syn": {"ports": [HTTP_PORT], "mode": "cookie"}}
-
 SCENARIOS = (
-    Scenario("syn", protect=SYN_COOKIES, peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
-    Scenario("syn-spoofed", protect=SYN_COOKIES, peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
-    Scenario("syn-cookie-replay", protect=SYN_COOKIES, peers=("syn-per-source",),
+    Scenario("syn", protects=("syn",), peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
+    Scenario("syn-spoofed", protects=("syn",), peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
+    Scenario("syn-cookie-replay", protects=("syn",), peers=("syn-per-source",),
              synproxy=(HTTP_PORT,)),
-    Scenario("ack", protect=SYN_COOKIES, peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
+    Scenario("ack", protects=("syn",), peers=("syn-per-source",), synproxy=(HTTP_PORT,)),
     Scenario("udp", rules=("udp-not-served",), peers=("udp-not-served",)),
     Scenario("heavy", limited=("udp",), peers=("udp-per-source",)),
     Scenario("slow", limited=("udp",), peers=("udp-per-source",),
@@ -113,8 +123,14 @@ SCENARIOS = (
              "a per-source limit never triggers, and a global one drops the client too"),
     Scenario("icmp", rules=("no-echo-v4", "no-echo-v6"), peers=("no-echo",)),
     Scenario("fragments", rules=("no-fragments",), peers=("no-fragments",)),
+    # The peers limit echo requests per type (nftables `limit rate over`, iptables
+    # hashlimit without a key: one bucket per type, as shieldwall's). Neither can tell a
+    # forged error from a real one at ingress: nftables' netdev hook has no connection
+    # state, and conntrack's RELATED (in the raw table's stead) only knows the flows it
+    # tracked, not the host's sockets; so the forged errors reach the server's stack.
+    Scenario("icmp-flood", protects=("icmp",), peers=("echo-limit",)),
     Scenario("mixed", rules=("no-fragments", "udp-not-served", "no-echo-v4", "no-echo-v6"),
-             limited=("udp",), protect=SYN_COOKIES,
+             limited=("udp",), protects=("syn",),
              peers=("no-fragments", "udp-not-served", "no-echo", "udp-per-source"),
              why="in part: its slow share is not (see that scenario); its SYN, ACK, UDP, "
              "ICMP, fragment and heavy-hitter shares are"),
@@ -125,7 +141,8 @@ BY_NAME = {s.name: s for s in SCENARIOS}
 def shieldwall_policy(s: Scenario) -> dict:
     """The scenario's shieldwall policy document (what a policy file holds)."""
     rules = [{"name": name, **RULES[name]} for name in s.rules]
-    doc: dict = {"version": 1, "default_action": "pass", "protect": {**PROTECT, **s.protect}}
+    doc: dict = {"version": 1, "default_action": "pass", "protect": dict(PROTECT)}
+    doc["protect"].update({name: dict(PROTECT_STAGES[name]) for name in s.protects})
     if s.limited:
         used = {LIMITED[name][1] for name in s.limited}
         doc["limits"] = {name: dict(LIMITS[name]) for name in sorted(used)}

@@ -467,6 +467,10 @@ _NO_STAND_IN = {
                  "after the hook the peer filters at (netdev ingress, raw PREROUTING, XDP): "
                  "`ct state established` or `-m conntrack --ctstate ESTABLISHED` know no "
                  "state there",
+    "icmp": "per-type limits it could say (`limit rate` / hashlimit per ICMP type), but "
+            "not which errors are about the host's own flows: that needs the host's "
+            "sockets, and conntrack's RELATED knows only the flows conntrack tracked, "
+            "after the hook the peer filters at",
 }
 
 
