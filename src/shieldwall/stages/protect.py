@@ -135,9 +135,14 @@ class ProtectStage(Stage):
     def section(self, doc: dict, v: Validator) -> Protect | None:
         if "protect" not in doc:
             return None
-        spec = v.mapping(doc["protect"], "protect", tuple(FILTERS))
+        # Sub-keys other stages own (protect.syn, ...) never reach here, but an unknown
+        # key's hint names them too.
+        from . import policy_keys
+        others = tuple(k.split(".", 1)[1] for k in policy_keys() if k.startswith("protect."))
+        spec = v.mapping(doc["protect"], "protect", tuple(FILTERS) + others)
         if spec is None:
             return None
+        spec = {k: value for k, value in spec.items() if k in FILTERS}
         modes = dict(DEFAULT_MODES)
         own = "except"
         extra: list[Network] = []
