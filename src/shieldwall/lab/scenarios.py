@@ -64,6 +64,27 @@ PEER_RULES = {
 }
 
 
+# Sub-sections of `protect:` a scenario turns on (the stages that own them, with their
+# defaults).
+PROTECT_SUB = {"reflection": {}}
+
+# The reflector source ports of the reflection stage's default list; the peers' rate
+# limit per reflector. Neither peer can ask for "a reply to the host's own query": their
+# hooks (nftables netdev ingress, iptables raw) run before connection tracking, where
+# `ct state established` is unknown; a later hook would meet the flood after the stack
+# has built an sk_buff and a conntrack entry for each of its packets.
+REFLECTOR_PORTS = "19,53,111,123,161,389,1900,3702,5353,11211,37810"
+PEER_RULES["reflectors-per-source"] = PeerRule(
+    (f"udp sport {{ {REFLECTOR_PORTS.replace(',', ', ')} }} meter refl4 size 65535 {{ ip saddr "
+     "limit rate over 100/second burst 200 packets }",
+     f"udp sport {{ {REFLECTOR_PORTS.replace(',', ', ')} }} meter refl6 size 65535 {{ ip6 saddr "
+     "limit rate over 100/second burst 200 packets }"),
+    f"-p udp -m multiport --sports {REFLECTOR_PORTS} -m hashlimit --hashlimit-above 100/sec "
+    "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-name refl4",
+    f"-p udp -m multiport --sports {REFLECTOR_PORTS} -m hashlimit --hashlimit-above 100/sec "
+    "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-name refl6")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str                      # also the attack's name (attacks.ATTACKS)
@@ -71,6 +92,7 @@ class Scenario:
     limited: tuple[str, ...] = ()  # LIMITED rules
     peers: tuple[str, ...] = ()    # PEER_RULES; none: the peers are not run
     why: str = ""                  # why no defense tells the attack from the client
+    protected: tuple[str, ...] = ()  # PROTECT_SUB sections in force
 
     @property
     def distinguishable(self) -> bool:
@@ -100,6 +122,9 @@ SCENARIOS = (
              why="in part: its SYN, ACK and slow shares are not (see those scenarios); its "
              "UDP, ICMP, fragment and heavy-hitter shares are"),
 )
+SCENARIOS += tuple(
+    Scenario(name, protected=("reflection",), peers=("reflectors-per-source",))
+    for name in ("dns-amplification", "ntp-amplification", "memcached-amplification"))
 BY_NAME = {s.name: s for s in SCENARIOS}
 
 
@@ -113,5 +138,7 @@ def shieldwall_policy(s: Scenario) -> dict:
         rules += [{"name": name, "match": LIMITED[name][0], "action": {"limit": LIMITED[name][1]}}
                   for name in s.limited]
     doc["rules"] = rules
+    for name in s.protected:
+        doc["protect"][name] = dict(PROTECT_SUB[name])
     return doc
 
