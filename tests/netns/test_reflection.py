@@ -145,3 +145,24 @@ def test_the_per_reflector_limit_passes_about_its_rate(lab, tmp_path):
     low, high = pps * sent.seconds + burst, pps * seconds + burst
     assert 0.9 * low <= passed <= 1.1 * high, (passed, sent, seconds)
     assert limited > 0.4 * sent.sent, (limited, sent)
+
+
+def test_the_dns_amplification_scenario_end_to_end():
+    from shieldwall.cli.scenariobench import DEFENSES, run_scenarios, summary
+    from shieldwall.lab.scenarios import BY_NAME
+
+    report = run_scenarios(2.0, scenarios=(BY_NAME["dns-amplification"],))
+    (entry,) = report["scenarios"]
+    assert entry["distinguishable"] and set(DEFENSES) <= set(entry)
+    for defense in DEFENSES:
+        assert entry[defense]["host_queries"] > 20, defense
+    bare, sw = entry["unprotected"], entry["shieldwall"]
+    assert bare["server_stack_packets"] > bare["attack_frames"] // 2
+    dropped = sum(sw["dropped"].get(r, 0) for r in ("reflection", "reflection_fragment", "zero_port"))
+    assert dropped >= 0.8 * sw["attack_frames"], sw
+    assert sw["server_stack_packets"] < 0.02 * sw["attack_frames"], sw
+    assert sw["host_success"] >= 0.99 and sw["legit_success"] >= 0.9, sw
+    # The peers' per-reflector limit: each spoofed reflector stays under it.
+    for peer in ("nftables", "iptables"):
+        assert entry[peer]["server_stack_packets"] > entry[peer]["attack_frames"] // 2, entry[peer]
+    assert "the host's own DNS and NTP queries" in summary(report)

@@ -9,6 +9,8 @@ Each run measures, over the attack's seconds:
 - what the defense dropped, by reason (shieldwall's verdict counters, as `status
   --json` shows them) or by rule (the peers' counters);
 - how many IP packets reached the server namespace's stack;
+- for the reflected floods, the protected host's own DNS resolutions (against dnsmasq
+  outside) and NTP queries: their success rate and p99 latency;
 - CPU: the busy and softirq shares of all CPUs (/proc/stat) during the attack. The
   receive side of a veth (its NAPI poll, XDP, the stack) runs in softirq; "busy" also
   holds the generator and the client, which share the machine.
@@ -17,7 +19,7 @@ Everything runs inside a lab built for this run, never on the host's interfaces.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Callable, Iterator
 
 from ..config import Config, configure
@@ -25,12 +27,13 @@ from ..engine import lifecycle
 from ..kernel.netns import enter_netns
 from ..lab import topology
 from ..lab.attacks import HTTP_PORT, UDP_PORT, check_run, run_attack
-from ..lab.client import LegitClient, LegitResult
+from ..lab.client import HostQueries, LegitClient, LegitResult
 from ..lab.peers import iptables as iptables_peer
 from ..lab.peers import nftables as nftables_peer
 from ..lab.peers.written import iptables_config, nft_ruleset
 from ..lab.scenarios import PEER_RULES, SCENARIOS, Scenario, shieldwall_policy
-from ..lab.servers import start_http_server, start_udp_echo
+from ..lab.servers import (LAB_NAMES, NTP_V4, RESOLVER_V4, start_http_server,
+                           start_ntp_server, start_resolver, start_udp_echo)
 from ..policy import parse_policy
 
 PORTS = {"http": HTTP_PORT, "tcp": HTTP_PORT, "udp": UDP_PORT}
@@ -136,13 +139,16 @@ def idle(topo: topology.LabTopology, seconds: float) -> LegitResult:
 def run_once(topo: topology.LabTopology, s: Scenario, defense: str, seconds: float,
              rate: int | None, idle_result: LegitResult) -> dict:
     """One scenario under one defense: the attack for `seconds`, the client throughout."""
+    host_queries = (HostQueries(topo, seconds, RESOLVER_V4, NTP_V4, list(LAB_NAMES))
+                    if s.host_queries else nullcontext())
     with INSTALL[defense](topo, s) as drops:
         before, stack = drops(), stack_packets(topo.server_ns)
-        with LegitClient(topo, seconds, PORTS) as client:
+        with LegitClient(topo, seconds, PORTS) as client, host_queries as host:
             cpu = cpu_times()
             sent = run_attack(s.attack, topo, seconds, rate)
             cpu = cpu_share(cpu, cpu_times())
             legit = client.result()
+            own = host.result() if host is not None else None
         dropped = _delta(before, drops())
         stack = stack_packets(topo.server_ns) - stack
     run = {"legit_success": round(legit.success, 4),
@@ -150,6 +156,10 @@ def run_once(topo: topology.LabTopology, s: Scenario, defense: str, seconds: flo
            "idle_p99_ms": _ms(idle_result.percentile(99)),
            "attack_mpps": round(sent.mpps, 3), "attack_frames": sent.sent,
            "dropped": dropped, "server_stack_packets": stack, "cpu": cpu}
+    if own is not None:
+        run["host_success"] = round(own.success, 4)
+        run["host_queries"] = own.requests
+        run["host_p99_ms"] = _ms(own.percentile(99))
     return run
 
 
@@ -165,7 +175,10 @@ def run_scenarios(seconds: float = 5.0, rate: int | None = None,
     lifetime = seconds + runs * (seconds + RUN_OVERHEAD) + 60
     out = []
     with topology.lab() as topo, start_http_server(topo, HTTP_PORT, lifetime=lifetime), \
-            start_udp_echo(topo, UDP_PORT, lifetime=lifetime):
+            start_udp_echo(topo, UDP_PORT, lifetime=lifetime), ExitStack() as services:
+        if any(s.host_queries for s in scenarios):
+            services.enter_context(start_resolver(topo, lifetime))
+            services.enter_context(start_ntp_server(topo, lifetime))
         idle_result = idle(topo, seconds)
         for s in scenarios:
             entry: dict = {"name": s.name, "distinguishable": s.distinguishable}
@@ -192,6 +205,10 @@ def summary(report: dict) -> str:
                 f"{_text(run['legit_p50_ms']):>8} {_text(run['legit_p99_ms']):>8} "
                 f"{_text(run['idle_p99_ms']):>8} {run['attack_mpps']:>6.3f} "
                 f"{run['server_stack_packets']:>11,} {run['cpu']['softirq']:>7.1%}  {dropped}")
+            if "host_success" in run:
+                lines.append(f"{'':<10} {defense:<12} the host's own DNS and NTP queries: "
+                             f"{run['host_success']:.1%} of {run['host_queries']:,}, p99 "
+                             f"{_text(run['host_p99_ms'])} ms")
         if not entry["distinguishable"]:
             lines.append(f"{'':<10} not distinguishable: {entry['why']}")
     return "\n".join(lines)

@@ -93,6 +93,7 @@ class Scenario:
     peers: tuple[str, ...] = ()    # PEER_RULES; none: the peers are not run
     why: str = ""                  # why no defense tells the attack from the client
     protected: tuple[str, ...] = ()  # PROTECT_SUB sections in force
+    host_queries: bool = False     # the protected host's own DNS and NTP queries run too
 
     @property
     def distinguishable(self) -> bool:
@@ -123,7 +124,7 @@ SCENARIOS = (
              "UDP, ICMP, fragment and heavy-hitter shares are"),
 )
 SCENARIOS += tuple(
-    Scenario(name, protected=("reflection",), peers=("reflectors-per-source",))
+    Scenario(name, protected=("reflection",), peers=("reflectors-per-source",), host_queries=True)
     for name in ("dns-amplification", "ntp-amplification", "memcached-amplification"))
 BY_NAME = {s.name: s for s in SCENARIOS}
 
