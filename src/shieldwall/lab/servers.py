@@ -43,7 +43,9 @@ while (left := deadline - time.monotonic()) > 0:
                 pass
 """
 
-_UDP_ECHO = """
+# A UDP server's loop: each datagram goes to answer(data), whose reply (None: none) is
+# sent back to its peer.
+_UDP_SERVER = """
 import selectors, socket, sys, time
 lifetime, port, addrs = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 deadline = time.monotonic() + lifetime
@@ -57,10 +59,14 @@ while (left := deadline - time.monotonic()) > 0:
     for key, _ in sel.select(min(left, 1.0)):
         try:
             data, peer = key.fileobj.recvfrom(65535)
-            key.fileobj.sendto(data, peer)
+            reply = answer(data)
+            if reply is not None:
+                key.fileobj.sendto(reply, peer)
         except OSError:
             pass
 """
+
+_UDP_ECHO = "def answer(data):\n    return data\n" + _UDP_SERVER
 
 # Answers GET with "sw-lab\n"; a thread per connection, so a slow client holds up no other.
 _HTTP_SERVER = """
@@ -214,31 +220,14 @@ NTP_V4 = "192.0.2.123"
 # Answers a 48-byte client request (mode 3) with a 48-byte server reply (mode 4) that
 # carries the request's transmit time as its origin time, as NTP servers do.
 _NTP_SERVER = """
-import selectors, socket, struct, sys, time
-lifetime, port, addrs = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-deadline = time.monotonic() + lifetime
-sel = selectors.DefaultSelector()
-for addr in addrs:
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((addr, port))
-    sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while (left := deadline - time.monotonic()) > 0:
-    for key, _ in sel.select(min(left, 1.0)):
-        try:
-            data, peer = key.fileobj.recvfrom(2048)
-        except OSError:
-            continue
-        if len(data) != 48 or data[0] & 7 != 3:
-            continue
-        now = int((time.time() + 2208988800) * 2**32)
-        reply = bytes([(data[0] & 0x38) | 4, 2, data[2], 0xe9]) + bytes(8) + b"LAB\\0"
-        reply += struct.pack("!Q", now) + data[40:48] + struct.pack("!QQ", now, now)
-        try:
-            key.fileobj.sendto(reply, peer)
-        except OSError:
-            pass
-"""
+import struct, time
+def answer(data):
+    if len(data) != 48 or data[0] & 7 != 3:
+        return None
+    now = int((time.time() + 2208988800) * 2**32)
+    reply = bytes([(data[0] & 0x38) | 4, 2, data[2], 0xe9]) + bytes(8) + b"LAB\\0"
+    return reply + struct.pack("!Q", now) + data[40:48] + struct.pack("!QQ", now, now)
+""" + _UDP_SERVER
 
 
 def _add_address(netns: str, ifname: str, addr: str, prefix: int) -> None:
