@@ -5,6 +5,9 @@ replies, spoofed replies and fragments; every verdict must be the reference mode
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,8 +21,11 @@ from shieldwall import abi
 from shieldwall.config import configure
 from shieldwall.dataplane.pipeline import Pipeline, PipelineConfig
 from shieldwall.kernel.testrun import prog_test_run
+from shieldwall.model.parse import parse
+from shieldwall.policy.model import Pipeline as Chain
+from shieldwall.policy.reference import chain
 from shieldwall.policy import evaluate, parse_policy_text
-from shieldwall.stages.reflection import QUERIES, STAT_FIELDS, STATS, ReflectionModel
+from shieldwall.stages.reflection import QUERIES, STAT_FIELDS, ReflectionModel
 
 pytestmark = pytest.mark.kernel
 
@@ -111,10 +117,6 @@ def run(pipeline, cpu, model: ReflectionModel, policy, f: bytes) -> str:
 
 def evaluate_rest(policy, f: bytes):
     """What the stages other than this one decide (the model handed the packet on)."""
-    from dataclasses import replace
-    from shieldwall.model.parse import parse
-    from shieldwall.policy.model import Pipeline as Chain
-    from shieldwall.policy.reference import chain
     rest = tuple(s for s in chain(policy) if s != "reflection")
     return evaluate(replace(policy, pipeline=Chain(stages=rest)), parse(f)[0])
 
@@ -152,7 +154,6 @@ def test_replies_to_the_hosts_own_queries_pass_and_nothing_else(pipeline, cpu):
 
 
 def test_a_query_waits_its_ttl_and_no_longer(pipeline, cpu):
-    import time
     policy = policy_of("{ttl: 1}")
     egress = fresh(pipeline, policy)
     prog_test_run(egress, query(4, 40000, 123))

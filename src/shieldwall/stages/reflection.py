@@ -19,7 +19,6 @@ ports: one passes when the first fragment of its datagram passed the stage.
 
 from __future__ import annotations
 
-import ipaddress
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
