@@ -167,3 +167,34 @@ def test_the_dns_amplification_scenario_end_to_end():
     for peer in ("nftables", "iptables"):
         assert entry[peer]["server_stack_packets"] > entry[peer]["attack_frames"] // 4, entry[peer]
     assert "the host's own DNS and NTP queries" in summary(report)
+
+
+def test_both_egress_programs_run_beside_each_other_and_go_with_down(lab, tmp_path):
+    """conntrack's and the reflection stage's TC egress programs, each on its link:
+    the host's own query is recorded by both; `status` names both and its text the
+    stage's counters; `down` leaves neither."""
+    from shieldwall.kernel import libbpf, xdp
+
+    topo = lab
+    policy = tmp_path / "both.yaml"
+    policy.write_text("version: 1\ndefault_action: drop\nprotect:\n  bogons: 'off'\n  reflection: {}\n"
+                      "rules:\n  - {name: replies, match: {state: established}, action: pass}\n")
+    done = shieldwall("up", "--mode", "native", "--netns", topo.server_ns, "--iface",
+                      topo.server_if, "--config", str(policy))
+    assert done.returncode == 0, done.stderr
+    with kernel_netns.enter_netns(topo.server_ns):
+        found = libbpf.tcx_egress_programs(xdp.ifindex(topo.server_if))
+    report = server_status(topo)
+    assert set(report["egress"]) == {"conntrack", "reflection"}
+    assert sorted(report["egress"].values()) == sorted(found)
+    with start_resolver(topo):
+        with kernel_netns.enter_netns(topo.server_ns):
+            # The reply passes both: the stage's match, then the rules' `established`.
+            assert resolve(RESOLVER_V4, "www.lab.example") == LAB_NAMES["www.lab.example"]
+    report = server_status(topo)
+    assert stage(report)["queries"] >= 1 and stage(report)["matched"] >= 1
+    text = shieldwall("status", "--netns", topo.server_ns, "--iface", topo.server_if).stdout
+    assert "reflection: " in text and "replies matched" in text, text
+    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+    with kernel_netns.enter_netns(topo.server_ns):
+        assert libbpf.tcx_egress_programs(xdp.ifindex(topo.server_if)) == []
