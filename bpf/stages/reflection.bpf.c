@@ -237,13 +237,21 @@ int sw_stage_reflection(struct xdp_md *ctx)
 
 	if (pkt->family == SW_FAMILY_NONE || pkt->l4_proto != IPPROTO_UDP)
 		return sw_next(ctx, pkt);
+	if (!pkt->frag_off && !(pkt->flags & SW_PKT_HAS_L4))
+		return sw_next(ctx, pkt);
+	/* Other services' UDP: the bit test, and for a first fragment its record. */
+	if (!pkt->frag_off && !sw_refl_port(pkt->sport)) {
+		if (pkt->frag & SW_FRAG_IS)
+			sw_refl_first(ctx, pkt, &sw_refl_frag_other, sw_clock_now(&sw_refl_clock));
+		return sw_next(ctx, pkt);
+	}
+	if (pkt->frag_off && sw_refl.fragments != SW_REFL_FRAG_TRACK)
+		return sw_next(ctx, pkt);
 	stat = sw_refl_stat();
 	if (!stat)
 		return sw_next(ctx, pkt);
+	now = sw_clock_now(&sw_refl_clock);
 	if (pkt->frag_off) {
-		if (sw_refl.fragments != SW_REFL_FRAG_TRACK)
-			return sw_next(ctx, pkt);
-		now = sw_clock_now(&sw_refl_clock);
 		if (sw_refl_later(ctx, pkt, now)) {
 			stat->frags_passed++;
 			return sw_next(ctx, pkt);
@@ -251,13 +259,6 @@ int sw_stage_reflection(struct xdp_md *ctx)
 		stat->frags_dropped++;
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_REFLECTION_FRAGMENT, SW_MOD_REFLECTION,
 				 SW_RULE_NONE);
-	}
-	if (!(pkt->flags & SW_PKT_HAS_L4))
-		return sw_next(ctx, pkt);
-	now = sw_clock_now(&sw_refl_clock);
-	if (!sw_refl_port(pkt->sport)) {
-		sw_refl_first(ctx, pkt, &sw_refl_frag_other, now);
-		return sw_next(ctx, pkt);
 	}
 	if (sw_refl_answers(ctx, pkt, now)) {
 		stat->matched++;
