@@ -170,9 +170,10 @@ def _layers(part: Part, dst4: str, dst6: str):
         udp = UDP(sport=part.sport, dport=1) / _reply_payload(part.sport)
         drawn = abi.SW_GEN_RW_DPORT | abi.SW_GEN_RW_CSUM
         if part.kind == "reflected-first" and not v6:
-            # The UDP checksum of a datagram that never completes: not kept right.
+            # The IPv4 header's checksum kept right; the UDP one covers a datagram
+            # that never completes.
             ip.flags, ip.frag = "MF", 0
-            return ip / udp, abi.SW_GEN_RW_DPORT | abi.SW_GEN_RW_IPID, 0
+            return ip / udp, drawn | abi.SW_GEN_RW_IPID, 0
         if part.kind == "reflected":
             return ip / udp, drawn, _L4_CSUM["udp"]
     raise ValueError(f"no template for {part.kind} from {part.sources}")
