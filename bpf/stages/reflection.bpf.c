@@ -16,7 +16,8 @@
  * to a second table, so fragmented UDP of other services keeps working, and a flood of
  * spoofed first fragments can only push out entries of that second table.
  *
- * Every packet costs at most a bit test, two hash lookups and, with `limit`, one bucket.
+ * Every packet costs at most a bit test, two hash lookups and one update (a first
+ * fragment recorded, or a new bucket with `limit`).
  */
 /* Buckets and expiries to the millisecond, for one load per packet. */
 #define SW_CLOCK_PERIOD_NS 1000000ULL
