@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(clang-19 llvm-19 libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 ethtool nftables
-          iptables ipset xdp-tools make gcc pkg-config python3-venv python3-dev)
+          iptables ipset xdp-tools make gcc pkg-config python3-venv python3-dev dnsmasq-base)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -52,6 +52,9 @@
 #define SW_R_ZERO_PORT 28
 #define SW_R_RATE_LIMITED 29
 #define SW_R_BLOCKED 30
+#define SW_R_REFLECTION 36
+#define SW_R_REFLECTOR_LIMITED 37
+#define SW_R_REFLECTION_FRAGMENT 38
 /* 31-35: the syn stage; 36-39: the reflection stage; 40-43: the icmp stage. */
 #define SW_R_MAX 64
 
@@ -389,6 +392,62 @@ struct sw_lim_stat {
 /* -- the syn stage (bpf/stages/syn.bpf.c) ------------------------------------------ */
 
 /* -- the reflection stage (bpf/stages/reflection.bpf.c) ------------------------------ */
+/*
+ * Amplification and reflection (docs/defenses.md, "Reflection and amplification"). UDP
+ * from a reflector source port (a bit in sw_refl_consts.word) passes only when it
+ * answers a query this host sent: the TC egress program records the host's own UDP to
+ * those ports in sw_refl_queries (for DNS one entry per query id); only egress writes it,
+ * so no inbound packet creates, extends or evicts a pending query. Fragments of an
+ * allowed datagram are let through by (source, destination, IP id): the first fragment
+ * is recorded, later ones pass only when their first was.
+ */
+#define SW_REFL_QUERIES 65536		/* pending queries of this host */
+#define SW_REFL_FRAG_REPLIES 4096	/* first fragments of matched replies */
+#define SW_REFL_FRAG_OTHER 16384	/* first fragments of any other UDP the stage passed */
+#define SW_REFL_BUCKETS 65536		/* per-reflector buckets (with `limit`) */
+#define SW_REFL_PORT_WORDS 2048		/* 65536 bits: one per source port */
+#define SW_REFL_FRAG_OFF 0		/* later fragments are not looked at */
+#define SW_REFL_FRAG_TRACK 1		/* later UDP fragments need their first fragment */
+
+struct sw_refl_key {
+	__u8 local[16];		/* this host's address, IPv4 mapped */
+	__u8 remote[16];
+	__u16 lport;
+	__u16 rport;		/* the reflector port the query went to */
+	__u16 qid;		/* DNS (rport 53): the query id; else 0 */
+	__u8 family;		/* SW_FAMILY_* */
+	__u8 pad0;
+};
+
+struct sw_refl_frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 id;		/* IPv4 identification or IPv6 fragment identification */
+	__u8 family;
+	__u8 pad0[3];
+};
+
+/* Per CPU. */
+struct sw_refl_stat {
+	__u64 queries;		/* the host's own queries recorded (egress) */
+	__u64 matched;		/* replies that answered one */
+	__u64 allowed;		/* from an `allow` source */
+	__u64 dropped;		/* unsolicited, reason reflection */
+	__u64 passed_limit;	/* unsolicited but within the per-reflector limit */
+	__u64 limited;		/* over it, reason reflector_limited */
+	__u64 frags_passed;	/* later fragments whose first fragment passed */
+	__u64 frags_dropped;	/* later fragments without, reason reflection_fragment */
+};
+
+struct sw_refl_consts {
+	__u64 ttl_ns;		/* a query waits this long for its reply */
+	__u64 frag_ns;		/* a first fragment waits this long for the rest */
+	__u64 pkt_ns;		/* `limit`: ns per packet; 0: unsolicited replies are dropped */
+	__u64 pkt_tol;		/* `limit`: ns of burst */
+	__u32 fragments;	/* SW_REFL_FRAG_* */
+	__u32 allow;		/* 1: the table says which source classes are allowed */
+	__u32 word[2048];	/* reflector source ports, a bit each */
+};
 
 /* -- the icmp stage (bpf/stages/icmp.bpf.c) ------------------------------------------ */
 

@@ -17,6 +17,7 @@
 #include <linux/pkt_cls.h>
 #include "lib/clock.h"
 #include "lib/pipeline.h"
+#include "lib/outgoing.h"
 
 const volatile struct sw_ct_consts sw_ct SEC(".rodata.ct") = {};
 
@@ -31,9 +32,7 @@ struct {
  * may pass up to that long after its flow's expiry. Egress writes exact times. */
 SW_CLOCK_MAP(sw_ct_clock);
 
-#define ICMP_ECHO_REQUEST 8
 #define ICMP_ECHO_REPLY 0
-#define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -44,110 +43,7 @@ SW_CLOCK_MAP(sw_ct_clock);
  * flow costs a lookup per packet, not a write. */
 #define REFRESH_NS 1000000000ULL
 
-/* -- egress: the host's own packets, from an sk_buff ---------------------------------- */
-
-static __always_inline void *sw_skb_bytes(struct __sk_buff *skb, __u32 off, __u32 len)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-
-	if (off > 0x3fff || data + off + len > data_end)
-		return NULL;
-	return data + off;
-}
-
-static __always_inline void sw_ct_mapped_v4(__u8 *dst16, const __u8 *addr4)
-{
-	__builtin_memset(dst16, 0, 10);
-	dst16[10] = 0xff;
-	dst16[11] = 0xff;
-	__builtin_memcpy(dst16 + 12, addr4, 4);
-}
-
-/* The key of an outgoing packet (local = its source) and its TCP flags; 0 when it opens
- * or continues no flow the table tracks (not IP, a later fragment, other protocols).
- * VLAN tags in the frame are skipped (the key has no VLAN: a tag the driver inserts
- * is not in the frame at all). IPv6 extension headers are not walked: the host's own
- * TCP, UDP and echo requests carry none but a fragment header, whose later fragments
- * have no ports anyway; a first fragment is recorded as its protocol when the fragment
- * header comes first. */
-static __always_inline int sw_ct_outgoing(struct __sk_buff *skb, struct sw_ct_key *key, __u8 *flags)
-{
-	struct ethhdr *eth = sw_skb_bytes(skb, 0, sizeof(*eth));
-	__u32 off = sizeof(*eth);
-	__u16 proto;
-	__u8 *l4;
-
-	if (!eth)
-		return 0;
-	proto = bpf_ntohs(eth->h_proto);
-#pragma unroll
-	for (int i = 0; i < SW_MAX_VLAN_DEPTH; i++) {
-		__be16 *tag;
-
-		if (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_)
-			break;
-		tag = sw_skb_bytes(skb, off, 4);
-		if (!tag)
-			return 0;
-		proto = bpf_ntohs(tag[1]);
-		off += 4;
-	}
-	if (proto == ETH_P_IP) {
-		__u8 *ip = sw_skb_bytes(skb, off, 20);
-
-		if (!ip || (ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5)
-			return 0;
-		if (((ip[6] & 0x1f) << 8 | ip[7]) != 0)
-			return 0;	/* a later fragment: no transport header */
-		key->proto = ip[9];
-		key->family = SW_FAMILY_IPV4;
-		sw_ct_mapped_v4(key->local, ip + 12);
-		sw_ct_mapped_v4(key->remote, ip + 16);
-		off += (ip[0] & 0xf) * 4;
-	} else if (proto == ETH_P_IPV6) {
-		__u8 *ip = sw_skb_bytes(skb, off, 40);
-
-		if (!ip)
-			return 0;
-		key->proto = ip[6];
-		key->family = SW_FAMILY_IPV6;
-		__builtin_memcpy(key->local, ip + 8, 16);
-		__builtin_memcpy(key->remote, ip + 24, 16);
-		off += 40;
-		if (key->proto == IPPROTO_FRAGMENT_) {
-			__u8 *frag = sw_skb_bytes(skb, off, 8);
-
-			if (!frag || (frag[2] << 8 | (frag[3] & 0xf8)) != 0)
-				return 0;
-			key->proto = frag[0];
-			off += 8;
-		}
-	} else {
-		return 0;
-	}
-	l4 = sw_skb_bytes(skb, off, 8);
-	if (!l4)
-		return 0;
-	if (key->proto == IPPROTO_TCP || key->proto == IPPROTO_UDP) {
-		key->lport = l4[0] << 8 | l4[1];
-		key->rport = l4[2] << 8 | l4[3];
-		if (key->proto == IPPROTO_TCP) {
-			__u8 *tcp = sw_skb_bytes(skb, off, 14);
-
-			if (!tcp)
-				return 0;
-			*flags = tcp[13];
-		}
-		return 1;
-	}
-	if ((key->proto == IPPROTO_ICMP && proto == ETH_P_IP && l4[0] == ICMP_ECHO_REQUEST) ||
-	    (key->proto == IPPROTO_ICMPV6_ && proto == ETH_P_IPV6 && l4[0] == ICMPV6_ECHO_REQUEST)) {
-		key->lport = l4[4] << 8 | l4[5];
-		return 1;
-	}
-	return 0;
-}
+/* -- egress: the host's own packets ------------------------------------------------ */
 
 /* Records or refreshes the flow of an outgoing packet. A TCP flow is opened by a SYN
  * alone: the host's answers to connections others opened create nothing. */
@@ -183,7 +79,7 @@ int sw_ct_egress(struct __sk_buff *skb)
 	struct sw_ct_key key = {};
 	__u8 tcp_flags = 0;
 
-	if (sw_ct_outgoing(skb, &key, &tcp_flags))
+	if (sw_outgoing(skb, &key, &tcp_flags, NULL))
 		sw_ct_record(&key, tcp_flags);
 	return TC_ACT_UNSPEC;	/* only watches: the next program, or the packet goes */
 }

@@ -29,7 +29,7 @@ PARTS = [(a.name, i, part) for a in ATTACKS.values() for i, part in enumerate(a.
 def test_every_template_parses_and_its_sources_stay_in_their_prefix(name, index, part):
     t = template(part, TOPO)
     frame = Ether(t.frame)
-    assert len(t.frame) == FRAME
+    assert len(t.frame) == max(FRAME, part.size)
     net = ipaddress.ip_network(part.sources)
     ip = frame[IPv6] if net.version == 6 else frame[IP]
     assert (t.family == abi.SW_FAMILY_IPV6) == (net.version == 6)
@@ -54,7 +54,12 @@ def test_every_template_parses_and_its_sources_stay_in_their_prefix(name, index,
     else:
         assert part.kind.startswith("icmp") or part.kind == "fragment-later" \
             or t.rewrite & abi.SW_GEN_RW_DPORT
-    if not part.kind.startswith("fragment"):
+    if part.kind.startswith("reflected"):
+        assert frame[UDP].sport == part.sport and t.rewrite & abi.SW_GEN_RW_DPORT
+        assert not t.rewrite & abi.SW_GEN_RW_SPORT  # the reflector's port stays
+    if part.kind == "reflected-first":
+        assert frame[IP].flags.MF and frame[IP].frag == 0
+    elif not part.kind.startswith("fragment"):
         assert checksums_right(frame)
         assert t.rewrite & abi.SW_GEN_RW_CSUM
 

@@ -285,6 +285,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.icmp:
         from .icmpbench import run_icmp
         report = run_icmp(rounds=args.rounds)
+    elif args.reflection:
+        from .reflectionbench import run_reflection
+        report = run_reflection(rounds=args.rounds)
     elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
@@ -486,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("status", help="what exists of the lab")
     a = actions.add_parser("attack", help="flood the lab's server end at kernel speed, for a bounded time")
     a.add_argument("name", metavar="NAME", type=_attack_name,
-                   help="syn, ack, udp, heavy, slow, icmp, fragments or mixed")
+                   help="syn, ack, udp, heavy, slow, icmp, fragments, mixed, dns-amplification, "
+                        "ntp-amplification or memcached-amplification")
     a.add_argument("--rate", type=_positive(int, "packets per second"), metavar="PPS",
                    help="frames a second (default: as fast as the generator goes)")
     a.add_argument("--seconds", type=_positive(float, "seconds"), default=10.0, metavar="S",
@@ -506,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate limits: per-packet cost, known sources under a random flood, accuracy")
     p.add_argument("--icmp", action="store_true",
                    help="the icmp stage: per-packet cost on an echo flood and a forged-error flood")
+    p.add_argument("--reflection", action="store_true",
+                   help="the reflection stage: per-packet cost on a reflected DNS flood")
     p.add_argument("--scenarios", action="store_true",
                    help="every attack scenario without protection, with shieldwall and with peers, "
                         "while a real client uses the server")

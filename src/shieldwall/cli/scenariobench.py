@@ -12,6 +12,8 @@ Each run measures, over the attack's seconds:
 - how many IP packets reached the server namespace's stack, and what reached its TCP
   listen path: handshakes it answered with its own SYN cookies, SYNs it dropped at a
   full queue, connections it accepted (TCP_COUNTERS);
+- for the reflected floods, the protected host's own DNS resolutions (against dnsmasq
+  outside) and NTP queries: their success rate and p99 latency;
 - CPU: the busy and softirq shares of all CPUs (/proc/stat) during the attack. The
   receive side of a veth (its NAPI poll, XDP, the stack) runs in softirq; "busy" also
   holds the generator and the client, which share the machine.
@@ -20,7 +22,7 @@ Everything runs inside a lab built for this run, never on the host's interfaces.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Callable, Iterator
 
 from ..config import Config, configure
@@ -28,13 +30,14 @@ from ..engine import lifecycle
 from ..kernel.netns import enter_netns
 from ..lab import topology
 from ..lab.attacks import HTTP_PORT, UDP_PORT, check_run, run_attack
-from ..lab.client import LegitClient, LegitResult
+from ..lab.client import HostQueries, LegitClient, LegitResult
 from ..lab.peers import iptables as iptables_peer
 from ..lab.peers import nftables as nftables_peer
 from ..lab.peers.written import (SYNPROXY_SYSCTLS, iptables_config, nft_ruleset,
                                  synproxy_ruleset, sysctls)
 from ..lab.scenarios import PEER_RULES, SCENARIOS, Scenario, shieldwall_policy
-from ..lab.servers import start_http_server, start_udp_echo
+from ..lab.servers import (LAB_NAMES, NTP_V4, RESOLVER_V4, start_http_server,
+                           start_ntp_server, start_resolver, start_udp_echo)
 from ..policy import parse_policy
 
 PORTS = {"http": HTTP_PORT, "tcp": HTTP_PORT, "udp": UDP_PORT}
@@ -166,14 +169,17 @@ def idle(topo: topology.LabTopology, seconds: float) -> LegitResult:
 def run_once(topo: topology.LabTopology, s: Scenario, defense: str, seconds: float,
              rate: int | None, idle_result: LegitResult) -> dict:
     """One scenario under one defense: the attack for `seconds`, the client throughout."""
+    host_queries = (HostQueries(topo, seconds, RESOLVER_V4, NTP_V4, list(LAB_NAMES))
+                    if s.host_queries else nullcontext())
     with INSTALL[defense](topo, s) as drops:
         before, stack = drops(), stack_packets(topo.server_ns)
         tcp = tcp_counters(topo.server_ns)
-        with LegitClient(topo, seconds, PORTS) as client:
+        with LegitClient(topo, seconds, PORTS) as client, host_queries as host:
             cpu = cpu_times()
             sent = run_attack(s.attack, topo, seconds, rate)
             cpu = cpu_share(cpu, cpu_times())
             legit = client.result()
+            own = host.result() if host is not None else None
         dropped = _delta(before, drops())
         stack = stack_packets(topo.server_ns) - stack
         tcp = _delta(tcp, tcp_counters(topo.server_ns))
@@ -182,6 +188,10 @@ def run_once(topo: topology.LabTopology, s: Scenario, defense: str, seconds: flo
            "idle_p99_ms": _ms(idle_result.percentile(99)),
            "attack_mpps": round(sent.mpps, 3), "attack_frames": sent.sent,
            "dropped": dropped, "server_stack_packets": stack, "server_tcp": tcp, "cpu": cpu}
+    if own is not None:
+        run["host_success"] = round(own.success, 4)
+        run["host_queries"] = own.requests
+        run["host_p99_ms"] = _ms(own.percentile(99))
     return run
 
 
@@ -197,7 +207,10 @@ def run_scenarios(seconds: float = 5.0, rate: int | None = None,
     lifetime = seconds + runs * (seconds + RUN_OVERHEAD) + 60
     out = []
     with topology.lab() as topo, start_http_server(topo, HTTP_PORT, lifetime=lifetime), \
-            start_udp_echo(topo, UDP_PORT, lifetime=lifetime):
+            start_udp_echo(topo, UDP_PORT, lifetime=lifetime), ExitStack() as services:
+        if any(s.host_queries for s in scenarios):
+            services.enter_context(start_resolver(topo, lifetime))
+            services.enter_context(start_ntp_server(topo, lifetime))
         idle_result = idle(topo, seconds)
         for s in scenarios:
             entry: dict = {"name": s.name, "distinguishable": s.distinguishable}
@@ -228,6 +241,10 @@ def summary(report: dict) -> str:
             if handshakes:
                 lines.append(f"{'':<23} server TCP: " + ", ".join(
                     f"{k} {n:,}" for k, n in handshakes.items()))
+            if "host_success" in run:
+                lines.append(f"{'':<10} {defense:<12} the host's own DNS and NTP queries: "
+                             f"{run['host_success']:.1%} of {run['host_queries']:,}, p99 "
+                             f"{_text(run['host_p99_ms'])} ms")
         if not entry["distinguishable"]:
             lines.append(f"{'':<10} not distinguishable: {entry['why']}")
     return "\n".join(lines)

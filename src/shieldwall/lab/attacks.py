@@ -44,9 +44,12 @@ class Part:
     goes (dport None: a port drawn per frame)."""
 
     kind: str            # syn, ack, udp, icmp, fragment-first, fragment-later,
-                         # icmp-forged-unreach, icmp-forged-frag, icmp-forged-too-big
+                         # icmp-forged-unreach, icmp-forged-frag, icmp-forged-too-big,
+                         # reflected, reflected-first
     sources: str
     dport: int | None = None
+    sport: int | None = None  # reflected: the reflector's service port
+    size: int = 0             # the frame's length, when longer than FRAME
     # TCP: the options a real stack's handshake carries (MSS, SACK, timestamps, window
     # scale), so a SYN takes a SYN cookie's slowest path: every option encoded.
     handshake: bool = False
@@ -100,6 +103,37 @@ ATTACKS = {a.name: a for a in (
                Part("fragment-later", SPOOF_V4_A), Part("udp", HEAVY_SOURCE, UDP_PORT),
                Part("udp", SLOW_SOURCES, UDP_PORT))),
 )}
+
+
+
+
+# Reflected floods: replies the host never asked for, from a service's port, as big as
+# the service makes them. The payloads fit in the bytes the generator writes per frame
+# (FRAME); the rest of a frame is zeros.
+DNS_PORT, NTP_PORT, MEMCACHED_PORT = 53, 123, 11211
+DNS_REPLY_FRAME, NTP_REPLY_FRAME, MEMCACHED_REPLY_FRAME = 1200, 482, 1400
+
+
+def _reflected(port: int, size: int, fragments: bool = False) -> tuple[Part, ...]:
+    """Replies from `port` of many spoofed reflectors to random ports of the host;
+    with fragments, first and later fragments of big replies (IPv4) join them."""
+    parts = tuple(Part("reflected", src, sport=port, size=size)
+                  for src in (SPOOF_V4_A, SPOOF_V4_B, SPOOF_V6, SPOOF_V6))
+    if fragments:
+        parts += (Part("reflected-first", SPOOF_V4_A, sport=port, size=size),
+                  Part("fragment-later", SPOOF_V4_B))
+    return parts
+
+
+ATTACKS.update({a.name: a for a in (
+    Attack("dns-amplification", "DNS replies of 1,200 bytes from port 53 of random spoofed "
+           "resolvers, with first and later fragments of bigger ones",
+           _reflected(DNS_PORT, DNS_REPLY_FRAME, fragments=True)),
+    Attack("ntp-amplification", "NTP replies of 482 bytes (a monlist's) from port 123 of "
+           "random spoofed servers", _reflected(NTP_PORT, NTP_REPLY_FRAME)),
+    Attack("memcached-amplification", "memcached replies of 1,400 bytes from port 11211 of "
+           "random spoofed servers", _reflected(MEMCACHED_PORT, MEMCACHED_REPLY_FRAME)),
+)})
 
 
 def attack(name: str) -> Attack:
@@ -158,6 +192,16 @@ def _layers(part: Part, dst4: str, dst6: str):
             return ip / UDP(sport=1, dport=dport), drawn | abi.SW_GEN_RW_IPID, 0
         ip.proto, ip.flags, ip.frag = 17, "MF", 185  # 1480 bytes in: a later one
         return ip, abi.SW_GEN_RW_IPID | abi.SW_GEN_RW_CSUM, 0
+    if part.kind in ("reflected", "reflected-first") and part.sport is not None:
+        udp = UDP(sport=part.sport, dport=1) / _reply_payload(part.sport)
+        drawn = abi.SW_GEN_RW_DPORT | abi.SW_GEN_RW_CSUM
+        if part.kind == "reflected-first" and not v6:
+            # The IPv4 header's checksum kept right; the UDP one covers a datagram
+            # that never completes.
+            ip.flags, ip.frag = "MF", 0
+            return ip / udp, drawn | abi.SW_GEN_RW_IPID, 0
+        if part.kind == "reflected":
+            return ip / udp, drawn, _L4_CSUM["udp"]
     raise ValueError(f"no template for {part.kind} from {part.sources}")
 
 
@@ -178,14 +222,24 @@ def _forged_error(kind: str, ip, dst4: str, dst6: str):
     return ip / head / Raw(bytes(inner)[:28]), abi.SW_GEN_RW_CSUM, 0
 
 
+def _reply_payload(port: int) -> bytes:
+    """The start of a reply of the service on `port`, as reflectors send them."""
+    if port == DNS_PORT:
+        # id 0x5353, a response with an answer: ANY example.org
+        return bytes.fromhex("535381800001000100000000076578616d706c65036f726700ff0001")
+    if port == NTP_PORT:
+        return bytes([0x17, 0x00, 0x03, 0x2a])  # mode 7, monlist, as in the NTP floods
+    return b"VALUE sw 0 1000000\r\n"
+
+
 def template(part: Part, topo: LabTopology) -> Template:
     packet, rewrite, l4_csum = _layers(part, topo.server_v4, topo.server_v6)
     eth = Ether(dst=topo.server_mac, src=topo.outside_mac) / packet
-    # Zeros up to FRAME, as payload: scapy's lengths and checksums cover them. A
-    # handshake segment carries none (the zeros trail the IP packet, as an Ethernet
-    # pad does): a SYN cookie answers it with a frame of its own length.
-    frame = (bytes(eth) + bytes(FRAME - len(eth)) if part.handshake
-             else bytes(eth / Raw(bytes(FRAME - len(eth)))))
+    # Zeros up to FRAME (or the part's size), as payload: scapy's lengths and checksums
+    # cover them. A handshake segment carries none (the zeros trail the IP packet, as an
+    # Ethernet pad does): a SYN cookie answers it with a frame of its own length.
+    pad = bytes(max(FRAME, part.size) - len(eth))
+    frame = bytes(eth) + pad if part.handshake else bytes(eth / Raw(pad))
     net = ipaddress.ip_network(part.sources)
     family, l4 = ((abi.SW_FAMILY_IPV6, ETH_HLEN + 40) if net.version == 6
                   else (abi.SW_FAMILY_IPV4, ETH_HLEN + 20))

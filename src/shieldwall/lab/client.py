@@ -17,7 +17,9 @@ import argparse
 import http.client
 import json
 import math
+import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -76,6 +78,9 @@ def _loop(server: str, ports: dict[str, int], seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["host"]:
+        return host_main(argv[1:])
     p = argparse.ArgumentParser(prog="shieldwall.lab.client")
     p.add_argument("--server", required=True)
     p.add_argument("--seconds", type=float, required=True)
@@ -157,6 +162,100 @@ class LegitClient:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+# --- the protected host's own queries ------------------------------------------------
+# Run in the server namespace: the host resolves names against the lab's resolver and
+# asks the lab's NTP server the time, as a host under a reflected flood still must.
+
+HOST_KINDS = ("dns", "ntp")
+NTP_EPOCH = 2208988800
+
+
+def resolve(resolver: str, name: str, timeout: float = TIMEOUT) -> str | None:
+    """The IPv4 address `name` has at `resolver` (one A query from a fresh socket, so a
+    fresh source port, and a random id the reply must carry), or None."""
+    qid = int.from_bytes(os.urandom(2), "big")
+    qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query, (resolver, 53))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            data, peer = sock.recvfrom(4096)
+            rid, flags, _, answers = struct.unpack("!HHHH", data[:8])
+            if peer[0] == resolver and rid == qid:
+                break
+    if flags & 0x8000 == 0 or flags & 0xF or answers < 1 or len(data) < len(query) + 16:
+        return None
+    return socket.inet_ntoa(data[-4:])  # one answer, an A record: its address ends it
+
+
+def ntp_time(server: str, timeout: float = TIMEOUT) -> float | None:
+    """The server's time from one client request (48 bytes, mode 3), or None when its
+    reply is not a server reply (mode 4) to this very request."""
+    sent = int((time.time() + NTP_EPOCH) * 2**32).to_bytes(8, "big")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(bytes([0x23]) + bytes(39) + sent, (server, 123))
+        data, _ = sock.recvfrom(2048)
+    if len(data) < 48 or data[0] & 7 != 4 or data[24:32] != sent:
+        return None
+    return int.from_bytes(data[40:48], "big") / 2**32 - NTP_EPOCH
+
+
+def _host_loop(resolver: str, ntp: str, names: list[str], seconds: float,
+               kinds: tuple[str, ...] = HOST_KINDS) -> dict:
+    requests = dict.fromkeys(kinds, 0)
+    ok = dict.fromkeys(kinds, 0)
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        for kind in kinds:
+            start = time.monotonic()
+            try:
+                good = (resolve(resolver, names[n % len(names)]) is not None if kind == "dns"
+                        else ntp_time(ntp) is not None)
+            except OSError:
+                good = False
+            requests[kind] += 1
+            if good:
+                ok[kind] += 1
+                latencies.append(round((time.monotonic() - start) * 1000, 3))
+        n += 1
+        time.sleep(INTERVAL)
+    return {"requests": requests, "ok": ok, "latencies_ms": latencies}
+
+
+def host_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="shieldwall.lab.client host")
+    p.add_argument("--resolver", required=True)
+    p.add_argument("--ntp", required=True)
+    p.add_argument("--name", action="append", required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--kinds", default=",".join(HOST_KINDS))
+    args = p.parse_args(argv)
+    print("ready", flush=True)
+    kinds = tuple(k for k in args.kinds.split(",") if k in HOST_KINDS)
+    print(json.dumps(_host_loop(args.resolver, args.ntp, args.name, args.seconds, kinds)), flush=True)
+    return 0
+
+
+class HostQueries(LegitClient):
+    """The protected host's own DNS resolutions and NTP queries, from the server
+    namespace, for one measurement (the same report as the client's)."""
+
+    def __init__(self, topo: LabTopology, seconds: float, resolver: str, ntp: str,
+                 names: list[str], kinds: tuple[str, ...] = HOST_KINDS) -> None:
+        self.argv = ["ip", "netns", "exec", topo.server_ns, sys.executable, "-m",
+                     "shieldwall.lab.client", "host", "--resolver", resolver, "--ntp", ntp,
+                     "--seconds", str(seconds), "--kinds", ",".join(kinds),
+                     *(a for name in names for a in ("--name", name))]
+        self.seconds = seconds
+        self.proc = None
 
 
 if __name__ == "__main__":

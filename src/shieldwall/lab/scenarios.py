@@ -84,10 +84,27 @@ PEER_RULES = {
 # Defenses under `protect:` of their own (docs/defenses.md), by name: their section.
 PROTECT_STAGES = {
     "icmp": {},  # echo limited per type, unrelated errors dropped
+    "reflection": {},  # UDP from reflector ports only as replies to the host's queries
     # SYNs to the web port answered from XDP with cookies; only an ACK with a valid
     # cookie, or of a connection, goes on.
     "syn": {"ports": [HTTP_PORT], "mode": "cookie"},
 }
+
+# The reflector source ports of the reflection stage's default list; the peers' rate
+# limit per reflector. Neither peer can ask for "a reply to the host's own query": their
+# hooks (nftables netdev ingress, iptables raw) run before connection tracking, where
+# `ct state established` is unknown; a later hook would meet the flood after the stack
+# has built an sk_buff and a conntrack entry for each of its packets.
+REFLECTOR_PORTS = "19,53,111,123,161,389,1900,3702,5353,11211,37810"
+PEER_RULES["reflectors-per-source"] = PeerRule(
+    (f"udp sport {{ {REFLECTOR_PORTS.replace(',', ', ')} }} meter refl4 size 65535 {{ ip saddr "
+     "limit rate over 100/second burst 200 packets }",
+     f"udp sport {{ {REFLECTOR_PORTS.replace(',', ', ')} }} meter refl6 size 65535 {{ ip6 saddr "
+     "limit rate over 100/second burst 200 packets }"),
+    f"-p udp -m multiport --sports {REFLECTOR_PORTS} -m hashlimit --hashlimit-above 100/sec "
+    "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-name refl4",
+    f"-p udp -m multiport --sports {REFLECTOR_PORTS} -m hashlimit --hashlimit-above 100/sec "
+    "--hashlimit-burst 200 --hashlimit-mode srcip --hashlimit-name refl6")
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,7 @@ class Scenario:
     protects: tuple[str, ...] = ()  # PROTECT_STAGES in force
     # The nftables peer is its SYNPROXY on these ports instead of PEER_RULES.
     synproxy: tuple[int, ...] = ()
+    host_queries: bool = False     # the protected host's own DNS and NTP queries run too
 
     @property
     def distinguishable(self) -> bool:
@@ -135,6 +153,9 @@ SCENARIOS = (
              why="in part: its slow share is not (see that scenario); its SYN, ACK, UDP, "
              "ICMP, fragment and heavy-hitter shares are"),
 )
+SCENARIOS += tuple(
+    Scenario(name, protects=("reflection",), peers=("reflectors-per-source",), host_queries=True)
+    for name in ("dns-amplification", "ntp-amplification", "memcached-amplification"))
 BY_NAME = {s.name: s for s in SCENARIOS}
 
 

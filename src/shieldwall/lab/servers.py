@@ -9,6 +9,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 
 from .netns import LabError
 from .topology import LabTopology
@@ -42,7 +43,9 @@ while (left := deadline - time.monotonic()) > 0:
                 pass
 """
 
-_UDP_ECHO = """
+# A UDP server's loop: each datagram goes to answer(data), whose reply (None: none) is
+# sent back to its peer.
+_UDP_SERVER = """
 import selectors, socket, sys, time
 lifetime, port, addrs = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 deadline = time.monotonic() + lifetime
@@ -56,10 +59,14 @@ while (left := deadline - time.monotonic()) > 0:
     for key, _ in sel.select(min(left, 1.0)):
         try:
             data, peer = key.fileobj.recvfrom(65535)
-            key.fileobj.sendto(data, peer)
+            reply = answer(data)
+            if reply is not None:
+                key.fileobj.sendto(reply, peer)
         except OSError:
             pass
 """
+
+_UDP_ECHO = "def answer(data):\n    return data\n" + _UDP_SERVER
 
 # Answers GET with "sw-lab\n"; a thread per connection, so a slow client holds up no other.
 _HTTP_SERVER = """
@@ -200,3 +207,72 @@ def start_udp_echo(
     addrs = _server_addrs(topo, addrs)
     return _start_server(_UDP_ECHO, netns or topo.server_ns, port, addrs, lifetime,
                          f"udp echo {','.join(addrs)} port {port}")
+
+
+# --- services outside the protected host, which it queries itself -------------------
+
+# A resolver for the protected host: names of the lab zone and their addresses.
+LAB_NAMES = {"www.lab.example": "192.0.2.80", "mail.lab.example": "192.0.2.25",
+             "ns.lab.example": "192.0.2.53"}
+RESOLVER_V4 = "192.0.2.53"
+NTP_V4 = "192.0.2.123"
+
+# Answers a 48-byte client request (mode 3) with a 48-byte server reply (mode 4) that
+# carries the request's transmit time as its origin time, as NTP servers do.
+_NTP_SERVER = """
+import struct, time
+def answer(data):
+    if len(data) != 48 or data[0] & 7 != 3:
+        return None
+    now = int((time.time() + 2208988800) * 2**32)
+    reply = bytes([(data[0] & 0x38) | 4, 2, data[2], 0xe9]) + bytes(8) + b"LAB\\0"
+    return reply + struct.pack("!Q", now) + data[40:48] + struct.pack("!QQ", now, now)
+""" + _UDP_SERVER
+
+
+def _add_address(netns: str, ifname: str, addr: str, prefix: int) -> None:
+    """A service's own address on the outside end (kept until the lab goes)."""
+    subprocess.run(["ip", "-n", netns, "addr", "replace", f"{addr}/{prefix}", "dev", ifname],
+                   check=True, capture_output=True)
+
+
+def start_ntp_server(topo: LabTopology, lifetime: float = 60.0) -> LabServer:
+    """An NTP responder in the outside namespace on NTP_V4, port 123."""
+    _add_address(topo.outside_ns, topo.outside_if, NTP_V4, topo.v4_prefix)
+    return _start_server(_NTP_SERVER, topo.outside_ns, 123, [NTP_V4], lifetime,
+                         f"ntp server {NTP_V4} port 123")
+
+
+def start_resolver(topo: LabTopology, lifetime: float = 60.0) -> LabServer:
+    """dnsmasq in the outside namespace on RESOLVER_V4, port 53, answering for the lab's
+    names (LAB_NAMES) alone: no upstream, no hosts file, no lease or pid file; it runs in
+    the foreground under `timeout`, so it ends by itself and with its process group."""
+    _add_address(topo.outside_ns, topo.outside_if, RESOLVER_V4, topo.v4_prefix)
+    argv = ["ip", "netns", "exec", topo.outside_ns, "timeout", "-s", "KILL", str(lifetime),
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+            "--no-hosts", "--no-poll", "--pid-file=", "--port=53", "--user=root",
+            f"--listen-address={RESOLVER_V4}", "--bind-interfaces", "--cache-size=0",
+            *(f"--address=/{name}/{addr}" for name, addr in LAB_NAMES.items())]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    server = LabServer(proc, f"dnsmasq {RESOLVER_V4} port 53")
+    deadline = time.monotonic() + 10
+    from .client import resolve
+    while time.monotonic() < deadline:
+        if not server.alive:
+            break
+        if _in_netns(topo.outside_ns, resolve, RESOLVER_V4, next(iter(LAB_NAMES))):
+            return server
+        time.sleep(0.1)
+    stderr = "" if server.alive else (proc.stderr.read().strip() if proc.stderr else "")
+    server.stop()
+    raise LabError(f"dnsmasq on {RESOLVER_V4} did not start: {stderr or 'no answer'}")
+
+
+def _in_netns(netns: str, fn, *args) -> bool:
+    from ..kernel.netns import enter_netns
+    with enter_netns(netns):
+        try:
+            return fn(*args) is not None
+        except OSError:
+            return False
