@@ -484,8 +484,13 @@ static __always_inline int sw_syn_active(struct sw_syn_state *st)
 {
 	__u64 now, elapsed, rate;
 
-	if (sw_syn.always)
+	if (sw_syn.always) {
+		if (!st->active) {	/* for status: active, and since when */
+			st->active = 1;
+			st->since_ns = bpf_ktime_get_coarse_ns();
+		}
 		return 1;
+	}
 	now = sw_clock_now(&sw_syn_clock);
 	elapsed = now - st->window_ns;
 	if (elapsed < SW_SYN_WINDOW_NS) {

@@ -1,0 +1,36 @@
+"""The lab's outside end as a receiver of XDP_TX: veth hands a frame its peer sends
+back with XDP_TX to the other end's stack only when an XDP program runs there (it is
+what schedules that end's NAPI); GRO alone lets such frames wait in the ring. A
+physical NIC has no such need: this is the lab's wiring, not the product's."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..kernel import libbpf, xdp
+from ..kernel.libbpf import BpfObject
+from ..kernel.netns import enter_netns
+from ..paths import object_path
+from .topology import LabTopology
+
+
+@contextmanager
+def receives_xdp_tx(topo: LabTopology) -> Iterator[None]:
+    """An XDP_PASS program on the outside end for the block (its link is this
+    process's alone: it goes with the block, or with the process)."""
+    obj = BpfObject(object_path("peer_pass"))
+    obj.load()
+    try:
+        with enter_netns(topo.outside_ns):
+            index = xdp.ifindex(topo.outside_if)
+            link = libbpf.xdp_link_create(obj.program("sw_peer_pass").fd, index,
+                                          xdp.MODE_FLAGS["native"])
+        try:
+            yield
+        finally:
+            libbpf.link_detach(link)
+            os.close(link)
+    finally:
+        obj.close()
