@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -160,3 +162,47 @@ def test_a_spoofed_syn_flood_never_reaches_the_listen_queue(lab, tmp_path, mode)
     # Every flood SYN that reached XDP was answered there (a busy veth drops some
     # before XDP; the rest of what XDP saw is the client's few packets).
     assert counter(report, "tx", answered) - counter(base, "tx", answered) >= 0.99 * seen - 50
+
+
+def test_cookie_mode_is_refused_without_nft(lab, tmp_path):
+    topo = lab
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("ip", "ethtool", "ss"):  # everything but nft
+        for where in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            if os.path.exists(f"{where}/{tool}"):
+                os.symlink(f"{where}/{tool}", bare / tool)
+                break
+    out = shieldwall("up", "--mode", "native", "--netns", topo.server_ns, "--iface", topo.server_if,
+                     "--config", str(_policy(tmp_path, "cookie")), env={"PATH": str(bare)})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "protect.syn.mode" in out.stderr and "auth" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert _cmd(topo, "status").returncode == 1  # nothing attached
+    assert not [t for t in _tables(topo) if t.startswith("shieldwall_")]
+
+
+def test_what_a_killed_up_set_up_goes_with_the_next_command(lab, tmp_path):
+    """A host setup recorded but never put in force (a kill between the two) is undone
+    by the next command; a table shieldwall did not make is left alone."""
+    topo = lab
+    before = _sysctls(topo)
+    _in_server(topo, "nft", "add", "table", "inet", "someone_else")
+    env = {"SHIELDWALL_DEBUG": "1"}
+    code = ("import sys\n"
+            "from shieldwall.kernel.netns import enter_netns\n"
+            "from shieldwall.policy.load import load_policy\n"
+            "from shieldwall.config import Config, configure\n"
+            "from shieldwall.engine import host\n"
+            f"policy = load_policy({str(_policy(tmp_path, 'cookie'))!r})\n"
+            f"with enter_netns({topo.server_ns!r}):\n"
+            f"    host.sync({topo.server_if!r}, Config(policy, configure(policy)), add_only=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    table = HostNeeds.table_for("syn", topo.server_if)
+    assert table in _tables(topo) and _sysctls(topo) != before
+    out = _cmd(topo, "down")
+    assert out.returncode == 0, out.stderr
+    assert table not in _tables(topo) and "someone_else" in _tables(topo)
+    assert _sysctls(topo) == before
