@@ -282,6 +282,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.limits:
         from .limitbench import run_limits
         report = run_limits(rounds=args.rounds)
+    elif args.syn:
+        from .synbench import run_syn
+        report = run_syn(rounds=args.rounds)
     elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
@@ -501,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live set entries on a 1M-address set: set add latency, feed rate, per-packet cost")
     p.add_argument("--limits", action="store_true",
                    help="rate limits: per-packet cost, known sources under a random flood, accuracy")
+    p.add_argument("--syn", action="store_true",
+                   help="SYN-ACKs from XDP (cookie and auth mode) next to bare XDP_DROP; "
+                        "a million forged ACKs against the cookie check")
     p.add_argument("--scenarios", action="store_true",
                    help="every attack scenario without protection, with shieldwall and with peers, "
                         "while a real client uses the server")
