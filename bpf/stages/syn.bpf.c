@@ -52,13 +52,6 @@ struct {
 
 SW_CLOCK_MAP(sw_syn_clock);
 
-#define TCP_FIN 0x01
-#define TCP_SYN 0x02
-#define TCP_RST 0x04
-#define TCP_ACK 0x10
-#define TCP_ECE 0x40
-#define TCP_CWR 0x80
-
 #define OPT_EOL 0
 #define OPT_NOP 1
 #define OPT_MSS 2
@@ -260,7 +253,7 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 		__u32 now = bpf_ktime_get_ns() / 1000000, ts;
 
 		ts = (now & ~TS_BITS_MASK) | o->wscale | (o->sack ? TS_SACK : 0) |
-		     (flags & TCP_ECE ? TS_ECN : 0);
+		     (flags & SW_TCP_ECE ? TS_ECN : 0);
 		if (ts > now)
 			ts -= TS_BITS_MASK + 1;
 		th[24] = o->sack ? OPT_SACK_PERM : OPT_NOP;
@@ -518,7 +511,7 @@ static __noinline int sw_syn_answer(struct xdp_md *ctx, struct sw_pkt *pkt, stru
 	struct sw_syn_hdrs h = {};
 	struct sw_syn_opts o = {};
 	__u32 seq, ack, tcp_len, reason;
-	__u8 flags = TCP_SYN | TCP_ACK;
+	__u8 flags = SW_TCP_SYN | SW_TCP_ACK;
 
 	if (!sw_syn_load(ctx, pkt, &h))
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
@@ -534,8 +527,8 @@ static __noinline int sw_syn_answer(struct xdp_md *ctx, struct sw_pkt *pkt, stru
 		if (cookie < 0)
 			return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
 		sw_syn_parse_opts(&h, &o);
-		if ((h.tcp[13] & (TCP_ECE | TCP_CWR)) == (TCP_ECE | TCP_CWR) && o.has_ts)
-			flags |= TCP_ECE;
+		if ((h.tcp[13] & (SW_TCP_ECE | SW_TCP_CWR)) == (SW_TCP_ECE | SW_TCP_CWR) && o.has_ts)
+			flags |= SW_TCP_ECE;
 		seq = (__u32)cookie;
 		ack = sw_syn_get32(h.tcp + 4) + 1;
 		reason = SW_R_SYN_COOKIE;
@@ -567,11 +560,11 @@ static __noinline int sw_syn_other(struct xdp_md *ctx, struct sw_pkt *pkt, struc
 	if (sw_syn_has_socket(ctx, pkt, &h))
 		return sw_next(ctx, pkt);
 	if (sw_syn.mode == SW_SYN_MODE_COOKIE) {
-		if ((flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK)) == TCP_ACK && sw_syn_cookie_ok(&h))
+		if ((flags & (SW_TCP_SYN | SW_TCP_RST | SW_TCP_FIN | SW_TCP_ACK)) == SW_TCP_ACK && sw_syn_cookie_ok(&h))
 			return sw_next(ctx, pkt);
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 	}
-	if (!(flags & TCP_RST))
+	if (!(flags & SW_TCP_RST))
 		return sw_next(ctx, pkt);
 	if (sw_syn_check_rst(ctx, pkt, st))
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_AUTHENTICATED, SW_MOD_SYN, SW_RULE_NONE);
@@ -592,7 +585,7 @@ int sw_stage_syn(struct xdp_md *ctx)
 	st = bpf_map_lookup_elem(&sw_syn_state, &zero);
 	if (!st)
 		return sw_next(ctx, pkt);
-	if ((pkt->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN) {
+	if ((pkt->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK | SW_TCP_RST | SW_TCP_FIN)) == SW_TCP_SYN) {
 		active = sw_syn_active(st);
 		if (!active || (sw_syn.mode == SW_SYN_MODE_AUTH && sw_syn_authenticated(pkt)))
 			return sw_next(ctx, pkt);

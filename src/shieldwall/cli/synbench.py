@@ -5,12 +5,12 @@ In one run, on a lab of its own:
 - rate: a spoofed SYN flood (random sources and ports, IPv4 and IPv6) from the
   generator through the veth to the server end, where the syn stage answers each SYN
   with a SYN-ACK (XDP_TX) in cookie and in auth mode, next to the bare XDP_DROP program
+  and a bare XDP_TX one (every frame sent back as it came: the limit for answering)
   on the same path, in interleaved rounds; also in live-frames mode (ns per frame).
   The outside end runs an XDP_PASS program (lab/peer.py), so veth delivers the SYN-ACKs
-  to its stack, which drops them (the spoofed addresses are not its own): that work
-  shares the machine's CPUs with the measured path, as a real peer's would not. (With
-  XDP_DROP there instead, a dropped frame goes straight back to the generator's page
-  pool still marked with the SYN-ACK's length, and the generator sends it that short.)
+  there, and drops them at its ingress hook: that work (an sk_buff per SYN-ACK) shares
+  the machine's two CPUs with the measured path, as a real peer's would not, so the
+  ratio is a floor.
 - forged ACKs: FORGED ACKs, each from a new tuple with its own ACK number, through the
   cookie mode's program: the kernel's cookie check must refuse every one.
 """
@@ -64,10 +64,12 @@ def run_syn(rounds: int = ROUNDS) -> dict:
     with topology.lab() as topo:
         with enter_netns(topo.server_ns), \
                 BpfObject(object_path("bare_drop")) as bare, \
+                BpfObject(object_path("bare_tx")) as bare_tx, \
                 TrafficGenerator(None, None) as chained, \
                 TrafficGenerator(topo.outside_ns, topo.outside_if) as gen, \
-                receives_xdp_tx(topo):
+                receives_xdp_tx(topo, drop=True):
             bare.load()
+            bare_tx.load()
             pipelines = {mode: Pipeline.load(configure(_policy(mode))) for mode in ("cookie", "auth")}
             try:
                 syns = templates(attack("syn"), topo)
@@ -75,29 +77,33 @@ def run_syn(rounds: int = ROUNDS) -> dict:
                 gen.random(syns)
                 measure = _Measure(topo, chained, gen, rounds, PACKETS, PACKETS)
                 result = measure.many({"bare_drop": (bare.program("sw_bare_drop").fd, None),
+                                       "bare_tx": (bare_tx.program("sw_bare_tx").fd, None),
                                        **{f"syn_{m}": (p.root_program.fd, p) for m, p in pipelines.items()}})
                 answered = {m: _answered_on_veth(measure, p) for m, p in pipelines.items()}
                 forged = _forged(pipelines["cookie"], chained, topo)
             finally:
                 for p in pipelines.values():
                     p.close()
-    bare_mpps = result["bare_drop"]["mpps"]
+    bare_mpps, tx_mpps = result["bare_drop"]["mpps"], result["bare_tx"]["mpps"]
     ratios = {m: round(result[f"syn_{m}"]["mpps"] / bare_mpps, 3) if bare_mpps else 0.0
               for m in pipelines}
+    to_tx = {m: round(result[f"syn_{m}"]["mpps"] / tx_mpps, 3) if tx_mpps else 0.0
+             for m in pipelines}
     # The programs alone (not live) run on one buffer the generator rewrites; a stage
     # that turns it into a shorter SYN-ACK leaves the generator a frame it cannot
     # rewrite, so those numbers say nothing here: the live ones carry each SYN-ACK out.
     for name in result:
         result[name].pop("program_ns_per_packet", None)
     summary = (f"SYN-ACKs from XDP on the veth path: cookie {result['syn_cookie']['mpps']:.2f} Mpps "
-               f"({ratios['cookie']:.0%} of bare XDP_DROP's {bare_mpps:.2f} Mpps), auth "
-               f"{result['syn_auth']['mpps']:.2f} Mpps ({ratios['auth']:.0%}); "
+               f"({ratios['cookie']:.0%} of bare XDP_DROP's {bare_mpps:.2f} Mpps, "
+               f"{to_tx['cookie']:.0%} of bare XDP_TX's {tx_mpps:.2f}), auth "
+               f"{result['syn_auth']['mpps']:.2f} Mpps ({ratios['auth']:.0%}, {to_tx['auth']:.0%}); "
                f"{answered['cookie']:.1%} and {answered['auth']:.1%} of the SYNs that reached XDP "
                f"answered; live frames: cookie {result['syn_cookie']['ns_per_packet']:.0f} ns, auth "
                f"{result['syn_auth']['ns_per_packet']:.0f} ns, bare {result['bare_drop']['ns_per_packet']:.0f} "
                f"ns per SYN; forged ACKs: {forged['false_accepts']} of {forged['frames']:,} accepted "
                f"({forged['refused']:,} refused as bad_cookie)")
-    return {"rate": result, "ratio_to_bare": ratios, "answered_fraction": answered,
+    return {"rate": result, "ratio_to_bare": ratios, "ratio_to_bare_tx": to_tx, "answered_fraction": answered,
             "forged_acks": forged, "summary": summary}
 
 

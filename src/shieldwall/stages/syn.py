@@ -40,7 +40,7 @@ KEYS = ("ports", "mode", "activate", "auth_ttl", "mss", "wscale")
 MODES = {"cookie": abi.SW_SYN_MODE_COOKIE, "auth": abi.SW_SYN_MODE_AUTH}
 MAX_PPS = 10**9
 MAX_AUTH_TTL = 86400
-TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = abi.SW_TCP_FIN, abi.SW_TCP_SYN, abi.SW_TCP_RST, abi.SW_TCP_ACK
 # What nf_synproxy needs (Documentation/networking/nf_conntrack-sysctl.rst): cookies the
 # kernel checks on every ACK, timestamps to carry the options a cookie cannot, and
 # conntrack that does not pick up a connection from its middle.
