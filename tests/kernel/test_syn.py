@@ -248,3 +248,17 @@ def test_syn_equals_reference(pipeline, cpu, mode, frames):
         want = evaluate(policy, fields)
         verdict, _ = _run(pipeline, cpu, frame)
         assert verdict[:2] == (want.action, want.reason), (mode, fields)
+
+
+def test_verdict_shows_the_answer(tmp_path):
+    from ..kernel.test_verdict_cli import run_verdict
+    from shieldwall.pcapio import write_pcap
+
+    policy = tmp_path / "syn.yaml"
+    policy.write_text("version: 1\ndefault_action: pass\nprotect:\n  syn: {ports: [80], mode: cookie}\n")
+    pcap = tmp_path / "syn.pcap"
+    forged = bytes(Ether(**ETH) / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=80, flags="A", ack=7))
+    write_pcap(pcap, [_syn(), _syn(v6=True, vlan=True), forged])
+    lines = run_verdict(pcap, policy)
+    assert [(x["action"], x["reason"], x["module"]) for x in lines] == [
+        ("tx", "syn_cookie", "syn"), ("tx", "syn_cookie", "syn"), ("drop", "bad_cookie", "syn")]

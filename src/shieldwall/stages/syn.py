@@ -218,7 +218,7 @@ class SynStage(Stage):
     def decide(self, section: Syn, pkt: ParsedPacket) -> Decision | None:
         """The verdict of a fresh stage: no socket on the host for the packet, no source
         authenticated, an `activate` by rate not active yet, and an ACK whose cookie does
-        not check (a random one checks with odds of about 2^-24)."""
+        not check (a random one checks with odds of about 2^-29)."""
         if not has_l4(pkt) or pkt.l4_proto != IPPROTO_TCP or pkt.dport not in section.ports:
             return None
         if not section.always:
