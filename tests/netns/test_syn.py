@@ -206,3 +206,29 @@ def test_what_a_killed_up_set_up_goes_with_the_next_command(lab, tmp_path):
     assert out.returncode == 0, out.stderr
     assert table not in _tables(topo) and "someone_else" in _tables(topo)
     assert _sysctls(topo) == before
+
+
+def test_activation_follows_the_syn_rate(lab, tmp_path):
+    """activate: {above, below}: inactive at first (the kernel answers), active once a
+    second's SYN rate exceeds `above` (the stage answers), off again under `below`."""
+    topo = lab
+    path = tmp_path / "rate.yaml"
+    path.write_text("version: 1\ndefault_action: pass\nprotect:\n  bogons: \"off\"\n"
+                    f"  syn: {{ports: [{PORT}], mode: auth, activate: {{above: 5000, below: 1000}}}}\n")
+    _up(topo, path)
+    with start_http_server(topo, PORT):
+        assert _get(topo, topo.server_v4)
+        assert counter(server_status(topo), "tx", "syn_challenge") == 0
+        with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+            gen.random(templates(attack("syn"), topo))
+            gen.send_for(2.5, rate=20000)
+        report = server_status(topo)
+        assert counter(report, "tx", "syn_challenge") > 0
+        lines = _cmd(topo, "status").stdout
+        assert "syn: active since" in lines, lines
+        time.sleep(1.2)
+        # A quiet second: the next SYN closes it with a rate under `below`.
+        assert _get(topo, topo.server_v4)
+        time.sleep(1.2)
+        assert _get(topo, topo.server_v4)
+        assert "syn: inactive since" in _cmd(topo, "status").stdout
