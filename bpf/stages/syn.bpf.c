@@ -282,8 +282,7 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 		ip[6] = 0x40;				/* don't fragment */
 		ip[7] = 0;
 		ip[8] = SYNACK_TTL;
-		ip[10] = ip[11] = 0;
-		ip[10] = 0;
+		ip[10] = ip[11] = 0;			/* checksum, computed below */
 		{
 			__u16 c = sw_syn_fold(sw_syn_sum(ip, 10, 0));
 
