@@ -262,3 +262,20 @@ def test_verdict_shows_the_answer(tmp_path):
     lines = run_verdict(pcap, policy)
     assert [(x["action"], x["reason"], x["module"]) for x in lines] == [
         ("tx", "syn_cookie", "syn"), ("tx", "syn_cookie", "syn"), ("drop", "bad_cookie", "syn")]
+
+
+def test_the_secret_and_authentications_outlive_a_reload(pipeline, cpu):
+    _use(pipeline, mode="auth")
+    _, out = _run(pipeline, cpu, _syn(seq=9))
+    before = pipeline.maps[STATE].lookup(0)
+    keys = (before.key0, before.key1)
+    assert all(keys)
+    rst = bytes(Ether(**ETH) / IP(src=CLIENT4, dst=SERVER4)
+                / TCP(sport=40000, dport=80, flags="R", seq=Ether(out)[TCP].ack))
+    # A reload between the challenge and its answer: the answer still counts.
+    pipeline.apply(configure(_policy(mode="auth", auth_ttl="60s")))
+    after = pipeline.maps[STATE].lookup(0)
+    assert (after.key0, after.key1) == keys
+    assert _run(pipeline, cpu, rst)[0] == ("drop", "syn_authenticated", "syn")
+    pipeline.apply(configure(_policy(mode="auth")))
+    assert _run(pipeline, cpu, _syn(seq=9))[0][2] != "syn"  # still authenticated
