@@ -16,7 +16,6 @@ failure changes nothing.
 from __future__ import annotations
 
 import errno
-import json
 import re
 import shutil
 import subprocess
@@ -26,9 +25,8 @@ from typing import Any
 from ..kernel.errors import BpfError
 from ..stages import stages
 from ..stages.base import HostNeeds
-from .records import Records, read_json, write_atomic
+from .records import Records
 
-RECORD = "host.json"
 SYSCTL_ROOT = Path("/proc/sys")
 NFT_TIMEOUT = 30
 
@@ -53,15 +51,11 @@ def needs(config: Any, iface: str) -> dict[str, HostNeeds]:
 # -- the record ----------------------------------------------------------------------------
 
 def _read(records: Records) -> dict[str, dict]:
-    return read_json(records.dir / RECORD) or {}
+    return records.host_setup()
 
 
 def _write(records: Records, record: dict[str, dict]) -> None:
-    if not record:
-        (records.dir / RECORD).unlink(missing_ok=True)
-        return
-    records._ready()
-    write_atomic(records.dir / RECORD, json.dumps(record, indent=1).encode())
+    records.save_host_setup(record)
 
 
 # -- nftables and sysctls ----------------------------------------------------------------
