@@ -52,6 +52,11 @@
 #define SW_R_ZERO_PORT 28
 #define SW_R_RATE_LIMITED 29
 #define SW_R_BLOCKED 30
+#define SW_R_BAD_COOKIE 31
+#define SW_R_SYN_COOKIE 32
+#define SW_R_SYN_CHALLENGE 33
+#define SW_R_SYN_AUTHENTICATED 34
+#define SW_R_SYN_UNANSWERABLE 35
 #define SW_R_REFLECTION 36
 #define SW_R_REFLECTOR_LIMITED 37
 #define SW_R_REFLECTION_FRAGMENT 38
@@ -390,6 +395,60 @@ struct sw_lim_stat {
 };
 
 /* -- the syn stage (bpf/stages/syn.bpf.c) ------------------------------------------ */
+
+/*
+ * SYN flood defense (docs/defenses.md, "SYN floods"). A SYN to a protected port is
+ * answered from XDP with a SYN-ACK: in cookie mode its sequence number is the kernel's
+ * syncookie (nf_synproxy completes the handshake), in auth mode its ACK number is a
+ * keyed hash the client's TCP echoes back in a RST, which authenticates the source.
+ */
+#define SW_SYN_MODE_COOKIE 0
+#define SW_SYN_MODE_AUTH 1
+#define SW_SYN_PORTS 65536
+#define SW_SYN_AUTH_MAX 65536
+#define SW_SYN_SLOT_SHIFT 36		/* a challenge's time slot: 2^36 ns, about 69 s */
+#define SW_SYN_WINDOW_NS 1000000000	/* the SYN rate is measured over one second */
+
+struct sw_syn_consts {
+	__u32 mode;		/* SW_SYN_MODE_* */
+	__u32 always;		/* 1: always active; 0: by the SYN rate (above/below) */
+	__u64 above;		/* SYNs a second to the protected ports that switch it on */
+	__u64 below;		/* and off again */
+	__u64 auth_ttl_ns;	/* auth mode: how long an authenticated source stays so */
+	__u32 mss4;		/* the MSS the SYN-ACK advertises, per family */
+	__u32 mss6;
+	__u32 wscale;		/* the window scale it advertises */
+	__u32 pad0;
+};
+
+/* The protected ports: one bit per port (sw_syn_ports, a config map). */
+struct sw_syn_portmap {
+	__u32 word[2048];
+};
+
+/* The stage's state (sw_syn_state, kept across reloads): the auth mode's secret, and
+ * whether it is active, since when, and the SYN count of the current window. */
+struct sw_syn_state {
+	__u64 key0;		/* the keyed hash's secret, drawn by the data plane once */
+	__u64 key1;
+	__u64 window_ns;	/* bpf_ktime_get_coarse_ns() the current window began */
+	__u64 syns;		/* SYNs to the protected ports in it */
+	__u64 since_ns;		/* when active last changed (0: never) */
+	__u64 last_rate;	/* SYNs a second in the last full window */
+	__u32 active;
+	__u32 pad0;
+};
+
+/* An authenticated source (sw_syn_auth, an LRU hash kept across reloads). */
+struct sw_syn_auth_key {
+	__u8 addr[16];		/* IPv4 mapped */
+	__u32 family;
+	__u32 pad0;
+};
+
+struct sw_syn_auth {
+	__u64 expires_ns;	/* bpf_ktime_get_coarse_ns() */
+};
 
 /* -- the reflection stage (bpf/stages/reflection.bpf.c) ------------------------------ */
 /*

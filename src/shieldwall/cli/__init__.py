@@ -288,6 +288,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.reflection:
         from .reflectionbench import run_reflection
         report = run_reflection(rounds=args.rounds)
+    elif args.syn:
+        from .synbench import run_syn
+        report = run_syn(rounds=args.rounds)
     elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
@@ -512,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the icmp stage: per-packet cost on an echo flood and a forged-error flood")
     p.add_argument("--reflection", action="store_true",
                    help="the reflection stage: per-packet cost on a reflected DNS flood")
+    p.add_argument("--syn", action="store_true",
+                   help="SYN-ACKs from XDP (cookie and auth mode) next to bare XDP_DROP; "
+                        "a million forged ACKs against the cookie check")
     p.add_argument("--scenarios", action="store_true",
                    help="every attack scenario without protection, with shieldwall and with peers, "
                         "while a real client uses the server")

@@ -82,6 +82,7 @@ def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifec
                 pipeline, live = lifecycle._load(records, number, change, reuse, arm, control_fd)
             finally:
                 tx.close_maps(state)
+            lifecycle._host_before(iface, change)  # added to the control's: both run
             tx.prepare(layout, number, pipeline, own=OWN_MAPS)
             records.save_canary({"control": before, "canary": number, "arm": label,
                                  "started": time.time(), "baseline": _counts(layout, before)})
@@ -90,6 +91,7 @@ def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifec
         except BaseException:
             tx.abandon(layout, records, number)
             records.clear_canary()
+            lifecycle._host_reconcile(iface)
             raise
         finally:
             os.close(control_fd)
@@ -142,6 +144,7 @@ def abort(iface: str) -> tuple[int, str | None]:
         finally:
             os.close(root)
         tx.finish(layout, records, None, control)
+        lifecycle._host_reconcile(iface)  # what only the canary needed goes
         return control, recovered
 
 

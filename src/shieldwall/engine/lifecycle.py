@@ -26,7 +26,7 @@ from ..policy.files import read_bounded
 from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
 from ..policy.sets import MAX_SET_FILE_BYTES
 from ..stages import stages
-from . import egress, livesets
+from . import egress, host, livesets
 from . import transaction as tx
 from .records import Records, Revision
 from .transaction import Layout
@@ -123,6 +123,7 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     try:
         _record(records, number, change, "up" if change.origin == "reload" else change.origin)
         pipeline, live = _load(records, number, change, None)
+        _host_before(iface, change)
         tx.prepare(layout, number, pipeline)
         link_fd, got, why = _try_modes(pipeline.root_program.fd, index, iface, mode)
         libbpf.pin_fd(link_fd, layout.link)
@@ -133,6 +134,7 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
         tx.abandon(layout, records, number)
         bpffs.remove_tree(layout.directory)
         bpffs.remove_empty_parents(layout.directory)
+        host.teardown(iface)
         raise
     finally:
         if link_fd >= 0:
@@ -141,6 +143,7 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
             pipeline.close()
     # Attached from here on: a failure below leaves the journal for the next command.
     tx.finish(layout, records, None, number)
+    host.sync(iface, change.config)
     live.kept()
     return AttachResult(iface, got, why, prog_id, layout.directory, number, notes=tuple(live.notes))
 
@@ -213,17 +216,20 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
             pipeline, live = _load(records, number, change, {name: m.fd for name, m in state.items()})
         finally:
             tx.close_maps(state)
+        _host_before(iface, change)
         tx.prepare(layout, number, pipeline)
         tx.commit(layout, before, pipeline)
         prog_id = pipeline.root_program.id
     except BaseException:
         tx.abandon(layout, records, number)
+        _host_reconcile(iface)
         raise
     finally:
         if pipeline is not None:
             pipeline.close()
     # In force from here on: a failure below leaves the journal for the next command.
     tx.finish(layout, records, before, number)
+    host.sync(iface, change.config)
     live.kept()
     mode = xdp.query(index).mode or "none"
     return AttachResult(iface, mode, f"revision {number} in force; state kept", prog_id,
@@ -370,6 +376,7 @@ def down(iface: str, forget: bool = False) -> DownResult:
         records = Records(iface)
         tx.begin(records, "down", records.current(), None)
         tx.recover(iface)  # the journal says down: detach, remove, forget
+        host.teardown(iface)
         if forget:
             records.remove()
         return DownResult(True, recovered)
@@ -377,7 +384,27 @@ def down(iface: str, forget: bool = False) -> DownResult:
 
 def _recover(iface: str) -> str | None:
     bpffs.ensure_bpffs()
-    return tx.recover(iface)
+    done = tx.recover(iface)
+    if done is not None or (host.recorded(iface) and not Layout.of(iface).link.exists()):
+        _host_reconcile(iface)
+    return done
+
+
+# -- the host beside the data plane (engine/host.py) --------------------------------------
+
+def _host_before(iface: str, change: Proposal) -> None:
+    """Before the commit: what the new chain's stages need from the namespace is there
+    (the old chain's stays until the change is in force), or the change is refused."""
+    host.check(change.config, iface)
+    host.sync(iface, change.config, add_only=True)
+
+
+def _host_reconcile(iface: str) -> None:
+    """The namespace holds what the revision in force needs, after a change that failed
+    or was cut short: nothing, when shieldwall is not attached."""
+    layout = Layout.of(iface)
+    config = current_config(iface) if layout.live_generation() is not None else None
+    host.sync(iface, config)
 
 
 # -- status ------------------------------------------------------------------------------

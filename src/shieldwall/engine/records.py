@@ -8,6 +8,7 @@ Everything lives under one root-only directory per interface
     blobs/<sha256>       the policy's and its set files' contents, by hash
     current              the revision in force
     journal              the change under way, if any (see engine/transaction.py)
+    host.json            what stages set up in the network namespace (engine/host.py)
 
 Every write goes to a temporary file that is synced and renamed over the old one, so a
 kill at any instant leaves each file whole: the old content or the new.
@@ -191,6 +192,16 @@ class Records:
 
     def clear_canary(self) -> None:
         (self.dir / "canary.json").unlink(missing_ok=True)
+
+    # -- what stages set up in the namespace (engine.host) -------------------------------
+    def host_setup(self) -> dict:
+        return read_json(self.dir / "host.json") or {}
+
+    def save_host_setup(self, data: dict) -> None:
+        if data:
+            self._write("host.json", data, indent=1)
+        else:
+            (self.dir / "host.json").unlink(missing_ok=True)
 
     def live_entries(self) -> dict | None:
         return read_json(self.dir / "live.json", 1 << 30)

@@ -19,6 +19,8 @@ from .. import abi
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 Verdict = Literal["pass", "drop"]
+# What a packet gets: a verdict, or tx when a stage answers it in place (the syn stage).
+Outcome = Literal["pass", "drop", "tx"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "drop")
 
 T = TypeVar("T")

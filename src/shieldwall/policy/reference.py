@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from .. import abi
 from ..model.parse import ICMP_PROTO, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ParsedPacket
-from .model import Fragment, Items, Match, Policy, Range, RuleSet, TcpFlags, Verdict
+from .model import Fragment, Items, Match, Outcome, Policy, Range, RuleSet, TcpFlags
 
 # Router/neighbor solicitation and advertisement, redirect: without them IPv6 stops
 # working on the link, so a drop-by-default policy must not cut the host off.
@@ -42,7 +42,7 @@ class Decision:
     among them, which would have dropped the packet.
     """
 
-    action: Verdict
+    action: Outcome
     reason: str
     rule: str | None = None
     rule_id: int = abi.SW_RULE_NONE

@@ -24,6 +24,8 @@ blocks) are pinned and handed to the next load, so they survive reloads.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
@@ -55,6 +57,24 @@ class StageBuild:
     # Address lookups of its own that live set entries can join in place
     # (dataplane.livehosts.Lookup), by name.
     lookups: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostNeeds:
+    """What a stage needs from the network namespace beside its programs while it is
+    in force (engine/host.py sets it up and takes it down): an nftables table of its
+    own, in family inet, and sysctl values (paths below /proc/sys). `unavailable` is
+    the error to show when the host cannot give it (it names the policy field)."""
+
+    table: str
+    ruleset: str
+    sysctls: dict[str, str]
+    unavailable: str
+
+    @staticmethod
+    def table_for(stage: str, iface: str) -> str:
+        """The table of a stage on an interface: nft names are letters, digits and _."""
+        return f"shieldwall_{stage}_{re.sub(r'[^A-Za-z0-9_]', '_', iface)}"
 
 
 class Stage:
@@ -160,6 +180,10 @@ class Stage:
     def after_swap(self, maps: dict[str, "Map"], carried: Any) -> None:
         """Gives the new generation (its maps, live) what carry() read. A recovery may
         call it twice with the same data: it must set, not add."""
+
+    def host(self, section: Any, iface: str) -> HostNeeds | None:
+        """What it needs from the host's network namespace while in force on iface."""
+        return None
 
     def status(self, maps: dict[str, "Map"]) -> dict:
         """Its part of `status --json`, read from the pinned maps."""
