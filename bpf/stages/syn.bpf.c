@@ -122,13 +122,35 @@ static __always_inline int sw_syn_load(struct xdp_md *ctx, const struct sw_pkt *
 	if (tcp_len < 20)
 		return 0;
 	h->tcp_len = tcp_len;
+	/* Direct reads where the length is a constant; the TCP header's is not, so a
+	 * helper copies it. */
 	if (h->ip_len == 20) {
-		if (bpf_xdp_load_bytes(ctx, l3, h->ip, 20))
+		__u8 *ip = sw_bytes(ctx, l3, 20);
+
+		if (!ip)
 			return 0;
-	} else if (bpf_xdp_load_bytes(ctx, l3, h->ip, 40)) {
-		return 0;
+		__builtin_memcpy(h->ip, ip, 20);
+	} else {
+		__u8 *ip = sw_bytes(ctx, l3, 40);
+
+		if (!ip)
+			return 0;
+		__builtin_memcpy(h->ip, ip, 40);
 	}
 	return bpf_xdp_load_bytes(ctx, l4, h->tcp, sw_syn_tcp_len(tcp_len)) == 0;
+}
+
+static __always_inline void sw_syn_put32(__u8 *p, __u32 v)
+{
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+static __always_inline __u32 sw_syn_get32(const __u8 *p)
+{
+	return (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
 }
 
 /* Walking the SYN's options: one step per option, in a bpf_loop callback so the
@@ -177,37 +199,41 @@ static long sw_syn_opt_step(__u64 index, void *data)
 static __always_inline void sw_syn_parse_opts(const struct sw_syn_hdrs *h, struct sw_syn_opts *o)
 {
 	struct sw_syn_optwalk w = {.h = h, .o = o, .i = 20};
+	const __u8 *t = h->tcp;
 
+	/* Linux's own layout (MSS, SACK permitted, timestamps, NOP, window scale), the
+	 * most common SYN there is, read in place; any other takes the walk. */
+	if (h->tcp_len == 40 && t[20] == OPT_MSS && t[21] == 4 && t[24] == OPT_SACK_PERM &&
+	    t[25] == 2 && t[26] == OPT_TIMESTAMP && t[27] == 10 && t[36] == OPT_NOP &&
+	    t[37] == OPT_WINDOW && t[38] == 3) {
+		o->sack = 1;
+		o->has_ts = 1;
+		o->tsval = sw_syn_get32(t + 28);
+		o->wscale = t[39] > TCP_MAX_WSCALE ? TCP_MAX_WSCALE : t[39];
+		return;
+	}
 	o->wscale = TS_WSCALE_NONE;
 	bpf_loop(40, sw_syn_opt_step, &w, 0);
 }
 
-static __always_inline void sw_syn_put32(__u8 *p, __u32 v)
+/* Ones' complement sum of n 32-bit words as they lie in memory (network order): the
+ * sum folds to the checksum in network order too (RFC 1071), stored as it is. */
+static __always_inline __u64 sw_syn_sum(const __u8 *p, __u32 words, __u64 sum)
 {
-	p[0] = v >> 24;
-	p[1] = v >> 16;
-	p[2] = v >> 8;
-	p[3] = v;
-}
+	const __u32 *w = (const __u32 *)p;
 
-static __always_inline __u32 sw_syn_get32(const __u8 *p)
-{
-	return (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
-}
-
-/* Ones' complement sum of n big-endian 16-bit words. */
-static __always_inline __u32 sw_syn_sum(const __u8 *p, __u32 words, __u32 sum)
-{
-	for (int i = 0; i < 30; i++) {
+	for (int i = 0; i < 15; i++) {
 		if (i >= words)
 			break;
-		sum += (__u32)p[(2 * i) & 63] << 8 | p[(2 * i + 1) & 63];
+		sum += w[i];
 	}
 	return sum;
 }
 
-static __always_inline __u16 sw_syn_fold(__u32 sum)
+static __always_inline __u16 sw_syn_fold(__u64 sum)
 {
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum & 0xffff;
@@ -220,7 +246,8 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 {
 	__u8 *ip = h->ip, *th = h->tcp;
 	__u8 tmp[16];
-	__u32 optlen = 4, sum = 0, tcp_len;
+	__u32 optlen = 4, tcp_len;
+	__u64 sum;
 	__u16 mss;
 
 	if (h->ip_len == 20) {
@@ -250,7 +277,7 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 	if (o->has_ts) {
 		/* The timestamp encodes what the cookie cannot hold (kernel cookie_init_timestamp):
 		 * milliseconds, their low 6 bits replaced by the options. */
-		__u32 now = bpf_ktime_get_ns() / 1000000, ts;
+		__u32 now = sw_clock_now(&sw_syn_clock) / 1000000, ts;
 
 		ts = (now & ~TS_BITS_MASK) | o->wscale | (o->sack ? TS_SACK : 0) |
 		     (flags & SW_TCP_ECE ? TS_ECN : 0);
@@ -283,37 +310,28 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 		ip[7] = 0;
 		ip[8] = SYNACK_TTL;
 		ip[10] = ip[11] = 0;			/* checksum, computed below */
-		{
-			__u16 c = sw_syn_fold(sw_syn_sum(ip, 10, 0));
-
-			ip[10] = c >> 8;
-			ip[11] = c;
-		}
-		sum = sw_syn_sum(ip + 12, 4, IPPROTO_TCP + tcp_len);
+		*(__u16 *)(ip + 10) = sw_syn_fold(sw_syn_sum(ip, 5, 0));
+		sum = sw_syn_sum(ip + 12, 2, bpf_htons(IPPROTO_TCP + tcp_len));
 	} else {
 		sw_syn_put32(ip, 0x60000000);		/* no traffic class, no flow label */
 		ip[4] = 0;
 		ip[5] = tcp_len;
 		ip[7] = SYNACK_TTL;
-		sum = sw_syn_sum(ip + 8, 16, IPPROTO_TCP + tcp_len);
+		sum = sw_syn_sum(ip + 8, 8, bpf_htons(IPPROTO_TCP + tcp_len));
 	}
-	sum = sw_syn_sum(th, tcp_len / 2, sum);
-	{
-		__u16 c = sw_syn_fold(sum);
-
-		th[16] = c >> 8;
-		th[17] = c;
-	}
+	*(__u16 *)(th + 16) = sw_syn_fold(sw_syn_sum(th, tcp_len / 4, sum));
 	return tcp_len;
 }
 
 /* Puts the SYN-ACK in the frame: MACs swapped, VLAN tags as they were, the frame cut
- * (or grown) to its end. */
+ * (or grown) to its end. Stores go straight into the frame: each length here is one of
+ * a few constants. */
 static __always_inline int sw_syn_send(struct xdp_md *ctx, const struct sw_pkt *pkt,
 				       struct sw_syn_hdrs *h, __u32 tcp_len)
 {
 	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
-	__u8 mac[12], swapped[12];
+	__u8 *eth, *p;
+	__u16 mac[3];
 	int delta;
 
 	if (l3 > 0x3fff || l4 > 0x3fff || tcp_len > 40 || tcp_len < 20)
@@ -321,19 +339,41 @@ static __always_inline int sw_syn_send(struct xdp_md *ctx, const struct sw_pkt *
 	delta = (int)(l4 + tcp_len) - (int)(ctx->data_end - ctx->data);
 	if (delta && bpf_xdp_adjust_tail(ctx, delta))
 		return -1;
-	if (bpf_xdp_load_bytes(ctx, 0, mac, 12))
+	eth = sw_bytes(ctx, 0, 12);
+	if (!eth)
 		return -1;
-	__builtin_memcpy(swapped, mac + 6, 6);
-	__builtin_memcpy(swapped + 6, mac, 6);
-	if (bpf_xdp_store_bytes(ctx, 0, swapped, 12))
-		return -1;
+	__builtin_memcpy(mac, eth, 6);
+	__builtin_memcpy(eth, eth + 6, 6);
+	__builtin_memcpy(eth + 6, mac, 6);
 	if (h->ip_len == 20) {
-		if (bpf_xdp_store_bytes(ctx, l3, h->ip, 20))
+		p = sw_bytes(ctx, l3, 20);
+		if (!p)
 			return -1;
-	} else if (bpf_xdp_store_bytes(ctx, l3, h->ip, 40)) {
-		return -1;
+		__builtin_memcpy(p, h->ip, 20);
+	} else {
+		p = sw_bytes(ctx, l3, 40);
+		if (!p)
+			return -1;
+		__builtin_memcpy(p, h->ip, 40);
 	}
-	return bpf_xdp_store_bytes(ctx, l4, h->tcp, tcp_len);
+	/* The SYN-ACK's own lengths: MSS alone; with timestamps; and window scale. */
+	if (tcp_len == 40) {
+		p = sw_bytes(ctx, l4, 40);
+		if (!p)
+			return -1;
+		__builtin_memcpy(p, h->tcp, 40);
+	} else if (tcp_len == 36) {
+		p = sw_bytes(ctx, l4, 36);
+		if (!p)
+			return -1;
+		__builtin_memcpy(p, h->tcp, 36);
+	} else {
+		p = sw_bytes(ctx, l4, 24);
+		if (!p)
+			return -1;
+		__builtin_memcpy(p, h->tcp, 24);
+	}
+	return 0;
 }
 
 /* -- auth mode: the challenge ------------------------------------------------------ */

@@ -11,7 +11,7 @@ Each run measures, over the attack's seconds:
   it took: SYNs it answered, ACKs it checked, and what it dropped as invalid);
 - how many IP packets reached the server namespace's stack, and what reached its TCP
   listen path: handshakes it answered with its own SYN cookies, SYNs it dropped at a
-  full queue, connections it accepted (TCP_COUNTERS);
+  full queue, connections it accepted (lab/probes.py, TCP_COUNTERS);
 - for the reflected floods, the protected host's own DNS resolutions (against dnsmasq
   outside) and NTP queries: their success rate and p99 latency;
 - CPU: the busy and softirq shares of all CPUs (/proc/stat) during the attack. The
@@ -128,25 +128,6 @@ def stack_packets(netns: str) -> int:
         with open("/proc/thread-self/net/snmp6") as f:
             v6 = next(int(line.split()[1]) for line in f if line.startswith("Ip6InReceives"))
     return v4 + v6
-
-
-# What a SYN flood does to the server's TCP: handshakes answered with the kernel's
-# own cookies, SYNs dropped at a full listen queue, and connections accepted.
-TCP_COUNTERS = ("SyncookiesSent", "SyncookiesRecv", "ListenOverflows", "ListenDrops",
-                "TCPReqQFullDrop", "PassiveOpens")
-
-
-def tcp_counters(netns: str) -> dict[str, int]:
-    """TCP_COUNTERS of the namespace's stack (/proc/net/netstat TcpExt, snmp Tcp)."""
-    found: dict[str, int] = {}
-    with enter_netns(netns):
-        for path in ("/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"):
-            with open(path) as f:
-                lines = f.read().splitlines()
-            for names, values in zip(lines[::2], lines[1::2]):
-                if names.startswith(("TcpExt:", "Tcp:")):
-                    found.update(zip(names.split()[1:], map(int, values.split()[1:])))
-    return {name: found.get(name, 0) for name in TCP_COUNTERS}
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -5,6 +5,7 @@ Runs on built-in defaults, bounded in time and packets, and always cleans up.
 
 from __future__ import annotations
 
+import threading
 import time
 from ipaddress import ip_network
 from pathlib import Path
@@ -16,19 +17,22 @@ from scapy.layers.l2 import Ether
 from ..config import load_config
 from ..engine import lifecycle, livesets
 from . import topology
-from .probes import tcp_connect
+from .attacks import attack, run_attack
+from .probes import tcp_connect, tcp_counters
 from .servers import start_tcp_server
 from ..kernel.netns import enter_netns
 from .traffic import IPV4_SRC_OFFSET, SPOOFED_V4, syn_flood_v4
 from .trafgen import TrafficGenerator
 
-PORT = 8080
+PORT = 80
 FLOOD_PACKETS = 1_000_000
 HEAVY_PACKETS = 200_000
+SYN_FLOOD_SECONDS = 2.0
 
-# The demo's policy: a spoofed range and a live blocklist in the fastpath, the attacker's
-# address and any port but the web server's refused by rules, UDP held to a rate per
-# source (over it, the source is blocked for a while), everything else passed.
+# The demo's policy: a spoofed range and a live blocklist in the fastpath, SYNs to the
+# web server answered with SYN cookies from XDP, the attacker's address and any port but
+# the web server's refused by rules, UDP held to a rate per source (over it, the source
+# is blocked for a while), everything else passed.
 POLICY = f"""\
 version: 1
 default_action: pass
@@ -36,6 +40,8 @@ sets:
   blocklist: {{type: prefix, entries: []}}   # filled live: shieldwall set add
 fastpath:
   deny: [{SPOOFED_V4}, "@blocklist"]
+protect:
+  syn: {{ports: [{PORT}], mode: cookie}}
 limits:
   udp-per-source: {{per: source, pps: 1000, burst: 200, block: 10s}}
 rules:
@@ -62,6 +68,33 @@ def _check(what: str, got: bool, want: bool) -> bool:
     mark = "ok " if got == want else "FAIL"
     _say(f"  [{mark}] {what}: {'reached' if got else 'blocked'}")
     return got == want
+
+
+def _syn_flood(topo: topology.LabTopology) -> bool:
+    """A spoofed SYN flood with a real stack's options at the web port: each SYN is
+    answered from XDP with a cookie; the client's handshakes go through the cookie path
+    while it lasts, and nothing of the flood reaches the server's listen queue."""
+    a = attack("syn-spoofed")
+    _say(f"SYN flood: {a.what}, {SYN_FLOOD_SECONDS:g} s at full rate")
+    before = tcp_counters(topo.server_ns)
+    sent: list = []
+    flood = threading.Thread(target=lambda: sent.append(run_attack(a, topo, SYN_FLOOD_SECONDS)))
+    flood.start()
+    time.sleep(0.3)
+    tries = [tcp_connect(topo, PORT) for _ in range(5)]
+    flood.join()
+    after = tcp_counters(topo.server_ns)
+    if sent:
+        _say(f"  sent {sent[0].sent:,} frames ({sent[0].mpps:.2f} Mpps)")
+    with enter_netns(topo.server_ns):
+        report = lifecycle.status(topo.server_if)[0]
+    answered = sum(c["packets"] for c in report["counters"] if c["reason"] == "syn_cookie")
+    reached = {k: after[k] - before[k] for k in ("SyncookiesSent", "ListenOverflows", "ListenDrops")}
+    _say(f"  {answered:,} SYNs answered with a cookie from XDP (tx syn_cookie); the server's "
+         "listen queue saw " + ", ".join(f"{k} {n}" for k, n in reached.items()))
+    ok = _check(f"client -> server during it ({sum(tries)} of {len(tries)} connects)",
+                all(tries), True)
+    return ok and not any(reached.values())
 
 
 def run_demo() -> int:
@@ -102,6 +135,8 @@ def _run(change: lifecycle.Proposal) -> int:
                                     src_offset=IPV4_SRC_OFFSET)
                 _say(f"  sent {sent.sent:,} frames in {sent.seconds:.2f} s ({sent.mpps:.2f} Mpps)")
                 ok &= _check("client -> server during the attack", tcp_connect(topo, PORT), True)
+
+                ok &= _syn_flood(topo)
 
                 heavy = "203.0.113.7"
                 _say(f"heavy hitter: {HEAVY_PACKETS:,} UDP frames from {heavy} alone")

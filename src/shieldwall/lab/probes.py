@@ -148,3 +148,22 @@ def ping(
     except OSError:
         return False
     return False
+
+
+# What a SYN flood does to the server's TCP: handshakes answered with the kernel's
+# own cookies, SYNs dropped at a full listen queue, and connections accepted.
+TCP_COUNTERS = ("SyncookiesSent", "SyncookiesRecv", "ListenOverflows", "ListenDrops",
+                "TCPReqQFullDrop", "PassiveOpens")
+
+
+def tcp_counters(netns: str) -> dict[str, int]:
+    """TCP_COUNTERS of the namespace's stack (/proc/net/netstat TcpExt, snmp Tcp)."""
+    found: dict[str, int] = {}
+    with ns.enter_netns(netns):
+        for path in ("/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"):
+            with open(path) as f:
+                lines = f.read().splitlines()
+            for names, values in zip(lines[::2], lines[1::2]):
+                if names.startswith(("TcpExt:", "Tcp:")):
+                    found.update(zip(names.split()[1:], map(int, values.split()[1:])))
+    return {name: found.get(name, 0) for name in TCP_COUNTERS}
