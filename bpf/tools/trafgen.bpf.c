@@ -171,7 +171,19 @@ static __always_inline int randomize(struct xdp_md *ctx, struct sw_gen_config *c
 	r = next_random(rng);
 	idx = ((__u64)r * cfg->ntemplates) >> 32;	/* no division on the hot path */
 	t = bpf_map_lookup_elem(&sw_gen_templates, &idx);
-	if (!t || data + SW_GEN_HDR_MAX > data_end)
+	if (!t)
+		return -1;
+	/* A frame the receiver shortened (a SYN-ACK answered in place, XDP_TX) comes back
+	 * to the live-frames page pool with its new length, which the kernel does not reset
+	 * when only the tail moved: grow it back to the template's. */
+	if (data_end - data != t->frame_len && t->frame_len >= SW_GEN_HDR_MAX &&
+	    t->frame_len <= SW_GEN_FRAME_MAX) {
+		if (bpf_xdp_adjust_tail(ctx, (int)t->frame_len - (int)(data_end - data)))
+			return -1;
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+	}
+	if (data + SW_GEN_HDR_MAX > data_end)
 		return -1;
 	/* Word by word: with the packet's alignment unknown, memcpy would go byte by byte
 	 * and the copy alone would cost more than most filters under test. */

@@ -18,7 +18,6 @@ import pytest
 
 from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.attacks import attack, templates
-from shieldwall.lab.peer import receives_xdp_tx
 from shieldwall.lab.servers import start_http_server
 from shieldwall.lab.trafgen import TrafficGenerator, xdp_rx_packets
 from shieldwall.stages.base import HostNeeds
@@ -29,13 +28,6 @@ pytestmark = pytest.mark.netns
 
 PORT = 80
 SYSCTLS = ("net/ipv4/tcp_syncookies", "net/ipv4/tcp_timestamps", "net/netfilter/nf_conntrack_tcp_loose")
-
-
-@pytest.fixture()
-def lab(lab):
-    """The lab, its outside end able to receive the SYN-ACKs sent with XDP_TX."""
-    with receives_xdp_tx(lab):
-        yield lab
 
 
 def _policy(tmp_path, mode: str, name: str = "syn.yaml"):

@@ -32,6 +32,7 @@ from ..lab import topology
 from ..lab.attacks import HTTP_PORT, UDP_PORT, check_run, run_attack
 from ..lab.client import HostQueries, LegitClient, LegitResult
 from ..lab.peers import iptables as iptables_peer
+from ..lab.probes import tcp_counters
 from ..lab.peers import nftables as nftables_peer
 from ..lab.peers.written import (SYNPROXY_SYSCTLS, iptables_config, nft_ruleset,
                                  synproxy_ruleset, sysctls)

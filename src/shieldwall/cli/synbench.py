@@ -29,7 +29,7 @@ from ..kernel.libbpf import BpfObject
 from ..kernel.netns import enter_netns
 from ..lab import topology
 from ..lab.attacks import attack, templates
-from ..lab.peer import receives_xdp_tx
+from ..lab.peer import sink
 from ..lab.trafgen import Template, TrafficGenerator
 from ..paths import object_path
 from ..policy import parse_policy
@@ -67,7 +67,7 @@ def run_syn(rounds: int = ROUNDS) -> dict:
                 BpfObject(object_path("bare_tx")) as bare_tx, \
                 TrafficGenerator(None, None) as chained, \
                 TrafficGenerator(topo.outside_ns, topo.outside_if) as gen, \
-                receives_xdp_tx(topo, drop=True):
+                sink(topo):
             bare.load()
             bare_tx.load()
             pipelines = {mode: Pipeline.load(configure(_policy(mode))) for mode in ("cookie", "auth")}

@@ -81,7 +81,9 @@ def _syn_flood(topo: topology.LabTopology) -> bool:
     flood = threading.Thread(target=lambda: sent.append(run_attack(a, topo, SYN_FLOOD_SECONDS)))
     flood.start()
     time.sleep(0.3)
-    tries = [tcp_connect(topo, PORT) for _ in range(5)]
+    # A SYN-ACK lost on the two loaded CPUs is sent again: the client's own TCP
+    # retransmits its SYN after a second.
+    tries = [tcp_connect(topo, PORT, timeout=3.0) for _ in range(5)]
     flood.join()
     after = tcp_counters(topo.server_ns)
     if sent:
@@ -89,12 +91,17 @@ def _syn_flood(topo: topology.LabTopology) -> bool:
     with enter_netns(topo.server_ns):
         report = lifecycle.status(topo.server_if)[0]
     answered = sum(c["packets"] for c in report["counters"] if c["reason"] == "syn_cookie")
+    # SYNPROXY opens each proxied connection with a SYN of its own to the server, which
+    # answers it with a cookie (tcp_syncookies=2): one per client connection, none per
+    # flood SYN.
     reached = {k: after[k] - before[k] for k in ("SyncookiesSent", "ListenOverflows", "ListenDrops")}
     _say(f"  {answered:,} SYNs answered with a cookie from XDP (tx syn_cookie); the server's "
-         "listen queue saw " + ", ".join(f"{k} {n}" for k, n in reached.items()))
+         "listen queue saw " + ", ".join(f"{k} {n}" for k, n in reached.items())
+         + f" (the client's {sum(tries)} connections)")
     ok = _check(f"client -> server during it ({sum(tries)} of {len(tries)} connects)",
                 all(tries), True)
-    return ok and not any(reached.values())
+    return ok and reached["SyncookiesSent"] <= len(tries) and not (
+        reached["ListenOverflows"] or reached["ListenDrops"])
 
 
 def run_demo() -> int:

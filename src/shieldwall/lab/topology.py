@@ -163,6 +163,10 @@ def _build(topo: LabTopology, created: list[str]) -> None:
             ns.add_address(netns, ifname, cidr, preferred=cidr not in topo.attacker_cidrs())
     for netns, ifname, _ in _ends(topo):
         ns.set_link_up(netns, ifname)
+    # The outside end stands for the wire: it must receive what the server's XDP
+    # answers with XDP_TX (SYN cookies), which veth delivers only to an XDP program.
+    from .peer import attach_pass
+    attach_pass(topo.outside_ns, topo.outside_if)
 
 
 def _wait_healthy(topo: LabTopology, timeout: float = 5.0) -> None:
