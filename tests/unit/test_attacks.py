@@ -110,3 +110,10 @@ def test_rate_limits_join_the_policies_that_name_them():
 def test_bad_attack_input_is_named(args, said):
     out = shieldwall(*args)
     assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_attack_help_names_every_attack():
+    out = shieldwall("lab", "attack", "--help", env={"COLUMNS": "1000"})  # no wrapping
+    said = " ".join(out.stdout.split())
+    assert out.returncode == 0
+    assert all(name in said for name in ATTACKS), sorted(n for n in ATTACKS if n not in said)

@@ -492,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("status", help="what exists of the lab")
     a = actions.add_parser("attack", help="flood the lab's server end at kernel speed, for a bounded time")
     a.add_argument("name", metavar="NAME", type=_attack_name,
-                   help="syn, ack, udp, heavy, slow, icmp, fragments, mixed, dns-amplification, "
-                        "ntp-amplification or memcached-amplification")
+                   help="syn, syn-spoofed, syn-cookie-replay, ack, udp, heavy, slow, icmp, "
+                        "icmp-flood, fragments, mixed, dns-amplification, ntp-amplification "
+                        "or memcached-amplification")
     a.add_argument("--rate", type=_positive(int, "packets per second"), metavar="PPS",
                    help="frames a second (default: as fast as the generator goes)")
     a.add_argument("--seconds", type=_positive(float, "seconds"), default=10.0, metavar="S",
