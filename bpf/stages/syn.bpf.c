@@ -323,6 +323,18 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 	return tcp_len;
 }
 
+/* Writes len bytes into the frame at off: a constant len (the function is inlined), so
+ * the write is checked against the frame's end and made with plain stores. */
+static __always_inline int sw_syn_put(struct xdp_md *ctx, __u32 off, const __u8 *src, const __u32 len)
+{
+	__u8 *p = sw_bytes(ctx, off, len);
+
+	if (!p)
+		return -1;
+	__builtin_memcpy(p, src, len);
+	return 0;
+}
+
 /* Puts the SYN-ACK in the frame: MACs swapped, VLAN tags as they were, the frame cut
  * (or grown) to its end. Stores go straight into the frame: each length here is one of
  * a few constants. */
@@ -330,8 +342,8 @@ static __always_inline int sw_syn_send(struct xdp_md *ctx, const struct sw_pkt *
 				       struct sw_syn_hdrs *h, __u32 tcp_len)
 {
 	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
-	__u8 *eth, *p;
 	__u16 mac[3];
+	__u8 *eth;
 	int delta;
 
 	if (l3 > 0x3fff || l4 > 0x3fff || tcp_len > 40 || tcp_len < 20)
@@ -345,35 +357,14 @@ static __always_inline int sw_syn_send(struct xdp_md *ctx, const struct sw_pkt *
 	__builtin_memcpy(mac, eth, 6);
 	__builtin_memcpy(eth, eth + 6, 6);
 	__builtin_memcpy(eth + 6, mac, 6);
-	if (h->ip_len == 20) {
-		p = sw_bytes(ctx, l3, 20);
-		if (!p)
-			return -1;
-		__builtin_memcpy(p, h->ip, 20);
-	} else {
-		p = sw_bytes(ctx, l3, 40);
-		if (!p)
-			return -1;
-		__builtin_memcpy(p, h->ip, 40);
-	}
+	if (h->ip_len == 20 ? sw_syn_put(ctx, l3, h->ip, 20) : sw_syn_put(ctx, l3, h->ip, 40))
+		return -1;
 	/* The SYN-ACK's own lengths: MSS alone; with timestamps; and window scale. */
-	if (tcp_len == 40) {
-		p = sw_bytes(ctx, l4, 40);
-		if (!p)
-			return -1;
-		__builtin_memcpy(p, h->tcp, 40);
-	} else if (tcp_len == 36) {
-		p = sw_bytes(ctx, l4, 36);
-		if (!p)
-			return -1;
-		__builtin_memcpy(p, h->tcp, 36);
-	} else {
-		p = sw_bytes(ctx, l4, 24);
-		if (!p)
-			return -1;
-		__builtin_memcpy(p, h->tcp, 24);
-	}
-	return 0;
+	if (tcp_len == 40)
+		return sw_syn_put(ctx, l4, h->tcp, 40);
+	if (tcp_len == 36)
+		return sw_syn_put(ctx, l4, h->tcp, 36);
+	return sw_syn_put(ctx, l4, h->tcp, 24);
 }
 
 /* -- auth mode: the challenge ------------------------------------------------------ */
