@@ -349,3 +349,15 @@ def _netns_state(peer_lab) -> dict:
             "legacy": out("iptables-legacy-save", "-t", "raw"),
             "legacy6": out("ip6tables-legacy-save", "-t", "raw"),
             "link": out("ip", "link", "show", peer_lab.if_b)}
+
+
+def test_nftables_negations_side_by_side_are_each_kept(peer_lab):
+    # nft merges adjacent payload comparisons: `th sport != 443 th dport != 1500`
+    # would pass a packet to port 1500 unless each negation is written apart.
+    policy = parse_policy({"version": 1, "default_action": "drop", "rules": [
+        {"name": "r", "action": "pass", "match": {"sport": "!443", "dport": "!1500"}}]},
+        "negations.yaml", ".")
+    frames = [bytes(_eth() / IPv6(src="2001:db8::7", dst="2001:db8::1") / TCP(sport=s, dport=d))
+              for s, d in ((1024, 1500), (443, 80), (1024, 80))]
+    frames += [bytes(_eth() / IP(src="198.51.100.7", dst="192.0.2.10") / UDP(sport=1024, dport=1500))]
+    _check_nftables(peer_lab, policy, frames, counters=False)

@@ -360,6 +360,11 @@ class _Writer:
         pos = span.parts
         neg = span.complement(lo, hi).parts
         parts, op = (neg, "!= ") if neg and len(neg) < len(pos) else (pos, "")
+        if op and len(parts) == 1:
+            # nft merges adjacent payload comparisons into one (`th sport != 443 th dport
+            # != 1500` becomes "not both"): one value or prefix left out is written as
+            # what is left in, which nft never merges (a range, or a set lookup).
+            parts, op = pos, ""
         if len(parts) > INLINE_MAX and name in ("src", "dst"):
             return op + "@" + self.address_set(family, Span(parts))
         if len(parts) == 1:
