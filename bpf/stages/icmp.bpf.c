@@ -20,6 +20,7 @@
 #include "lib/clock.h"
 #include "lib/gcra.h"
 #include "lib/pipeline.h"
+#include "lib/socket.h"
 
 const volatile struct sw_icmp_consts sw_icmp SEC(".rodata.icmp") = {};
 
@@ -39,7 +40,6 @@ struct {
 
 SW_CLOCK_MAP(sw_icmp_clock);
 
-#define TCP_LISTEN_ 10
 /* What an error quotes of the packet it is about beyond its IP header (RFC 792): the
  * ports of TCP and UDP, an echo's identifier. */
 #define INNER_L4_MIN 8
@@ -51,30 +51,6 @@ static __always_inline int sw_icmp_is_error(const struct sw_pkt *pkt)
 	if (pkt->family == SW_FAMILY_IPV4)
 		return t == 3 || t == 4 || t == 5 || t == 11 || t == 12;
 	return t >= 1 && t <= 4;
-}
-
-/* Whether the kernel holds a socket for the flow, looked up in the device's network
- * namespace as if the remote end sent to this host. A TCP listener does not count: no
- * packet of a connection leaves from it (SYN-ACKs come from request sockets, which the
- * lookup finds). */
-static __always_inline int sw_icmp_socket(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 len,
-					  __u8 proto)
-{
-	struct bpf_sock *sk;
-	int found = 1;
-
-	if (proto == IPPROTO_TCP) {
-		sk = bpf_skc_lookup_tcp(ctx, t, len, BPF_F_CURRENT_NETNS, 0);
-		if (!sk)
-			return 0;
-		found = sk->state != TCP_LISTEN_;
-	} else {
-		sk = bpf_sk_lookup_udp(ctx, t, len, BPF_F_CURRENT_NETNS, 0);
-		if (!sk)
-			return 0;
-	}
-	bpf_sk_release(sk);
-	return found;
 }
 
 /* The embedded IPv4 header: its source must be the error's destination; fills the
@@ -181,7 +157,7 @@ static __always_inline int sw_icmp_related(struct xdp_md *ctx, const struct sw_p
 		t.ipv6.sport = dport;
 		t.ipv6.dport = sport;
 	}
-	return sw_icmp_socket(ctx, &t, len, proto);
+	return sw_host_socket(ctx, &t, len, proto);
 }
 
 SEC("xdp.frags")

@@ -22,6 +22,7 @@
 #include <linux/tcp.h>
 #include "lib/clock.h"
 #include "lib/pipeline.h"
+#include "lib/socket.h"
 
 const volatile struct sw_syn_consts sw_syn SEC(".rodata.syn") = {};
 
@@ -434,7 +435,7 @@ static __always_inline int sw_syn_authenticated(const struct sw_pkt *pkt)
 
 	sw_syn_auth_key(pkt, &key);
 	auth = bpf_map_lookup_elem(&sw_syn_auth, &key);
-	return auth && auth->expires_ns > bpf_ktime_get_coarse_ns();
+	return auth && auth->expires_ns > sw_clock_now(&sw_syn_clock);
 }
 
 /* A RST answering a challenge of this slot or the one before authenticates its source. */
@@ -442,7 +443,7 @@ static __always_inline int sw_syn_check_rst(struct xdp_md *ctx, struct sw_pkt *p
 					    struct sw_syn_state *st)
 {
 	__u8 *th = sw_bytes(ctx, pkt->l4_off, 8);
-	__u64 now = bpf_ktime_get_coarse_ns(), slot = now >> SW_SYN_SLOT_SHIFT;
+	__u64 now = sw_clock_now(&sw_syn_clock), slot = now >> SW_SYN_SLOT_SHIFT;
 	struct sw_syn_auth_key key = {};
 	struct sw_syn_auth auth = {};
 	__u32 seq;
@@ -460,15 +461,12 @@ static __always_inline int sw_syn_check_rst(struct xdp_md *ctx, struct sw_pkt *p
 
 /* -- the handshake's other packets ------------------------------------------------- */
 
-/* The host has a socket for this packet other than a listener: an established
- * connection, or a request socket of a handshake the kernel itself answered. */
+/* The host has a socket for this packet other than a listener (lib/socket.h). */
 static __always_inline int sw_syn_has_socket(struct xdp_md *ctx, const struct sw_pkt *pkt,
 					     const struct sw_syn_hdrs *h)
 {
 	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
 	__u32 size;
-	int found;
 
 	if (h->ip_len == 20) {
 		__builtin_memcpy(&t.ipv4.saddr, h->ip + 12, 4);
@@ -483,12 +481,7 @@ static __always_inline int sw_syn_has_socket(struct xdp_md *ctx, const struct sw
 		__builtin_memcpy(&t.ipv6.dport, h->tcp + 2, 2);
 		size = sizeof(t.ipv6);
 	}
-	sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	found = sk->state != BPF_TCP_LISTEN;
-	bpf_sk_release(sk);
-	return found;
+	return sw_host_socket(ctx, &t, size, IPPROTO_TCP);
 }
 
 static __always_inline int sw_syn_cookie_ok(struct sw_syn_hdrs *h)
@@ -566,7 +559,7 @@ static __noinline int sw_syn_answer(struct xdp_md *ctx, struct sw_pkt *pkt, stru
 		__u64 hash;
 
 		sw_syn_secret(st);
-		hash = sw_syn_hash(st, pkt, bpf_ktime_get_coarse_ns() >> SW_SYN_SLOT_SHIFT);
+		hash = sw_syn_hash(st, pkt, sw_clock_now(&sw_syn_clock) >> SW_SYN_SLOT_SHIFT);
 		/* An acceptable ACK (isn + 1) by chance, one in 2^32: the client would
 		 * complete the handshake with us, its ACK go to the host and be refused, and
 		 * it would try again. */
