@@ -9,14 +9,15 @@
 SW_TABLE_MAP(sw_src_tab);
 SW_HOSTS_MAP(sw_src_hosts);
 
-SEC("xdp.frags")
-int sw_root(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_root(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	int reason;
 
 	/* The scratch outlives the previous packet on this CPU: start clean. */
 	__builtin_memset(pkt, 0, sizeof(*pkt));
+	sw_ctx_linearize(ctx);
 	/* The linear part; the parse asks for the whole length when the packet claims more
 	 * (lib/parse.h, sw_fits). */
 	pkt->frame_len = ctx->data_end - ctx->data;
@@ -26,7 +27,7 @@ int sw_root(struct xdp_md *ctx)
 	if (reason)
 		sw_canary_hand_off(ctx);
 	if (reason == SW_R_NON_IP) {
-		pkt->frame_len = bpf_xdp_get_buff_len(ctx);
+		pkt->frame_len = sw_ctx_len(ctx);
 		return sw_finish(pkt, SW_ACT_PASS, reason, SW_MOD_ROOT, SW_RULE_NONE);
 	}
 	if (reason)

@@ -59,7 +59,7 @@ static __always_inline int sw_in_canary(const struct sw_pkt *pkt)
 
 /* Hands a packet to the root in force; returns only if that root is missing (then the
  * canary decides the packet: either policy is a whole one) or this root is no canary. */
-static __always_inline void sw_canary_hand_off(struct xdp_md *ctx)
+static __always_inline void sw_canary_hand_off(SW_CTX *ctx)
 {
 	if (sw_consts.canary_mode != SW_CANARY_OFF)
 		bpf_tail_call(ctx, &sw_arm, 0);

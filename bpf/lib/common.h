@@ -10,6 +10,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "shieldwall.h"
+#include "ctx.h"
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
@@ -38,7 +39,7 @@ static __always_inline int sw_v4_mapped_in_v6(__u8 family, const __u8 *addr)
 
 /* Read-only bytes at an offset from the start of the packet, or NULL when they are not
  * all inside the linear data. The verifier needs the offset bounded before it is added. */
-static __always_inline void *sw_bytes(struct xdp_md *ctx, __u32 off, __u32 len)
+static __always_inline void *sw_bytes(SW_CTX *ctx, __u32 off, __u32 len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;

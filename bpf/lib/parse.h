@@ -17,23 +17,30 @@
 /* Whether the IP packet's end lies inside the frame. frame_len starts as the linear
  * part: only a multi-buffer frame is longer, and only then does the packet claim more,
  * so the helper that counts the fragments runs for such frames alone. */
-static __always_inline int sw_fits(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 end)
+static __always_inline int sw_fits(SW_CTX *ctx, struct sw_pkt *pkt, __u32 end)
 {
 	if (end <= pkt->frame_len)
 		return 1;
-	pkt->frame_len = bpf_xdp_get_buff_len(ctx);
+	pkt->frame_len = sw_ctx_len(ctx);
 	return end <= pkt->frame_len;
 }
 
-static __always_inline int sw_parse_l2(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 *off)
+static __always_inline int sw_parse_l2(SW_CTX *ctx, struct sw_pkt *pkt, __u32 *off)
 {
 	struct ethhdr *eth = sw_bytes(ctx, 0, sizeof(*eth));
-	__u16 proto;
+	__u16 proto, tci;
+	__u32 outer;
 
 	if (!eth)
 		return SW_R_TRUNCATED_ETH;
 	proto = bpf_ntohs(eth->h_proto);
 	*off = sizeof(*eth);
+	/* A tag taken out of the data before the hook counts as the outermost one. */
+	outer = sw_ctx_outer_vlan(ctx, &tci);
+	if (outer) {
+		pkt->vlan_id = tci & 0x0fff;
+		pkt->vlan_depth = 1;
+	}
 
 #pragma unroll
 	for (int i = 0; i < SW_MAX_VLAN_DEPTH + 1; i++) {
@@ -41,14 +48,14 @@ static __always_inline int sw_parse_l2(struct xdp_md *ctx, struct sw_pkt *pkt, _
 
 		if (proto != ETH_P_8021Q_ && proto != ETH_P_8021AD_)
 			break;
-		if (i == SW_MAX_VLAN_DEPTH)
+		if (i + outer >= SW_MAX_VLAN_DEPTH)
 			return SW_R_VLAN_TOO_DEEP;
 		/* TCI then the inner EtherType */
 		tag = sw_bytes(ctx, *off, 4);
 		if (!tag)
 			return SW_R_TRUNCATED_VLAN;
 		pkt->vlan_id = bpf_ntohs(tag[0]) & 0x0fff;
-		pkt->vlan_depth = i + 1;
+		pkt->vlan_depth = i + 1 + outer;
 		proto = bpf_ntohs(tag[1]);
 		*off += 4;
 	}
@@ -72,7 +79,7 @@ static __always_inline __u8 sw_frag_bits(__u16 offset, int more)
 	return offset ? SW_FRAG_IS : 0;
 }
 
-static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 off)
+static __always_inline int sw_parse_ipv4(SW_CTX *ctx, struct sw_pkt *pkt, __u32 off)
 {
 	struct iphdr *ip = sw_bytes(ctx, off, sizeof(*ip));
 	__u32 hlen, tot;
@@ -108,7 +115,7 @@ static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_pkt *pkt,
 
 /* Walks one extension header: its length into *len and the next header's type into
  * *nexthdr, or the reason it is malformed. */
-static __always_inline int sw_ipv6_ext(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 off,
+static __always_inline int sw_ipv6_ext(SW_CTX *ctx, struct sw_pkt *pkt, __u32 off,
 				       __u32 l3_end, __u8 *nexthdr, __u32 *len)
 {
 	__u8 *ext = sw_bytes(ctx, off, 8);
@@ -143,7 +150,7 @@ static __always_inline int sw_is_ipv6_ext(__u8 nexthdr)
 	       nexthdr == IPPROTO_FRAGMENT_;
 }
 
-static __always_inline int sw_parse_ipv6(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 off)
+static __always_inline int sw_parse_ipv6(SW_CTX *ctx, struct sw_pkt *pkt, __u32 off)
 {
 	struct ipv6hdr *ip6 = sw_bytes(ctx, off, sizeof(*ip6));
 	__u32 l3_len, l3_end, len = 0;
@@ -186,7 +193,7 @@ static __always_inline int sw_parse_ipv6(struct xdp_md *ctx, struct sw_pkt *pkt,
 	return SW_R_NONE;
 }
 
-static __always_inline int sw_parse_l4(struct xdp_md *ctx, struct sw_pkt *pkt)
+static __always_inline int sw_parse_l4(SW_CTX *ctx, struct sw_pkt *pkt)
 {
 	__u32 off = pkt->l4_off, l3_end = pkt->l3_off + pkt->l3_len;
 	__u8 proto = pkt->l4_proto;
@@ -228,7 +235,7 @@ static __always_inline int sw_parse_l4(struct xdp_md *ctx, struct sw_pkt *pkt)
 }
 
 /* Fills pkt from the packet; returns the reason when the root decides on its own. */
-static __always_inline int sw_parse(struct xdp_md *ctx, struct sw_pkt *pkt)
+static __always_inline int sw_parse(SW_CTX *ctx, struct sw_pkt *pkt)
 {
 	__u32 off = 0;
 	int ret;

@@ -35,7 +35,7 @@ static __always_inline int sw_finish(struct sw_pkt *pkt, __u32 action, __u32 rea
 	pkt->module = module;
 	pkt->rule = rule;
 	sw_count(action, reason, pkt->frame_len);
-	return action;
+	return sw_ctx_verdict(action);
 }
 
 /* The configured failure outcome, for a stage that is missing or cannot do its job. */
@@ -47,7 +47,7 @@ static __always_inline int sw_missed(struct sw_pkt *pkt)
 /* Runs the next stage of the chain. Returns only if there is none: the end of the
  * chain, or a slot that should hold a stage and does not (the configured failure
  * outcome). The slot is a constant to the verifier, so the call is a direct jump. */
-static __always_inline int sw_next(struct xdp_md *ctx, struct sw_pkt *pkt)
+static __always_inline int sw_next(SW_CTX *ctx, struct sw_pkt *pkt)
 {
 	if (sw_consts.next_slot == SW_SLOT_END)
 		return sw_finish(pkt, sw_consts.end_action, SW_R_END_OF_CHAIN, SW_MOD_ROOT, SW_RULE_NONE);
@@ -60,6 +60,6 @@ static __always_inline int sw_next(struct xdp_md *ctx, struct sw_pkt *pkt)
 #define SW_STAGE_PKT(pkt)                                   \
 	struct sw_pkt *pkt = sw_scratch_pkt();              \
 	if (!pkt)                                           \
-		return XDP_ABORTED
+		return SW_RET_ABORTED
 
 #endif /* SW_PIPELINE_H */

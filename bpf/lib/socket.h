@@ -9,7 +9,7 @@
  * carries it), looked up in the device's network namespace. A TCP listener does not
  * count: no segment of a connection belongs to it (a handshake the kernel answered
  * has a request socket, which the lookup finds, as it finds TIME_WAIT). */
-static __always_inline int sw_host_socket(struct xdp_md *ctx, struct bpf_sock_tuple *t, __u32 len,
+static __always_inline int sw_host_socket(SW_CTX *ctx, struct bpf_sock_tuple *t, __u32 len,
 					  __u8 proto)
 {
 	struct bpf_sock *sk;

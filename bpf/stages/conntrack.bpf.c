@@ -88,7 +88,7 @@ int sw_ct_egress(struct __sk_buff *skb)
 
 /* The key an inbound packet replies to (its ends swapped); 0 when it can reply to no
  * recorded flow. */
-static __always_inline int sw_ct_reply_key(struct xdp_md *ctx, const struct sw_pkt *pkt,
+static __always_inline int sw_ct_reply_key(SW_CTX *ctx, const struct sw_pkt *pkt,
 					   struct sw_ct_key *key)
 {
 	if (!(pkt->flags & SW_PKT_HAS_L4))
@@ -114,8 +114,8 @@ static __always_inline int sw_ct_reply_key(struct xdp_md *ctx, const struct sw_p
 	return 1;
 }
 
-SEC("xdp.frags")
-int sw_stage_conntrack(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_conntrack(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	struct sw_ct_key key = {};

@@ -7,8 +7,8 @@
 /* Per source class: SW_FP_NONE, SW_ACT_PASS (allowlisted) or SW_ACT_DROP (blocklisted). */
 SW_TABLE_MAP(sw_fp_tab);
 
-SEC("xdp.frags")
-int sw_stage_fastpath(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_fastpath(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	const __u32 *tab = sw_table(&sw_fp_tab);

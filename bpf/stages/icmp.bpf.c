@@ -55,7 +55,7 @@ static __always_inline int sw_icmp_is_error(const struct sw_pkt *pkt)
 
 /* The embedded IPv4 header: its source must be the error's destination; fills the
  * lookup tuple reversed and says where its payload starts, or 0. */
-static __always_inline int sw_icmp_inner4(struct xdp_md *ctx, const struct sw_pkt *pkt, __u32 *off,
+static __always_inline int sw_icmp_inner4(SW_CTX *ctx, const struct sw_pkt *pkt, __u32 *off,
 					  __u32 end, struct bpf_sock_tuple *t, __u8 *proto)
 {
 	__u8 *ip = sw_bytes(ctx, *off, 20);
@@ -79,7 +79,7 @@ static __always_inline int sw_icmp_inner4(struct xdp_md *ctx, const struct sw_pk
 	return 1;
 }
 
-static __always_inline int sw_icmp_inner6(struct xdp_md *ctx, const struct sw_pkt *pkt, __u32 *off,
+static __always_inline int sw_icmp_inner6(SW_CTX *ctx, const struct sw_pkt *pkt, __u32 *off,
 					  __u32 end, struct bpf_sock_tuple *t, __u8 *proto)
 {
 	__u8 *ip = sw_bytes(ctx, *off, 40);
@@ -122,7 +122,7 @@ static __always_inline int sw_icmp_inner6(struct xdp_md *ctx, const struct sw_pk
 
 /* Whether an error is about a packet this host sent. An embedded ICMP echo (or any
  * other protocol without sockets to ask) is judged by its source alone. */
-static __always_inline int sw_icmp_related(struct xdp_md *ctx, const struct sw_pkt *pkt)
+static __always_inline int sw_icmp_related(SW_CTX *ctx, const struct sw_pkt *pkt)
 {
 	__u32 off = pkt->l4_off + 8, end = pkt->l3_off + pkt->l3_len;
 	struct bpf_sock_tuple t = {};
@@ -160,8 +160,8 @@ static __always_inline int sw_icmp_related(struct xdp_md *ctx, const struct sw_p
 	return sw_host_socket(ctx, &t, len, proto);
 }
 
-SEC("xdp.frags")
-int sw_stage_icmp(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_icmp(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	int v6 = pkt->family == SW_FAMILY_IPV6;

@@ -292,8 +292,8 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 	return sw_finish(pkt, SW_ACT_DROP, SW_R_RATE_LIMITED, SW_MOD_LIMIT, pkt->rule);
 }
 
-SEC("xdp.frags")
-int sw_stage_limit(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_limit(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	const __u32 *tab;

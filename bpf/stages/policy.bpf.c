@@ -291,7 +291,7 @@ static __always_inline int sw_pol_is_nd(struct sw_pkt *pkt)
 /* The verdict for the deciding rule, or the default action (which never drops IPv6
  * neighbor discovery). A rule that passes may be a limit's: with a limit stage in the
  * chain, it has the last word on what a rule passed. */
-static __always_inline int sw_pol_decided(struct xdp_md *ctx, struct sw_pkt *pkt, __u32 best,
+static __always_inline int sw_pol_decided(SW_CTX *ctx, struct sw_pkt *pkt, __u32 best,
 					  __u32 drops, __u64 now)
 {
 	__u32 action;
@@ -312,10 +312,10 @@ static __always_inline int sw_pol_decided(struct xdp_md *ctx, struct sw_pkt *pkt
 	return sw_finish(pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, best);
 }
 
-static __always_inline int sw_pol_chains(struct xdp_md *ctx, struct sw_pkt *pkt, const __u32 *tab);
+static __always_inline int sw_pol_chains(SW_CTX *ctx, struct sw_pkt *pkt, const __u32 *tab);
 
-SEC("xdp.frags")
-int sw_stage_policy(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_policy(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	__u32 best = NO_RULE, drops = 0;
@@ -353,7 +353,7 @@ int sw_stage_policy(struct xdp_md *ctx)
 }
 
 /* Chain mode: classes per field, then each bucket's chain (docs/classifier.md). */
-static __always_inline int sw_pol_chains(struct xdp_md *ctx, struct sw_pkt *pkt, const __u32 *tab)
+static __always_inline int sw_pol_chains(SW_CTX *ctx, struct sw_pkt *pkt, const __u32 *tab)
 {
 	__u32 cls[16] = {};
 	__u32 lists[SW_POL_MAX_BUCKETS] = {};

@@ -61,8 +61,8 @@ static __always_inline int sw_matched(const struct sw_pkt *pkt, const void *tab,
 	return 0;
 }
 
-SEC("xdp.frags")
-int sw_stage_protect(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_protect(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	const __u32 *tab = sw_table(&sw_prot_tab);

@@ -134,7 +134,7 @@ int sw_refl_egress(struct __sk_buff *skb)
 
 /* The datagram a fragment belongs to, by its IP identification. An IPv6 fragment header
  * is found only right after the fixed header (where senders put it); 0 elsewhere. */
-static __always_inline int sw_refl_frag_key(struct xdp_md *ctx, const struct sw_pkt *pkt,
+static __always_inline int sw_refl_frag_key(SW_CTX *ctx, const struct sw_pkt *pkt,
 					    struct sw_refl_frag_key *key)
 {
 	__u8 *p;
@@ -160,7 +160,7 @@ static __always_inline int sw_refl_frag_key(struct xdp_md *ctx, const struct sw_
 }
 
 /* A first fragment that passes: its later fragments will too. */
-static __always_inline void sw_refl_first(struct xdp_md *ctx, const struct sw_pkt *pkt,
+static __always_inline void sw_refl_first(SW_CTX *ctx, const struct sw_pkt *pkt,
 					  void *table, __u64 now)
 {
 	struct sw_refl_frag_key key = {};
@@ -172,7 +172,7 @@ static __always_inline void sw_refl_first(struct xdp_md *ctx, const struct sw_pk
 }
 
 /* A later fragment: passes when its first did. */
-static __always_inline int sw_refl_later(struct xdp_md *ctx, const struct sw_pkt *pkt, __u64 now)
+static __always_inline int sw_refl_later(SW_CTX *ctx, const struct sw_pkt *pkt, __u64 now)
 {
 	struct sw_refl_frag_key key = {};
 	__u64 *expires;
@@ -188,7 +188,7 @@ static __always_inline int sw_refl_later(struct xdp_md *ctx, const struct sw_pkt
 
 /* Whether a reply answers a pending query: looked up with its ends swapped, by the DNS
  * id for port 53 (a reply too short to hold one answers nothing). */
-static __always_inline int sw_refl_answers(struct xdp_md *ctx, const struct sw_pkt *pkt, __u64 now)
+static __always_inline int sw_refl_answers(SW_CTX *ctx, const struct sw_pkt *pkt, __u64 now)
 {
 	struct sw_refl_key key = {};
 	__u64 *expires;
@@ -229,8 +229,8 @@ static __always_inline int sw_refl_within_limit(const struct sw_pkt *pkt, __u64 
 	return 1;
 }
 
-SEC("xdp.frags")
-int sw_stage_reflection(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_reflection(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	struct sw_refl_stat *stat;

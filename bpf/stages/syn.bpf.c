@@ -105,7 +105,7 @@ static __always_inline __u32 sw_syn_tcp_len(__u32 len)
 
 /* Copies the headers; 0 when the stage cannot answer the packet: IPv4 options, IPv6
  * extension headers or a fragment would have to be rebuilt, not swapped. */
-static __always_inline int sw_syn_load(struct xdp_md *ctx, const struct sw_pkt *pkt,
+static __always_inline int sw_syn_load(SW_CTX *ctx, const struct sw_pkt *pkt,
 				       struct sw_syn_hdrs *h)
 {
 	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off, tcp_len;
@@ -138,7 +138,7 @@ static __always_inline int sw_syn_load(struct xdp_md *ctx, const struct sw_pkt *
 			return 0;
 		__builtin_memcpy(h->ip, ip, 40);
 	}
-	return bpf_xdp_load_bytes(ctx, l4, h->tcp, sw_syn_tcp_len(tcp_len)) == 0;
+	return sw_ctx_load(ctx, l4, h->tcp, sw_syn_tcp_len(tcp_len)) == 0;
 }
 
 static __always_inline void sw_syn_put32(__u8 *p, __u32 v)
@@ -326,7 +326,7 @@ static __always_inline __u32 sw_syn_make_synack(struct sw_syn_hdrs *h, const str
 
 /* Writes len bytes into the frame at off: a constant len (the function is inlined), so
  * the write is checked against the frame's end and made with plain stores. */
-static __always_inline int sw_syn_put(struct xdp_md *ctx, __u32 off, const __u8 *src, const __u32 len)
+static __always_inline int sw_syn_put(SW_CTX *ctx, __u32 off, const __u8 *src, const __u32 len)
 {
 	__u8 *p = sw_bytes(ctx, off, len);
 
@@ -339,18 +339,16 @@ static __always_inline int sw_syn_put(struct xdp_md *ctx, __u32 off, const __u8 
 /* Puts the SYN-ACK in the frame: MACs swapped, VLAN tags as they were, the frame cut
  * (or grown) to its end. Stores go straight into the frame: each length here is one of
  * a few constants. */
-static __always_inline int sw_syn_send(struct xdp_md *ctx, const struct sw_pkt *pkt,
+static __always_inline int sw_syn_send(SW_CTX *ctx, const struct sw_pkt *pkt,
 				       struct sw_syn_hdrs *h, __u32 tcp_len)
 {
 	__u32 l3 = pkt->l3_off, l4 = pkt->l4_off;
 	__u16 mac[3];
 	__u8 *eth;
-	int delta;
 
 	if (l3 > 0x3fff || l4 > 0x3fff || tcp_len > 40 || tcp_len < 20)
 		return -1;
-	delta = (int)(l4 + tcp_len) - (int)(ctx->data_end - ctx->data);
-	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+	if (sw_ctx_set_len(ctx, l4 + tcp_len))
 		return -1;
 	eth = sw_bytes(ctx, 0, 12);
 	if (!eth)
@@ -439,7 +437,7 @@ static __always_inline int sw_syn_authenticated(const struct sw_pkt *pkt)
 }
 
 /* A RST answering a challenge of this slot or the one before authenticates its source. */
-static __always_inline int sw_syn_check_rst(struct xdp_md *ctx, struct sw_pkt *pkt,
+static __always_inline int sw_syn_check_rst(SW_CTX *ctx, struct sw_pkt *pkt,
 					    struct sw_syn_state *st)
 {
 	__u8 *th = sw_bytes(ctx, pkt->l4_off, 8);
@@ -462,7 +460,7 @@ static __always_inline int sw_syn_check_rst(struct xdp_md *ctx, struct sw_pkt *p
 /* -- the handshake's other packets ------------------------------------------------- */
 
 /* The host has a socket for this packet other than a listener (lib/socket.h). */
-static __always_inline int sw_syn_has_socket(struct xdp_md *ctx, const struct sw_pkt *pkt,
+static __always_inline int sw_syn_has_socket(SW_CTX *ctx, const struct sw_pkt *pkt,
 					     const struct sw_syn_hdrs *h)
 {
 	struct bpf_sock_tuple t = {};
@@ -529,7 +527,7 @@ static __always_inline int sw_syn_active(struct sw_syn_state *st)
 
 /* -- the stage -------------------------------------------------------------------- */
 
-static __noinline int sw_syn_answer(struct xdp_md *ctx, struct sw_pkt *pkt, struct sw_syn_state *st)
+static __noinline int sw_syn_answer(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_syn_state *st)
 {
 	struct sw_syn_hdrs h = {};
 	struct sw_syn_opts o = {};
@@ -570,10 +568,11 @@ static __noinline int sw_syn_answer(struct xdp_md *ctx, struct sw_pkt *pkt, stru
 	tcp_len = sw_syn_make_synack(&h, &o, seq, ack, flags);
 	if (sw_syn_send(ctx, pkt, &h, tcp_len))
 		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
+	sw_ctx_send_back(ctx);
 	return sw_finish(pkt, SW_ACT_TX, reason, SW_MOD_SYN, SW_RULE_NONE);
 }
 
-static __noinline int sw_syn_other(struct xdp_md *ctx, struct sw_pkt *pkt, struct sw_syn_state *st)
+static __noinline int sw_syn_other(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_syn_state *st)
 {
 	struct sw_syn_hdrs h = {};
 	__u8 flags = pkt->tcp_flags;
@@ -595,8 +594,8 @@ static __noinline int sw_syn_other(struct xdp_md *ctx, struct sw_pkt *pkt, struc
 	return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 }
 
-SEC("xdp.frags")
-int sw_stage_syn(struct xdp_md *ctx)
+SEC(SW_PROG_SEC)
+int sw_stage_syn(SW_CTX *ctx)
 {
 	SW_STAGE_PKT(pkt);
 	struct sw_syn_state *st;

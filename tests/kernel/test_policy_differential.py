@@ -32,8 +32,8 @@ MODULES = {"allowlisted": "fastpath", "blocklisted": "fastpath", "end_of_chain":
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    with Pipeline.load(PipelineConfig()) as p:
+def pipeline(hook):
+    with Pipeline.load(PipelineConfig(hook=hook)) as p:
         yield p
 
 

@@ -37,12 +37,12 @@ def policy(rules: str, default: str = "pass"):
 
 
 @pytest.fixture(scope="module", params=["direct", "chains"])
-def pipeline(request):
+def pipeline(request, hook):
     """Every case twice: small rulesets in direct mode, and through the chains."""
     saved = classifier.DIRECT
     classifier.DIRECT = request.param == "direct"
     try:
-        with Pipeline.load(PipelineConfig()) as p:
+        with Pipeline.load(PipelineConfig(hook=hook)) as p:
             yield p
     finally:
         classifier.DIRECT = saved

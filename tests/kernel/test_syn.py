@@ -36,8 +36,8 @@ SYN_OPTIONS = [("MSS", 1400), ("SAckOK", b""), ("Timestamp", (123456, 0)), ("NOP
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    with Pipeline.load(PipelineConfig()) as p:
+def pipeline(hook):
+    with Pipeline.load(PipelineConfig(hook=hook)) as p:
         yield p
 
 
@@ -62,8 +62,8 @@ def _run(pipeline, cpu, frame: bytes):
     """The verdict (action, reason, module) and the frame as the program left it."""
     result = prog_test_run(pipeline.root_program.fd, frame)
     pkt = pipeline.maps["sw_scratch"].lookup(0)[cpu]
-    assert pkt.action == result.retval
-    return ((abi.action_name(result.retval), abi.reason_name(pkt.reason), abi.module_name(pkt.module)),
+    assert pkt.action == pipeline.returned_action(result.retval)
+    return ((abi.action_name(pkt.action), abi.reason_name(pkt.reason), abi.module_name(pkt.module)),
             result.data)
 
 

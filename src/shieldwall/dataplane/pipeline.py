@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
@@ -52,6 +52,11 @@ ROOT_MAPS: dict[str, tuple[str, str]] = {
     "sw_src_hosts": ("struct sw_addr_key", "struct sw_host"),
     "sw_arm": ("__u32", "__u32"),      # a canary's: the root it is tried against
 }
+# The kernel hooks a pipeline is built for (bpf/lib/ctx.h), and what their programs
+# return for each verdict: XDP's actions are shieldwall's own; TC has its own codes.
+HOOKS = ("xdp", "tc")
+TC_VERDICTS = {0: "pass", 2: "drop", 7: "tx"}  # TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT
+
 # Kept across reloads; everything else is rebuilt from the configuration.
 ROOT_STATE = ("sw_counters",)
 
@@ -85,6 +90,7 @@ class PipelineConfig:
     missed_action: str = "pass"          # fail-open; "drop" is fail-closed
     images: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     canary: "Arm | None" = None          # a canary's root: which packets it decides
+    hook: str = "xdp"                    # xdp, or tc: the same programs built for TC ingress
 
     def __post_init__(self) -> None:
         known = stages()
@@ -95,6 +101,8 @@ class PipelineConfig:
             raise ValueError(f"a chain holds at most {abi.SW_MAX_STAGES} stages")
         if len(set(self.chain)) != len(self.chain):
             raise ValueError("a stage appears twice in the chain")
+        if self.hook not in HOOKS:
+            raise ValueError(f"hook must be one of {', '.join(HOOKS)}")
         if self.missed_action not in ("pass", "drop"):
             raise ValueError("missed_action must be pass or drop")
         missing = [s for s in self.chain if s not in self.images]
@@ -152,14 +160,14 @@ class Pipeline:
                                   sources.columns.get(s.name) if sources else None)
                   for s in chain}
         root_build = _root_build(config, sources)
-        root = BpfObject(object_path(ROOT_OBJECT))
+        root = BpfObject(hook_object(ROOT_OBJECT, config.hook))
         objects: dict[str, BpfObject] = {}
         try:
             _prepare(root, {**SHARED_MAPS, **ROOT_MAPS}, root_build, reuse)
             root.load()
             shared = {name: root.map(name).fd for name in SHARED_MAPS}
             for position, s in enumerate(chain):
-                obj = objects[s.name] = BpfObject(object_path(s.object))
+                obj = objects[s.name] = BpfObject(hook_object(s.object, config.hook))
                 for name, fd in shared.items():
                     obj.reuse_map(name, fd)
                 build = builds[s.name]
@@ -221,6 +229,7 @@ class Pipeline:
         """Becomes a pipeline for `config`: a fresh load that keeps this one's state, as
         a reload does (but with nothing attached to swap)."""
         carried = carry(self)
+        config = replace(config, hook=self.config.hook)  # where it runs does not change
         fresh = Pipeline.load(config, reuse=self.state_fds())
         after_swap(fresh.maps, config.chain, carried)
         self.close()
@@ -261,13 +270,32 @@ class Pipeline:
         caller holds the thread on that CPU (see one_cpu())."""
         result = prog_test_run(self.root_program.fd, packet)
         pkt = self.maps["sw_scratch"].lookup(0)[cpu]
-        if pkt.action != result.retval:
+        if self.returned_action(result.retval) != self.returned_action(sw_return(self.config.hook, pkt.action)):
             raise RuntimeError("the scratch does not hold this packet's decision; "
                                "was the thread moved to another CPU?")
-        return result.retval, pkt
+        return pkt.action, pkt
+
+    def returned_action(self, retval: int) -> int:
+        """The verdict (SW_ACT_*) a program's return value to the kernel stands for."""
+        if self.config.hook == "xdp":
+            return retval
+        return abi.ACTION_CODES[TC_VERDICTS.get(retval, "drop")]
 
     def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         return read_counters(self.maps["sw_counters"])
+
+
+def sw_return(hook: str, action: int) -> int:
+    """What a program built for the hook returns for a verdict (lib/ctx.h)."""
+    if hook == "xdp":
+        return action
+    back = {name: code for code, name in TC_VERDICTS.items()}
+    return back.get(abi.action_name(action), back["drop"])
+
+
+def hook_object(name: str, hook: str) -> Path:
+    """The object of a program built for a hook: TC's carry a .tc suffix (bpf/Makefile)."""
+    return object_path(name if hook == "xdp" else f"{name}.{hook}")
 
 
 def carry(pipeline_or_maps: "Pipeline | dict[str, Map]") -> dict[str, Any]:
