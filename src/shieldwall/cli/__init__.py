@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
+from ..modes import MODES
 from ..kernel.errors import BpfError, VerifierError
 from ..kernel.names import BadName, check_ifname, check_netns_name
 from ..kernel.netns import NamespaceError
@@ -66,6 +67,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print(f"shieldwall attached to {result.iface} in {result.mode} mode "
               f"(program id {result.prog_id}, revision {result.revision})")
+        if len(result.steps) > 1:
+            for step in result.steps:
+                print(f"  tried {step}")
     print(f"  why: {result.why}")
     print(f"  pins: {result.pins}")
     _notes(result)
@@ -165,6 +169,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in reports:
         print(f"{r['iface']}: " + (f"attached, {r['mode']} mode, program id {r.get('prog_id')}"
                                    if r["attached"] else f"NOT attached ({r.get('problem', 'stale pins')})"))
+        if r.get("mode_loses") and r.get("mode") != "native":
+            print(f"  {r['mode']} mode loses {r['mode_loses']}")
         if "revision" in r:
             rev = r["revision"]
             print(f"  revision {rev['revision']}" + (
@@ -413,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("up", cmd_up, "attach shieldwall to an interface", iface=True, config=True)
     policy_change(p)
-    p.add_argument("--mode", choices=["auto", "native", "generic"], default="auto")
+    p.add_argument("--mode", choices=["auto", *MODES], default="auto",
+                   help="where to run: auto (the best this host can, falling back in order), "
+                        + ", ".join(MODES) + " (docs/modes.md)")
     p.add_argument("--force", action="store_true", help="replace a foreign XDP program")
     p.add_argument("--revision", metavar="N|last",
                    help="apply a kept revision instead of a file (last: the one last in force)")

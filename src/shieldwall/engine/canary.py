@@ -79,7 +79,8 @@ def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifec
             state = pinned_maps(layout.state)
             try:
                 reuse = {n: m.fd for n, m in state.items() if n not in OWN_MAPS}
-                pipeline, live = lifecycle._load(records, number, change, reuse, arm, control_fd)
+                pipeline, live = lifecycle._load(records, number, change, reuse, arm, control_fd,
+                                                 hook=layout.hook() or "xdp")
             finally:
                 tx.close_maps(state)
             lifecycle._host_before(iface, change)  # added to the control's: both run

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import abi
+from .. import abi, modes
 from ..config import Config, configure, default_config
 from ..dataplane import bpffs
 from ..dataplane.pipeline import SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
@@ -47,6 +47,7 @@ class AttachResult:
     recovered: str | None = None  # what finishing an interrupted change did first
     notes: tuple[str, ...] = ()   # what became of the live set entries
     failed: tuple[str, ...] = ()  # segments whose change was refused (the others went in)
+    steps: tuple[str, ...] = ()   # each mode tried on the way to the one in force, and why
 
 
 @dataclass(frozen=True)
@@ -68,32 +69,47 @@ def proposal(config: Config, source: Path | None, origin: str = "reload",
 
 # -- attaching ---------------------------------------------------------------------------
 
-def _attach_link(prog_fd: int, index: int, mode: str) -> int:
+HOOK_OF_MODE = {"native": "xdp", "generic": "xdp", "tc": "tc"}
+
+
+def mode_plan(iface: str, mode: str) -> list[tuple[str, str]]:
+    """The modes to try, best first, each with why it is tried: the one asked for, or
+    for `auto` those the doctor finds this host and interface can run."""
+    modes.check_mode(mode)
+    if mode != "auto":
+        return [(mode, "as requested")]
+    return [(m, "as the next mode to try") for m in modes.MODES if m in HOOK_OF_MODE]
+
+
+def _attach(prog_fd: int, index: int, mode: str) -> int:
+    """A bpf_link of the root at the mode's hook (an fd)."""
+    if mode == "tc":
+        return libbpf.tcx_link_create(prog_fd, index, True, "tc mode")
     return libbpf.xdp_link_create(prog_fd, index, xdp.MODE_FLAGS[mode])
 
 
-def _try_modes(prog_fd: int, index: int, iface: str, mode: str) -> tuple[int, str, str]:
-    """Attaches in the requested mode, or the best that works for `auto`.
-    Returns (link fd, mode, why)."""
-    driver = driver_name(iface) or "unknown"
-    if mode != "auto":
-        fd = _attach_link(prog_fd, index, mode)
-        return fd, mode, f"{mode} mode as requested (driver {driver})"
-    try:
-        fd = _attach_link(prog_fd, index, "native")
-        return fd, "native", f"driver {driver} runs XDP natively: packets are decided before the kernel allocates an sk_buff"
-    except BpfError as exc:
-        native_error = exc
-    fd = _attach_link(prog_fd, index, "generic")
-    return fd, "generic", (
-        f"native mode failed on driver {driver} ({os.strerror(native_error.errno)}); "
-        "generic mode works but runs after the sk_buff is allocated, so a flood still costs "
-        "the kernel memory and much more CPU per packet")
+def _by_hook(plan: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The plan's modes grouped by the programs they need, in the plan's order: one
+    load serves native and generic both."""
+    groups: list[tuple[str, list[tuple[str, str]]]] = []
+    for mode, why in plan:
+        hook = HOOK_OF_MODE.get(mode, mode)
+        if groups and groups[-1][0] == hook:
+            groups[-1][1].append((mode, why))
+        else:
+            groups.append((hook, [(mode, why)]))
+    return groups
 
 
-def _ours(layout: Layout, state: xdp.XdpState) -> bool:
-    live = layout.live_prog_id()
-    return bool(live) and live in (state.native_id, state.generic_id, state.offload_id)
+def mode_in_force(layout: Layout, index: int, state: xdp.XdpState | None = None) -> str | None:
+    """The mode the pinned link runs shieldwall's root in; None when it runs nowhere."""
+    hook, live = layout.hook(), layout.live_prog_id()
+    if not hook or not live:
+        return None
+    if hook == "tc":
+        return "tc" if live in libbpf.tcx_programs(index, True) else None
+    state = state or xdp.query(index)
+    return state.mode if live in (state.native_id, state.generic_id, state.offload_id) else None
 
 
 def up(iface: str, change: Proposal, mode: str = "auto", force: bool = False) -> AttachResult:
@@ -106,7 +122,7 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     index = xdp.ifindex(iface)
     state = xdp.query(index)
     layout = Layout.of(iface)
-    if state.mode and _ours(layout, state):
+    if mode_in_force(layout, index, state):
         return _apply(iface, change)
     if state.mode:
         if not force:
@@ -114,18 +130,57 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
                               f"(id {state.prog_id}, {state.mode} mode)",
                               "shieldwall will not displace it; use --force to replace it")
         _detach_foreign(index, state)
+    plan = mode_plan(iface, mode)
+    driver = driver_name(iface) or "unknown"
+    steps: list[str] = []
+    failure: BaseException | None = None
+    for hook, tries in _by_hook(plan):
+        try:
+            return _up_at(iface, change, index, layout, hook, tries, steps, driver)
+        except BpfError as exc:
+            failure = exc
+    if failure is None:
+        raise AttachError(errno.ENODEV, f"no mode can run on {iface}", "see shieldwall doctor")
+    if len(plan) > 1:
+        raise AttachError(getattr(failure, "errno", errno.EINVAL),
+                          f"no mode worked on {iface}: " + "; ".join(steps),
+                          "shieldwall doctor --iface " + iface + " says why")
+    raise failure
+
+
+def _up_at(iface: str, change: Proposal, index: int, layout: Layout, hook: str,
+           tries: list[tuple[str, str]], steps: list[str], driver: str) -> AttachResult:
+    """One hook's attempt: the pipeline loaded for it and attached in the first of its
+    modes that works; a BpfError when none does (nothing left behind), each failure
+    written to `steps`."""
     bpffs.remove_tree(layout.directory)  # stale pins of an interface that lost its program
     records = Records(iface)
     number = records.next_number()
     tx.begin(records, "up", None, number)
     link_fd = -1
     pipeline = None
+    got = why = ""
     try:
         _record(records, number, change, "up" if change.origin == "reload" else change.origin)
-        pipeline, live = _load(records, number, change, None)
+        try:
+            pipeline, live = _load(records, number, change, None, hook=hook)
+        except BpfError as exc:
+            steps.extend(f"{mode}: its programs do not load here: {exc}" for mode, _ in tries)
+            raise
         _host_before(iface, change)
         tx.prepare(layout, number, pipeline)
-        link_fd, got, why = _try_modes(pipeline.root_program.fd, index, iface, mode)
+        for mode, reason in tries:
+            try:
+                link_fd = _attach(pipeline.root_program.fd, index, mode)
+            except BpfError as exc:
+                steps.append(f"{mode}: failed on driver {driver}: {exc}")
+                continue
+            got, why = mode, f"{mode} mode {reason} (driver {driver}); it loses {modes.LOSES[mode]}" \
+                if mode != "native" else f"native mode {reason} (driver {driver}): {modes.LOSES[mode]}"
+            steps.append(f"{mode}: attached")
+            break
+        else:
+            raise BpfError(errno.EOPNOTSUPP, f"no {hook} mode attached on {iface}")
         libbpf.pin_fd(link_fd, layout.link)
         prog_id = pipeline.root_program.id
     except BaseException:
@@ -145,7 +200,8 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     tx.finish(layout, records, None, number)
     host.sync(iface, change.config)
     live.kept()
-    return AttachResult(iface, got, why, prog_id, layout.directory, number, notes=tuple(live.notes))
+    return AttachResult(iface, got, why, prog_id, layout.directory, number,
+                        notes=tuple(live.notes), steps=tuple(steps))
 
 
 def _detach_foreign(index: int, state: xdp.XdpState) -> None:
@@ -213,7 +269,8 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
         _record(records, number, change, change.origin)
         state = pinned_maps(layout.state)
         try:
-            pipeline, live = _load(records, number, change, {name: m.fd for name, m in state.items()})
+            pipeline, live = _load(records, number, change, {name: m.fd for name, m in state.items()},
+                               hook=layout.hook() or "xdp")
         finally:
             tx.close_maps(state)
         _host_before(iface, change)
@@ -231,7 +288,7 @@ def _apply(iface: str, change: Proposal) -> AttachResult:
     tx.finish(layout, records, before, number)
     host.sync(iface, change.config)
     live.kept()
-    mode = xdp.query(index).mode or "none"
+    mode = mode_in_force(layout, index) or "none"
     return AttachResult(iface, mode, f"revision {number} in force; state kept", prog_id,
                         layout.directory, number, reloaded=True, notes=tuple(live.notes))
 
@@ -249,7 +306,7 @@ def apply_again(iface: str, origin: str) -> AttachResult:
 
 
 def _load(records: Records, number: int, change: Proposal, reuse: dict[str, int] | None,
-          arm: Arm | None = None, other_arm: int | None = None,
+          arm: Arm | None = None, other_arm: int | None = None, hook: str = "xdp",
           ) -> tuple[Pipeline, livesets.ForGeneration]:
     """The new generation's pipeline with the live set entries: compiled into their sets
     where they must be (the policy parsed again from revision `number`'s copies), laid
@@ -262,7 +319,8 @@ def _load(records: Records, number: int, change: Proposal, reuse: dict[str, int]
         config = load_revision(records, records.revision(number), extra=compiled)
 
     def load(config: Config) -> Pipeline:
-        return Pipeline.load(replace(config.pipeline, canary=arm), reuse=reuse, other_arm=other_arm)
+        return Pipeline.load(replace(config.pipeline, canary=arm, hook=hook), reuse=reuse,
+                             other_arm=other_arm)
 
     pipeline = load(config)
     try:
@@ -439,9 +497,12 @@ def _status_of(iface: str) -> dict:
             "in_force": live,
             "next": "the next shieldwall command on this interface finishes or undoes it"}
     if state:
-        report["attached"] = _ours(layout, state)
-        report["mode"] = state.mode if report["attached"] else None
-        report["prog_id"] = state.prog_id
+        in_force = mode_in_force(layout, xdp.ifindex(iface), state)
+        report["attached"] = bool(in_force)
+        report["mode"] = in_force
+        if in_force in modes.LOSES:
+            report["mode_loses"] = modes.LOSES[in_force]
+        report["prog_id"] = layout.live_prog_id() if in_force == "tc" else state.prog_id
         report["driver"] = driver_name(iface)
         if not report["attached"] and layout.link.exists():
             report["problem"] = ("the pinned link no longer runs on the interface (another tool "

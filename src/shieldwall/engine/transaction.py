@@ -84,6 +84,17 @@ class Layout:
         finally:
             os.close(fd)
 
+    def hook(self) -> str | None:
+        """The hook the pinned link holds the pipeline at: xdp or tc; None without one."""
+        if not self.link.exists():
+            return None
+        fd = libbpf.obj_get(self.link)
+        try:
+            kind = libbpf.link_info(fd).type
+        finally:
+            os.close(fd)
+        return "tc" if kind == libbpf.LINK_TYPE_TCX else "xdp"
+
     def live_generation(self) -> int | None:
         """The generation whose root the link runs."""
         live = self.live_prog_id()

@@ -424,32 +424,47 @@ def xdp_link_create(prog_fd: int, ifindex: int, mode_flags: int) -> int:
 
 
 # enum bpf_attach_type of kernel 6.6 and later (the build host's uapi header may be older).
+BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
+# enum bpf_link_type
+LINK_TYPE_XDP = 6
+LINK_TYPE_TCX = 11
 
 
-def tcx_egress_link_create(prog_fd: int, ifindex: int) -> int:
-    """A TC egress bpf_link (tcx, kernel 6.6+), after any programs already there: it
+def tcx_link_create(prog_fd: int, ifindex: int, ingress: bool, needed_by: str) -> int:
+    """A TC bpf_link (tcx, kernel 6.6+), after any programs already on that side: it
     detaches when its last holder, fd or pin, goes away, and touches no other program
-    or qdisc on the interface."""
+    or qdisc on the interface. `needed_by`: what needs it, for the error's hint."""
+    side = "ingress" if ingress else "egress"
     opts = ffi.new("struct bpf_link_create_opts *")
     opts.sz = ffi.sizeof("struct bpf_link_create_opts")
-    ret = lib.bpf_link_create(prog_fd, ifindex, BPF_TCX_EGRESS, opts)
+    ret = lib.bpf_link_create(prog_fd, ifindex, BPF_TCX_INGRESS if ingress else BPF_TCX_EGRESS, opts)
     if ret < 0:
         # A kernel before 6.6 knows no such attach type: it says EINVAL.
         hint = (f"tcx links need kernel 6.6 or later (this one is {os.uname().release}); "
-                "rules that read `state` need them") if -ret == errno.EINVAL else ""
-        raise BpfError(-ret, f"attaching a TC egress program to ifindex {ifindex} with a tcx "
+                f"{needed_by} need them") if -ret == errno.EINVAL else ""
+        raise BpfError(-ret, f"attaching a TC {side} program to ifindex {ifindex} with a tcx "
                              "bpf_link", hint)
     return ret
 
 
-def tcx_egress_programs(ifindex: int, room: int = 64) -> list[int]:
-    """Ids of the programs on the interface's tcx egress hook, in the order they run."""
+def tcx_egress_link_create(prog_fd: int, ifindex: int) -> int:
+    return tcx_link_create(prog_fd, ifindex, False, "rules that read `state`")
+
+
+def tcx_programs(ifindex: int, ingress: bool, room: int = 64) -> list[int]:
+    """Ids of the programs on one side of the interface's tcx hook, in the order they run."""
     ids = ffi.new("__u32[]", room)
     count = ffi.new("__u32 *", room)
-    _check(lib.bpf_prog_query(ifindex, BPF_TCX_EGRESS, 0, ffi.NULL, ids, count),
-           f"querying the TC egress programs of ifindex {ifindex}")
+    side = "ingress" if ingress else "egress"
+    _check(lib.bpf_prog_query(ifindex, BPF_TCX_INGRESS if ingress else BPF_TCX_EGRESS, 0,
+                              ffi.NULL, ids, count),
+           f"querying the TC {side} programs of ifindex {ifindex}")
     return [ids[i] for i in range(count[0])]
+
+
+def tcx_egress_programs(ifindex: int, room: int = 64) -> list[int]:
+    return tcx_programs(ifindex, False, room)
 
 
 def pin_fd(fd: int, path: str | Path) -> None:
