@@ -41,8 +41,8 @@ def _cmd(topo, *args: str):
     return shieldwall(*args, "--netns", topo.server_ns, "--iface", topo.server_if)
 
 
-def _up(topo, policy, verb: str = "up"):
-    extra = ("--mode", "native") if verb == "up" else ()
+def _up(topo, policy, verb: str = "up", where: str = "native"):
+    extra = ("--mode", where) if verb == "up" else ()
     out = _cmd(topo, verb, *extra, "--config", str(policy))
     assert out.returncode == 0, out.stdout + out.stderr
     return out
@@ -76,11 +76,14 @@ def _get(topo, dst: str, timeout: float = 3.0) -> bool:
             conn.close()
 
 
-def test_cookie_mode_serves_http_through_synproxy_and_down_restores_the_host(lab, tmp_path):
+@pytest.mark.parametrize("where", ["native", "tc"])
+def test_cookie_mode_serves_http_through_synproxy_and_down_restores_the_host(lab, tmp_path, where):
+    """In tc mode the SYN-ACK leaves by a redirect to the device's egress instead of
+    XDP_TX: the same handshake."""
     topo = lab
     before = _sysctls(topo)
     table = HostNeeds.table_for("syn", topo.server_if)
-    _up(topo, _policy(tmp_path, "cookie"))
+    _up(topo, _policy(tmp_path, "cookie"), where=where)
     assert table in _tables(topo)
     assert _sysctls(topo) == {"net/ipv4/tcp_syncookies": "2", "net/ipv4/tcp_timestamps": "1",
                               "net/netfilter/nf_conntrack_tcp_loose": "0"}
@@ -89,10 +92,11 @@ def test_cookie_mode_serves_http_through_synproxy_and_down_restores_the_host(lab
         for dst in (topo.server_v4, topo.server_v6):
             assert _get(topo, dst), dst
         report = server_status(topo)
-    # The SYN-ACKs came from XDP, not from the server's stack.
+    # The SYN-ACKs came from the stage, not from the server's stack.
     assert counter(report, "tx", "syn_cookie") - counter(base, "tx", "syn_cookie") >= 2
     status = _cmd(topo, "status").stdout
     assert "syn: active" in status, status
+    assert f"attached, {where} mode" in status, status
     # A reload keeps the table (same name, refilled at once); down removes it.
     _up(topo, _policy(tmp_path, "cookie", "again.yaml"), "reload")
     assert table in _tables(topo)
@@ -134,10 +138,10 @@ def _listen_queue(topo) -> tuple[int, int]:
     return syn_recv, overflows
 
 
-@pytest.mark.parametrize("mode", ["cookie", "auth"])
-def test_a_spoofed_syn_flood_never_reaches_the_listen_queue(lab, tmp_path, mode):
+@pytest.mark.parametrize("mode,where", [("cookie", "native"), ("auth", "native"), ("cookie", "tc")])
+def test_a_spoofed_syn_flood_never_reaches_the_listen_queue(lab, tmp_path, mode, where):
     topo = lab
-    _up(topo, _policy(tmp_path, mode))
+    _up(topo, _policy(tmp_path, mode), where=where)
     with start_http_server(topo, PORT):
         _, overflows_before = _listen_queue(topo)
         base = server_status(topo)
@@ -151,6 +155,8 @@ def test_a_spoofed_syn_flood_never_reaches_the_listen_queue(lab, tmp_path, mode)
         assert _get(topo, topo.server_v4, timeout=5.0)
         report = server_status(topo)
     answered = "syn_cookie" if mode == "cookie" else "syn_challenge"
+    if where == "tc":  # no XDP statistics to compare with: the generator's count instead
+        seen = 200_000 * 0.5
     # The flood SYNs that reached XDP were answered there (a busy veth drops some
     # before XDP; what else XDP saw is the client's few packets, and the odd frame the
     # generator sent short: a page whose SYN-ACK came back to its pool, lab/peer.py).
