@@ -297,6 +297,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.syn:
         from .synbench import run_syn
         report = run_syn(rounds=args.rounds)
+    elif args.modes:
+        from .modebench import run_modes
+        config = _config(args) if args.config else None
+        report = run_modes(config, Path(args.pcap) if args.pcap else None,
+                           adversarial=args.adversarial, packets=args.packets,
+                           rounds=min(args.rounds, 3))
     elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
@@ -527,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syn", action="store_true",
                    help="SYN-ACKs from XDP (cookie and auth mode) next to bare XDP_DROP; "
                         "a million forged ACKs against the cookie check")
+    p.add_argument("--modes", action="store_true",
+                   help="the policy attached in each mode (native, generic, tc, nft) under the "
+                        "same flood: each mode's Mpps next to bare XDP_DROP")
     p.add_argument("--scenarios", action="store_true",
                    help="every attack scenario without protection, with shieldwall and with peers, "
                         "while a real client uses the server")
