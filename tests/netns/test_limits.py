@@ -24,8 +24,8 @@ PORT = 8080
 PPS, BURST = 2000, 200
 
 
-def _up(topo, policy, *extra: str):
-    out = shieldwall(*extra or ("up", "--mode", "native"), "--netns", topo.server_ns,
+def _up(topo, policy, *extra: str, where: str = "native"):
+    out = shieldwall(*extra or ("up", "--mode", where), "--netns", topo.server_ns,
                      "--iface", topo.server_if, "--config", str(policy))
     assert out.returncode == 0, out.stderr
 
@@ -69,9 +69,10 @@ def test_a_flood_passes_what_its_limit_allows(lab, tmp_path):
     assert "limit udp-per-source:" in lines and "rate-limited" in lines, lines
 
 
-def test_a_blocked_source_is_cut_off_until_lifted_or_expired(lab, tmp_path):
+@pytest.mark.parametrize("where", ["native", "tc"])
+def test_a_blocked_source_is_cut_off_until_lifted_or_expired(lab, tmp_path, where):
     topo = lab
-    _up(topo, _policy(tmp_path, block="8s"))
+    _up(topo, _policy(tmp_path, block="8s"), where=where)
     where = ("--netns", topo.server_ns, "--iface", topo.server_if)
     with start_tcp_server(topo, PORT):
         assert tcp_connect(topo, PORT, src=topo.client_v4)

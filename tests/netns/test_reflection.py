@@ -30,11 +30,11 @@ HOST_PORT = 40053
 FLOOD_SECONDS = 3.0
 
 
-def up(topo, tmp_path, body: str = "{}") -> None:
+def up(topo, tmp_path, body: str = "{}", where: str = "native") -> None:
     policy = tmp_path / "reflection.yaml"
     policy.write_text("version: 1\ndefault_action: pass\n"
                       f"protect:\n  bogons: 'off'\n  reflection: {body}\n")
-    done = shieldwall("up", "--mode", "native", "--netns", topo.server_ns, "--iface",
+    done = shieldwall("up", "--mode", where, "--netns", topo.server_ns, "--iface",
                       topo.server_if, "--config", str(policy))
     assert done.returncode == 0, done.stderr
 
@@ -64,10 +64,11 @@ def stage(report: dict) -> dict:
     return report["stages"]["reflection"]
 
 
-def test_the_hosts_resolutions_survive_a_dns_amplification_flood(lab, tmp_path):
+@pytest.mark.parametrize("where", ["native", "tc"])
+def test_the_hosts_resolutions_survive_a_dns_amplification_flood(lab, tmp_path, where):
     topo = lab
     with start_resolver(topo), start_ntp_server(topo):
-        up(topo, tmp_path)
+        up(topo, tmp_path, where=where)
         name = next(iter(LAB_NAMES))
         with kernel_netns.enter_netns(topo.server_ns):
             assert resolve(RESOLVER_V4, name) == LAB_NAMES[name]
