@@ -76,10 +76,10 @@ def _get(topo, dst: str, timeout: float = 3.0) -> bool:
             conn.close()
 
 
-@pytest.mark.parametrize("where", ["native", "tc"])
+@pytest.mark.parametrize("where", ["native", "generic", "tc"])
 def test_cookie_mode_serves_http_through_synproxy_and_down_restores_the_host(lab, tmp_path, where):
-    """In tc mode the SYN-ACK leaves by a redirect to the device's egress instead of
-    XDP_TX: the same handshake."""
+    """In generic mode XDP_TX goes out through the device's queue; in tc mode the
+    SYN-ACK leaves by a redirect to the device's egress: the same handshake."""
     topo = lab
     before = _sysctls(topo)
     table = HostNeeds.table_for("syn", topo.server_if)
@@ -89,11 +89,13 @@ def test_cookie_mode_serves_http_through_synproxy_and_down_restores_the_host(lab
                               "net/netfilter/nf_conntrack_tcp_loose": "0"}
     with start_http_server(topo, PORT):
         base = server_status(topo)
-        for dst in (topo.server_v4, topo.server_v6):
+        # Generic mode: over IPv6 the handshake's ACK is dropped by the host's netfilter
+        # before SYNPROXY checks its cookie (docs/modes.md); IPv4 works.
+        for dst in (topo.server_v4,) if where == "generic" else (topo.server_v4, topo.server_v6):
             assert _get(topo, dst), dst
         report = server_status(topo)
     # The SYN-ACKs came from the stage, not from the server's stack.
-    assert counter(report, "tx", "syn_cookie") - counter(base, "tx", "syn_cookie") >= 2
+    assert counter(report, "tx", "syn_cookie") - counter(base, "tx", "syn_cookie") >= (1 if where == "generic" else 2)
     status = _cmd(topo, "status").stdout
     assert "syn: active" in status, status
     assert f"attached, {where} mode" in status, status
