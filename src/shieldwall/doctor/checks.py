@@ -524,9 +524,9 @@ def offloads(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
     if not on:
         return [Finding("iface.lro", OK, where, "frames arrive as the wire carried them")]
     fixed = [label for label, f in on if f["fixed"]]
-    if driver == "virtio_net" and not fixed:
-        return [Finding("iface.lro", OK, where, "virtio_net turns the guest offloads off itself "
-                        "when XDP attaches (the hypervisor allows it)")]
+    if driver in _SELF_CLEARING and not fixed:
+        return [Finding("iface.lro", OK, where, f"{driver} turns these offloads off itself when "
+                        "XDP attaches")]
     if fixed:
         return [Finding("iface.lro", FAIL, where,
                         "native XDP is refused while the host merges segments and the guest "
@@ -536,10 +536,17 @@ def offloads(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
                         "disable guest TSO/LRO on the host side (QEMU: guest_tso4=off,"
                         "guest_tso6=off,guest_ecn=off,guest_ufo=off); otherwise generic mode",
                         blocks=("native",))]
-    out.append(Finding("iface.lro", WARN, where,
-                       "native XDP is refused while LRO/HW-GRO merge frames; generic XDP turns "
-                       "LRO off by itself", f"ethtool -K {name} lro off rx-gro-hw off"))
+    out.append(Finding("iface.lro", FAIL, where,
+                       "the driver refuses native XDP while LRO/HW-GRO merge frames (generic "
+                       "XDP turns LRO off by itself)",
+                       f"ethtool -K {name} lro off rx-gro-hw off, then native mode works",
+                       blocks=("native",)))
     return out
+
+
+# Drivers that drop the offloads themselves when a program attaches (virtio_net when the
+# hypervisor offers VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, bnxt_en always).
+_SELF_CLEARING = {"virtio_net", "bnxt_en"}
 
 
 def mtu(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
@@ -702,14 +709,20 @@ def tcx_programs(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
     return [Finding("iface.tcx", OK, where, "TC ingress is shieldwall's to use")]
 
 
+_SOFTWARE = {"veth", "tun", "bond", "vlan", "macvlan", "ipvlan", "bridge", "dummy"}
+
+
 def irq_spread(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
     irqs = iface.get("irqs")
     if _error(irqs) or irqs is None:
         return [Finding("host.irq_spread", WARN, f"/proc/interrupts: {_error(irqs)}", "unknown", "")]
     if not irqs:
-        return [Finding("host.irq_spread", OK, f"no queue interrupts of {iface['name']} in "
-                        "/proc/interrupts", "a software device: XDP runs where the sender's "
-                        "softirq runs")]
+        if iface.get("driver") in _SOFTWARE or _kind(iface) in _SOFTWARE:
+            return [Finding("host.irq_spread", OK, f"no queue interrupts of {iface['name']} in "
+                            "/proc/interrupts", "a software device: XDP runs where the sender's "
+                            "softirq runs")]
+        return [Finding("host.irq_spread", WARN, f"no queue interrupts of {iface['name']} found "
+                        "in /proc/interrupts", "unknown spread", "cat /proc/interrupts")]
     cpus = ctx.host.get("cpus") or len(irqs[0].get("counts") or [])
     serving = sorted({i for q in irqs for i, c in enumerate(q.get("counts") or []) if c})
     affinity = sorted({q.get("affinity") for q in irqs if q.get("affinity")})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -112,8 +113,9 @@ class LiveFacts(Facts):
         # some (net.core.bpf_jit_*) exist only in the initial network namespace.
         self.netns = netns
         if netns:
-            from ..kernel.netns import check_name
-            check_name(netns)
+            from ..kernel.netns import NETNS_RUN_DIR, NamespaceError, check_name
+            if not (NETNS_RUN_DIR / check_name(netns)).exists():
+                raise NamespaceError(f"network namespace {netns!r} does not exist")
 
     # -- host -------------------------------------------------------------------------
     def host(self) -> dict[str, Any]:
@@ -327,19 +329,22 @@ def tcx_attached(index: int, direction: str) -> list[dict[str, Any]]:
 
 
 def queue_irqs(proc: Path, name: str, parent: str | None) -> list[dict[str, Any]]:
-    """The receive-queue interrupts of the interface: named after it (eth0-TxRx-0,
-    ena's eth0-Tx-Rx-0) or, for virtio, after its virtio device (virtio2-input.0)."""
+    """The receive-queue interrupts of the interface, named after it (eth0-TxRx-0,
+    i40e-eth0-TxRx-0, eth0-Tx-Rx-0) or after its device (virtio2-input.0,
+    mlx5_comp0@pci:0000:3b:00.0)."""
     lines = (proc / "interrupts").read_text().splitlines()
     ncpus = len(lines[0].split())
+    mine = re.compile(rf"(^|-){re.escape(name)}-")
+    device = re.compile(rf"(^|[@:]){re.escape(parent)}(?![0-9])") if parent else None
     out = []
     for line in lines[1:]:
         fields = line.split()
         if not fields or not fields[0].rstrip(":").isdigit():
             continue
         action = fields[-1]
-        ours = (action.startswith(name + "-") or action == name
-                or (parent and action.startswith(parent + "-input")))
-        if not ours or any(word in action.lower() for word in ("config", "output", "-tx-", "async")):
+        if not (mine.search(action) or (device and device.search(action))):
+            continue
+        if any(word in action.lower() for word in ("config", "output", "async", "cmd", "pages")):
             continue
         irq = fields[0].rstrip(":")
         affinity = _safely(lambda: _read(proc / "irq" / irq / "effective_affinity_list"))
