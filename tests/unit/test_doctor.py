@@ -253,3 +253,27 @@ def test_cli_bad_input_is_one_clear_line(capsys, argv, message):
     assert main(["doctor", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_unprivileged_run_says_so_and_does_not_trust_its_probes():
+    data = json.loads(json.dumps(profile("this_vm")))
+    host = data["facts"]["host"]
+    host["euid"] = 1000
+    # What the kernel answers a user without CAP_BPF: no to everything.
+    probes = host["probes"]
+    probes["prog_types"] = {t: {"supported": False, "errno": 1} for t in probes["prog_types"]}
+    probes["map_types"] = {m: False for m in probes["map_types"]}
+    probes["helpers"] = {t: {h: False for h in hs} for t, hs in probes["helpers"].items()}
+    report = examine(data["iface"], Recorded(data))
+    assert report.status("doctor.privileges") == "warn"
+    assert report.status("bpf.helpers") is None and report.status("bpf.prog_type.xdp") is None
+    assert report.status("kernel.syn_cookies") == "ok"  # by version, then
+    assert report.best_mode == "native"
+
+
+def test_steal_sample_can_be_skipped(tmp_path):
+    s = facts.steal(tmp_path / "stat", 0, lambda _: None)
+    assert s["skipped"]
+    data = json.loads(json.dumps(profile("this_vm")))
+    data["facts"]["host"]["steal"] = s
+    assert examine(None, Recorded(data)).status("host.steal") == "ok"

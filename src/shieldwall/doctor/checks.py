@@ -104,7 +104,8 @@ _DEFENSES = {"syn_cookies"}
 def kernel_features(ctx: Context) -> list[Finding]:
     out = []
     probes = ctx.host.get("probes") or {}
-    helpers = (probes.get("helpers") or {}).get("xdp") if not _error(probes) else None
+    helpers = (probes.get("helpers") or {}).get("xdp") \
+        if not _error(probes) and _probes_valid(ctx) else None
     kfuncs = ctx.host.get("kfuncs") if not _error(ctx.host.get("kfuncs")) else None
     for name, (since, use, loss, blocks) in needs.FEATURES.items():
         check = f"kernel.{name}"
@@ -234,7 +235,31 @@ def memory(ctx: Context) -> list[Finding]:
                     "`ulimit -l unlimited` before starting shieldwall")]
 
 
+def privileges(ctx: Context) -> list[Finding]:
+    euid = ctx.host.get("euid")
+    if euid in (0, None):
+        return []
+    return [Finding("doctor.privileges", WARN, f"the doctor ran as uid {euid}, not root",
+                    "the kernel refuses BPF probes to unprivileged users: program types, map "
+                    "types and helpers are judged by the kernel version alone, and some "
+                    "interface facts may be missing", "run it as root (sudo shieldwall doctor)")]
+
+
+def _probes_valid(ctx: Context) -> bool:
+    return ctx.host.get("euid") in (0, None)
+
+
+def _probed(ctx: Context, key: str) -> dict[str, Any] | None:
+    """One part of the probes' answers, or None when they cannot be trusted."""
+    probes = ctx.host.get("probes") or {}
+    if not _probes_valid(ctx) or _error(probes):
+        return None
+    return probes.get(key)
+
+
 def prog_types(ctx: Context) -> list[Finding]:
+    if not _probes_valid(ctx):
+        return []
     probes = ctx.host.get("probes") or {}
     if _error(probes) or not probes.get("prog_types"):
         return [Finding("bpf.probes", WARN, f"libbpf probes failed: {_error(probes) or 'no answer'}",
@@ -271,8 +296,7 @@ def prog_types(ctx: Context) -> list[Finding]:
 
 
 def map_types(ctx: Context) -> list[Finding]:
-    probes = ctx.host.get("probes") or {}
-    found = probes.get("map_types") if not _error(probes) else None
+    found = _probed(ctx, "map_types")
     if not found:
         return []
     needed = needs.map_types()
@@ -290,8 +314,7 @@ def map_types(ctx: Context) -> list[Finding]:
 
 
 def helpers(ctx: Context) -> list[Finding]:
-    probes = ctx.host.get("probes") or {}
-    found = probes.get("helpers") if not _error(probes) else None
+    found = _probed(ctx, "helpers")
     if not found:
         return []
     lost: dict[str, list[str]] = {}
@@ -322,6 +345,9 @@ def helpers(ctx: Context) -> list[Finding]:
 
 def steal(ctx: Context) -> list[Finding]:
     s = ctx.host.get("steal") or {}
+    if s.get("skipped"):
+        return [Finding("host.steal", OK, "not sampled (asked not to wait)", "unknown; "
+                        "`shieldwall doctor` samples it")]
     if _error(s) or not s.get("total_ticks"):
         return [Finding("host.steal", WARN, f"no steal sample ({_error(s) or 'no ticks'})", "unknown", "")]
     share = 100.0 * s.get("steal_ticks", 0) / s["total_ticks"]
@@ -338,6 +364,10 @@ def steal(ctx: Context) -> list[Finding]:
 
 def nft(ctx: Context) -> list[Finding]:
     n = ctx.host.get("nft") or {}
+    if not _probes_valid(ctx) and n.get("binary"):
+        return [Finding("nft.available", WARN, f"{n['binary']} present; nf_tables not checked "
+                        "(listing tables needs root)", "unknown whether nft mode runs",
+                        "run the doctor as root")]
     if _error(n):
         return [Finding("nft.available", FAIL, f"nft unusable: {_error(n)}",
                         "nft mode cannot run", "apt install nftables", blocks=("nft",))]
@@ -449,7 +479,7 @@ def _bond(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
                         "native XDP on the bond works only if every slave supports it",
                         "run the doctor on each slave")]
     return [Finding("iface.native_xdp", OK, where + "; every slave runs native XDP "
-                    f"(bond XDP since 5.15)", "the bond installs the program on each slave")]
+                    "(bond XDP since 5.15)", "the bond installs the program on each slave")]
 
 
 def channels(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
@@ -741,7 +771,7 @@ def irq_spread(ctx: Context, iface: dict[str, Any]) -> list[Finding]:
 
 
 HOST_CHECKS: list[Callable[[Context], list[Finding]]] = [
-    kernel_version, kernel_features, btf, jit, unprivileged, bpffs, memory, prog_types,
+    privileges, kernel_version, kernel_features, btf, jit, unprivileged, bpffs, memory, prog_types,
     map_types, helpers, steal, nft,
 ]
 IFACE_CHECKS: list[Callable[[Context, dict[str, Any]], list[Finding]]] = [

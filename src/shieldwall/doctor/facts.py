@@ -121,6 +121,7 @@ class LiveFacts(Facts):
     def host(self) -> dict[str, Any]:
         return {
             "kernel_release": os.uname().release,
+            "euid": os.geteuid(),
             "btf": _safely(btf),
             "sysctl": {name: _safely(lambda n=name: _read(self.proc / "sys" / n))
                        for name in SYSCTLS},
@@ -216,6 +217,9 @@ def kfuncs() -> dict[str, bool | None]:
 def steal(stat: Path, seconds: float, sleep: Callable[[float], None]) -> dict[str, Any]:
     """Steal time over a short sample: the share of CPU time the hypervisor gave to
     other guests while this one wanted to run."""
+    if seconds <= 0:  # a caller in a hurry (`up --mode auto`) skips the sample
+        return {"seconds": 0, "skipped": True, "source": str(stat)}
+
     def sample() -> list[int]:
         fields = stat.read_text().splitlines()[0].split()
         return [int(v) for v in fields[1:]]
