@@ -23,11 +23,13 @@ def run(args: argparse.Namespace) -> int:
         facts = _load(Path(args.facts))
     else:
         facts = LiveFacts(netns=args.netns)
-    report = examine(args.iface, facts)
     if args.record:
+        # Read once: the report judges exactly the facts the file keeps.
+        facts = Recorded(facts.record(args.iface))
         profile = {"description": f"recorded by shieldwall doctor on {datetime.now(timezone.utc):%Y-%m-%d}",
-                   "facts": facts.record(args.iface)}
+                   "iface": args.iface, "facts": facts.data}
         Path(args.record).write_text(json.dumps(profile, indent=1) + "\n")
+    report = examine(args.iface, facts)
     print(report.to_json() if args.json else render(report))
     if args.record and not args.json:
         print(f"facts recorded in {args.record}")
