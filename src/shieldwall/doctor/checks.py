@@ -117,8 +117,8 @@ def kernel_features(ctx: Context) -> list[Finding]:
             found = [helpers.get(n) for n in names]
             if all(f is not None for f in found):
                 probed = all(found)
-                evidence += f"; probe: {', '.join(n for n, f in zip(names, found) if not f) or 'all present'}" \
-                    if not probed else "; probed present"
+                evidence += ("; probed present" if probed else "; probe finds no "
+                             + ", ".join(n for n, f in zip(names, found) if not f))
         elif kind == "kfunc" and kfuncs is not None and kfuncs.get(names[0]) is not None:
             probed = bool(kfuncs[names[0]])
             evidence += "; in the kernel's BTF" if probed else "; not in the kernel's BTF"
