@@ -370,6 +370,11 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         return run(args)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run
+    return run(args)
+
+
 def _name(check: Callable[[str], str]) -> Callable[[str], str]:
     """An argparse type that refuses what is not a name (check_ifname, check_netns_name)."""
     def parse(text: str) -> str:
@@ -494,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
+    p = command("doctor", cmd_doctor, "what this host, kernel and interface let shieldwall do, "
+                "and the best mode", iface=False)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--record", metavar="FILE", help="also save the facts read as a profile")
+    p.add_argument("--facts", metavar="FILE", help="judge a recorded profile instead of this host")
     p = command("check", cmd_check, "validate a policy and summarize it", config=True)
     p.set_defaults(config_required=True)
     p = command("verdict", cmd_verdict, "run a capture through the real pipeline offline", config=True)

@@ -114,6 +114,36 @@ int bpf_xdp_detach(int ifindex, __u32 flags, const struct bpf_xdp_attach_opts *o
 int bpf_xdp_query(int ifindex, int flags, struct bpf_xdp_query_opts *opts);
 int libbpf_strerror(int err, char *buf, size_t size);
 
+/* Feature probes: each loads a minimal program or creates a minimal map, so the answer
+ * is the running kernel's, whatever its version string claims. The enum values come
+ * from the build host's uapi header through the compiler. */
+enum bpf_prog_type { BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, BPF_PROG_TYPE_TRACING,
+                     BPF_PROG_TYPE_EXT, BPF_PROG_TYPE_LSM, ... };
+enum bpf_map_type { BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PROG_ARRAY,
+                    BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE,
+                    BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS,
+                    BPF_MAP_TYPE_RINGBUF, ... };
+enum bpf_func_id {
+    BPF_FUNC_map_lookup_elem, BPF_FUNC_map_update_elem, BPF_FUNC_map_delete_elem,
+    BPF_FUNC_tail_call, BPF_FUNC_get_prandom_u32, BPF_FUNC_skb_load_bytes,
+    BPF_FUNC_xdp_adjust_tail, BPF_FUNC_sk_lookup_udp, BPF_FUNC_sk_release,
+    BPF_FUNC_skc_lookup_tcp, BPF_FUNC_ringbuf_output, BPF_FUNC_ktime_get_coarse_ns,
+    BPF_FUNC_timer_init, BPF_FUNC_timer_set_callback, BPF_FUNC_timer_start,
+    BPF_FUNC_loop, BPF_FUNC_xdp_get_buff_len, BPF_FUNC_xdp_load_bytes,
+    BPF_FUNC_xdp_store_bytes, BPF_FUNC_tcp_raw_gen_syncookie_ipv4,
+    BPF_FUNC_tcp_raw_gen_syncookie_ipv6, BPF_FUNC_tcp_raw_check_syncookie_ipv4,
+    BPF_FUNC_tcp_raw_check_syncookie_ipv6, ... };
+int libbpf_probe_bpf_prog_type(enum bpf_prog_type prog_type, const void *opts);
+int libbpf_probe_bpf_map_type(enum bpf_map_type map_type, const void *opts);
+int libbpf_probe_bpf_helper(enum bpf_prog_type prog_type, enum bpf_func_id helper_id,
+                            const void *opts);
+int bpf_prog_get_fd_by_id(__u32 id);
+struct bpf_insn { __u8 code; __s32 imm; ...; };
+struct bpf_prog_load_opts { size_t sz; __u32 log_level; __u32 log_size; char *log_buf; ...; };
+int bpf_prog_load(enum bpf_prog_type prog_type, const char *prog_name, const char *license,
+                  const struct bpf_insn *insns, size_t insn_cnt,
+                  const struct bpf_prog_load_opts *opts);
+
 typedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size);
 struct ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx,
                                      const void *opts);

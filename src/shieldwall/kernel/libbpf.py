@@ -550,3 +550,99 @@ class RingBuffer:
 def sw_ringbuf_sample(ctx: Any, data: Any, size: int) -> int:
     ffi.from_handle(ctx)(bytes(ffi.buffer(data, size)))
     return 0
+
+
+# -- feature probes (libbpf's probe API) ------------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe's answer: supported or not, and the errno the kernel gave when not (EPERM
+    for a type the kernel has but refuses, EINVAL for one it does not know)."""
+    supported: bool
+    errno: int = 0
+
+
+def _probe(call: Callable[[], int]) -> Probe:
+    ffi.errno = 0
+    ret = call()
+    err = ffi.errno
+    if ret == 1:
+        return Probe(True)
+    return Probe(False, -ret if ret < 0 else err)
+
+
+def _enum(prefix: str, name: str) -> int:
+    value = getattr(lib, prefix + name, None)
+    if value is None:
+        raise ValueError(f"no {prefix}{name} in this build of shieldwall's binding")
+    return value
+
+
+def probe_prog_type(name: str) -> Probe:
+    """Whether the kernel loads programs of this type ("xdp", "sched_cls", "ext", …)."""
+    t = _enum("BPF_PROG_TYPE_", name.upper())
+    return _probe(lambda: lib.libbpf_probe_bpf_prog_type(t, ffi.NULL))
+
+
+def probe_map_type(name: str) -> Probe:
+    """Whether the kernel creates maps of this type ("lru_hash", "ringbuf", …)."""
+    t = _enum("BPF_MAP_TYPE_", name.upper())
+    return _probe(lambda: lib.libbpf_probe_bpf_map_type(t, ffi.NULL))
+
+
+def probe_helper(prog_type: str, helper: str) -> Probe:
+    """Whether programs of `prog_type` may call `helper` ("bpf_loop", …) on this kernel."""
+    t = _enum("BPF_PROG_TYPE_", prog_type.upper())
+    h = _enum("BPF_FUNC_", helper.removeprefix("bpf_"))
+    found = _probe(lambda: lib.libbpf_probe_bpf_helper(t, h, ffi.NULL))
+    return _helper_refused(t, h) if found.supported else found
+
+
+# What verifiers say of a helper a program may not call. libbpf 1.1's probe knows only
+# the first two: newer kernels say the third, which it counts as "supported".
+_NO_HELPER = ("invalid func ", "unknown func ", "program of this type cannot use helper ")
+
+
+def _helper_refused(prog_type: int, helper_id: int) -> Probe:
+    """The helper probe again, reading the verifier's reason: a call with no arguments
+    set up is always rejected, and only the wording says whether the helper was known."""
+    insns = ffi.new("struct bpf_insn[2]")
+    insns[0].code, insns[0].imm = 0x85, helper_id  # BPF_JMP | BPF_CALL
+    insns[1].code = 0x95                           # BPF_JMP | BPF_EXIT
+    log = ffi.new("char[]", 4096)
+    opts = ffi.new("struct bpf_prog_load_opts *")
+    opts.sz = ffi.sizeof("struct bpf_prog_load_opts")
+    opts.log_buf, opts.log_size, opts.log_level = log, 4096, 1
+    fd = lib.bpf_prog_load(prog_type, ffi.NULL, b"GPL", insns, 2, opts)
+    if fd >= 0:  # cannot happen with uninitialized arguments; take it as a yes
+        os.close(fd)
+        return Probe(True)
+    text = ffi.string(log).decode(errors="replace")
+    if any(phrase in text for phrase in _NO_HELPER):
+        return Probe(False, errno.EINVAL)
+    return Probe(True)
+
+
+def prog_name_by_id(prog_id: int) -> str | None:
+    """The name of a loaded program (any owner's), or None if it is gone."""
+    fd = lib.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return None
+    try:
+        return prog_info(fd).name
+    finally:
+        os.close(fd)
+
+
+BPF_TCX_INGRESS = 46
+
+
+def tcx_programs(ifindex: int, direction: str, room: int = 64) -> list[int]:
+    """Ids of the programs on the interface's tcx hook ("ingress" or "egress")."""
+    if direction == "egress":
+        return tcx_egress_programs(ifindex, room)
+    ids = ffi.new("__u32[]", room)
+    count = ffi.new("__u32 *", room)
+    _check(lib.bpf_prog_query(ifindex, BPF_TCX_INGRESS, 0, ffi.NULL, ids, count),
+           f"querying the TC ingress programs of ifindex {ifindex}")
+    return [ids[i] for i in range(count[0])]
