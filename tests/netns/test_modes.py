@@ -145,7 +145,8 @@ def test_tc_mode_reloads_in_place_and_down_leaves_only_foreign_programs(peer_lab
 
 
 def test_auto_falls_back_and_says_why(tmp_path):
-    """A bridge has no native XDP: auto says so and runs in the next mode."""
+    """A bridge has no native XDP: the doctor rules native out, auto says so and runs in
+    the next mode."""
     ns = f"swm-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
@@ -154,9 +155,13 @@ def test_auto_falls_back_and_says_why(tmp_path):
         policy = tmp_path / "p.yaml"
         policy.write_text("version: 1\ndefault_action: pass\n")
         out = shieldwall("up", "--netns", ns, "--iface", "swbr0", "--config", str(policy))
-        assert out.returncode == 0, out.stderr
-        assert "tried native: failed on driver bridge" in out.stdout, out.stdout
-        assert "in generic mode" in out.stdout and "tried generic: attached" in out.stdout, out.stdout
-        assert shieldwall("down", "--netns", ns, "--iface", "swbr0").returncode == 0
+        try:
+            assert out.returncode == 0, out.stderr
+            assert "tried native: ruled out by the doctor: iface.native_xdp" in out.stdout, out.stdout
+            assert "in generic mode" in out.stdout and "tried generic: attached" in out.stdout, out.stdout
+            status = shieldwall("status", "--netns", ns, "--iface", "swbr0")
+            assert "attached, generic mode" in status.stdout and "generic mode loses" in status.stdout
+        finally:
+            assert shieldwall("down", "--netns", ns, "--iface", "swbr0").returncode == 0
     finally:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True)

@@ -146,10 +146,16 @@ def test_needs_table_matches_what_the_bpf_sources_call():
                     break
         return seen
 
+    def calls(paths) -> set[str]:
+        text = "\n".join(re.sub(r"/\*.*?\*/", "", p.read_text(), flags=re.S) for p in paths)
+        return set(re.findall(r"\b(bpf_[a-z0-9_]+)\s*\(", text))
+
+    context = (BPF / "lib" / "ctx.h").resolve()
+    assert calls([context]) == set(needs.CONTEXT_XDP) | set(needs.CONTEXT_TC)
     for program, (helpers, maps) in needs.PROGRAMS.items():
         src = BPF / ("root.bpf.c" if program == "root" else f"stages/{program}.bpf.c")
-        text = "\n".join(re.sub(r"/\*.*?\*/", "", p.read_text(), flags=re.S)
-                         for p in closure(src.resolve(), set()))
+        paths = closure(src.resolve(), set()) - {context}
+        text = "\n".join(re.sub(r"/\*.*?\*/", "", p.read_text(), flags=re.S) for p in paths)
         called = set(re.findall(r"\b(bpf_[a-z0-9_]+)\s*\(", text)) - {
             "bpf_htons", "bpf_ntohs", "bpf_htonl", "bpf_ntohl"}
         declared = {m.lower() for m in re.findall(r"BPF_MAP_TYPE_([A-Z_]+)", text)}

@@ -30,6 +30,6 @@ def test_one_load_serves_native_and_generic():
 
 
 def test_a_requested_mode_is_the_whole_plan():
-    assert mode_plan("eth0", "tc") == [("tc", "as requested")]
+    assert mode_plan("eth0", "tc") == ([("tc", "asked for with --mode")], [])
     with pytest.raises(ValueError, match="unknown mode"):
         mode_plan("eth0", "offload")

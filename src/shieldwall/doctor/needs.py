@@ -13,7 +13,7 @@ _COOKIES = ("bpf_tcp_raw_gen_syncookie_ipv4", "bpf_tcp_raw_gen_syncookie_ipv6",
 
 # program -> (helpers, map types); "root" is the parser every packet enters.
 PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "root": (_CHAIN + ("bpf_xdp_get_buff_len",), ("array", "hash", "percpu_array", "prog_array")),
+    "root": (_CHAIN, ("array", "hash", "percpu_array", "prog_array")),
     "fastpath": (_CHAIN, ("array", "hash", "percpu_array", "prog_array")),
     "protect": (_CHAIN, ("array", "hash", "percpu_array", "prog_array")),
     "policy": (_CHAIN + ("bpf_loop",) + _TIMER, ("array", "hash", "percpu_array", "prog_array")),
@@ -24,18 +24,24 @@ PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "reflection": (_CHAIN + ("bpf_map_update_elem", "bpf_skb_load_bytes") + _TIMER,
                    ("array", "hash", "lru_hash", "percpu_array", "prog_array")),
     "icmp": (_CHAIN + _SOCKETS + _TIMER, ("array", "hash", "percpu_array", "prog_array")),
-    "syn": (_CHAIN + ("bpf_map_update_elem", "bpf_get_prandom_u32", "bpf_loop",
-                      "bpf_xdp_adjust_tail", "bpf_xdp_load_bytes") + _SOCKETS + _COOKIES + _TIMER,
+    "syn": (_CHAIN + ("bpf_map_update_elem", "bpf_get_prandom_u32", "bpf_loop")
+            + _SOCKETS + _COOKIES + _TIMER,
             ("array", "hash", "lru_hash", "percpu_array", "prog_array")),
 }
+
+# The context layer (lib/ctx.h): what every program may call through it, by the hook it
+# is built for. The TC build of a stage uses the sk_buff counterparts.
+CONTEXT_XDP = ("bpf_xdp_get_buff_len", "bpf_xdp_load_bytes", "bpf_xdp_adjust_tail")
+CONTEXT_TC = ("bpf_skb_load_bytes", "bpf_skb_change_tail", "bpf_skb_pull_data",
+              "bpf_csum_level", "bpf_redirect")
 
 # Programs that cannot run without them: a kernel that lacks one runs no BPF mode.
 CORE_PROGRAMS = ("root", "fastpath", "protect", "policy")
 
 # Helpers that belong to one program type: each is probed on its own type only; the TC
 # build of a stage uses the sk_buff counterpart.
-XDP_ONLY = {"bpf_xdp_get_buff_len", "bpf_xdp_adjust_tail", "bpf_xdp_load_bytes"}
-SKB_ONLY = {"bpf_skb_load_bytes"}
+XDP_ONLY = set(CONTEXT_XDP)
+SKB_ONLY = set(CONTEXT_TC)
 PROG_TYPES = ("xdp", "sched_cls")
 # Types shieldwall never loads; libxdp's multi-program dispatcher needs `ext` (freplace).
 OPTIONAL_PROG_TYPES = ("ext", "tracing", "lsm")
@@ -44,7 +50,7 @@ MAP_TYPES = ("hash", "array", "prog_array", "percpu_array", "lru_hash", "lpm_tri
 
 
 def helpers() -> list[str]:
-    return sorted({h for hs, _ in PROGRAMS.values() for h in hs})
+    return sorted({h for hs, _ in PROGRAMS.values() for h in hs} | set(CONTEXT_XDP) | set(CONTEXT_TC))
 
 
 def map_types() -> list[str]:
@@ -60,7 +66,8 @@ def helpers_for(prog_type: str) -> list[str]:
 HELPER_SINCE: dict[str, tuple[int, int]] = {
     "bpf_map_lookup_elem": (3, 18), "bpf_map_update_elem": (3, 18), "bpf_map_delete_elem": (3, 18),
     "bpf_get_prandom_u32": (4, 1), "bpf_tail_call": (4, 2), "bpf_skb_load_bytes": (4, 5),
-    "bpf_xdp_adjust_tail": (4, 18), "bpf_sk_lookup_udp": (4, 20), "bpf_sk_release": (4, 20),
+    "bpf_xdp_adjust_tail": (4, 18), "bpf_redirect": (4, 4), "bpf_skb_change_tail": (4, 9),
+    "bpf_skb_pull_data": (4, 9), "bpf_csum_level": (5, 8), "bpf_sk_lookup_udp": (4, 20), "bpf_sk_release": (4, 20),
     "bpf_skc_lookup_tcp": (5, 2), "bpf_ktime_get_coarse_ns": (5, 11),
     "bpf_timer_init": (5, 15), "bpf_timer_set_callback": (5, 15), "bpf_timer_start": (5, 15),
     "bpf_loop": (5, 17), "bpf_xdp_get_buff_len": (5, 18), "bpf_xdp_load_bytes": (5, 18),

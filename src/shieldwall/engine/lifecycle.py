@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import abi, modes
 from ..config import Config, configure, default_config
 from ..dataplane import bpffs
-from ..dataplane.pipeline import SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
+from ..dataplane.pipeline import HOOKS, SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
@@ -72,13 +72,19 @@ def proposal(config: Config, source: Path | None, origin: str = "reload",
 HOOK_OF_MODE = {"native": "xdp", "generic": "xdp", "tc": "tc"}
 
 
-def mode_plan(iface: str, mode: str) -> list[tuple[str, str]]:
+def mode_plan(iface: str, mode: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The modes to try, best first, each with why it is tried: the one asked for, or
-    for `auto` those the doctor finds this host and interface can run."""
+    for `auto` those the doctor finds this host and interface can run; and the modes
+    the doctor rules out, each with why."""
     modes.check_mode(mode)
     if mode != "auto":
-        return [(mode, "as requested")]
-    return [(m, "as the next mode to try") for m in modes.MODES if m in HOOK_OF_MODE]
+        return [(mode, "asked for with --mode")], []
+    from ..doctor import LiveFacts, examine  # the host is read only for auto
+    from ..doctor.verdict import excluded_modes, plan_modes
+    # Read in the interface's namespace, where the command runs; no steal sample: it
+    # would only delay the attach.
+    report = examine(iface, LiveFacts(steal_seconds=0))
+    return plan_modes(report), excluded_modes(report)
 
 
 def _attach(prog_fd: int, index: int, mode: str) -> int:
@@ -130,17 +136,21 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
                               f"(id {state.prog_id}, {state.mode} mode)",
                               "shieldwall will not displace it; use --force to replace it")
         _detach_foreign(index, state)
-    plan = mode_plan(iface, mode)
+    plan, ruled_out = mode_plan(iface, mode)
     driver = driver_name(iface) or "unknown"
-    steps: list[str] = []
+    steps: list[str] = [f"{m}: ruled out by the doctor: {why}" for m, why in ruled_out]
     failure: BaseException | None = None
     for hook, tries in _by_hook(plan):
+        if hook not in HOOKS:
+            steps.extend(f"{m}: not built into this version" for m, _ in tries)
+            continue
         try:
             return _up_at(iface, change, index, layout, hook, tries, steps, driver)
         except BpfError as exc:
             failure = exc
     if failure is None:
-        raise AttachError(errno.ENODEV, f"no mode can run on {iface}", "see shieldwall doctor")
+        raise AttachError(errno.ENODEV, f"no mode can run on {iface}: " + "; ".join(steps),
+                          f"shieldwall doctor --iface {iface} says what to change")
     if len(plan) > 1:
         raise AttachError(getattr(failure, "errno", errno.EINVAL),
                           f"no mode worked on {iface}: " + "; ".join(steps),
@@ -175,8 +185,7 @@ def _up_at(iface: str, change: Proposal, index: int, layout: Layout, hook: str,
             except BpfError as exc:
                 steps.append(f"{mode}: failed on driver {driver}: {exc}")
                 continue
-            got, why = mode, f"{mode} mode {reason} (driver {driver}); it loses {modes.LOSES[mode]}" \
-                if mode != "native" else f"native mode {reason} (driver {driver}): {modes.LOSES[mode]}"
+            got, why = mode, f"{reason} (driver {driver}); it loses {modes.LOSES[mode]}"
             steps.append(f"{mode}: attached")
             break
         else:

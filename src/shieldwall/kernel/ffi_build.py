@@ -132,7 +132,8 @@ enum bpf_func_id {
     BPF_FUNC_loop, BPF_FUNC_xdp_get_buff_len, BPF_FUNC_xdp_load_bytes,
     BPF_FUNC_xdp_store_bytes, BPF_FUNC_tcp_raw_gen_syncookie_ipv4,
     BPF_FUNC_tcp_raw_gen_syncookie_ipv6, BPF_FUNC_tcp_raw_check_syncookie_ipv4,
-    BPF_FUNC_tcp_raw_check_syncookie_ipv6, ... };
+    BPF_FUNC_tcp_raw_check_syncookie_ipv6, BPF_FUNC_redirect, BPF_FUNC_skb_change_tail,
+    BPF_FUNC_skb_pull_data, BPF_FUNC_csum_level, ... };
 int libbpf_probe_bpf_prog_type(enum bpf_prog_type prog_type, const void *opts);
 int libbpf_probe_bpf_map_type(enum bpf_map_type map_type, const void *opts);
 int libbpf_probe_bpf_helper(enum bpf_prog_type prog_type, enum bpf_func_id helper_id,
