@@ -20,6 +20,8 @@ BPF_DIR = "bpf"
 HEADER = "bpf/include/shieldwall.h"
 # The test programs (bpf/tests/) stay out of an installed package.
 PROGRAMS = ("*.bpf.c", "stages/*.bpf.c", "tools/*.bpf.c")
+# Built a second time for TC ingress (bpf/lib/ctx.h, docs/modes.md).
+TC_PROGRAMS = ("*.bpf.c", "stages/*.bpf.c")
 PACKAGE_DATA = "shieldwall/bpf"  # shieldwall.paths looks here
 
 
@@ -40,7 +42,9 @@ class build_bpf(Command):
 
     def _objects(self) -> list[str]:
         sources = sorted(p for pattern in PROGRAMS for p in Path(BPF_DIR).glob(pattern))
-        return [p.name.removesuffix(".c") + ".o" for p in sources]
+        tc = sorted(p for pattern in TC_PROGRAMS for p in Path(BPF_DIR).glob(pattern))
+        return ([p.name.removesuffix(".c") + ".o" for p in sources]
+                + [p.name.removesuffix(".bpf.c") + ".tc.bpf.o" for p in tc])
 
     def _data_dir(self) -> Path:
         return Path(self.build_lib, PACKAGE_DATA)

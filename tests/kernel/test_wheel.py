@@ -60,7 +60,7 @@ def elsewhere() -> dict[str, str]:
 def test_the_wheel_carries_objects_header_and_module(wheel_venv):
     wheel, _ = wheel_venv
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("root", "fastpath", "policy", "bare_drop", "trafgen"):
+    for name in ("root", "fastpath", "policy", "bare_drop", "trafgen", "root.tc", "syn.tc"):
         assert f"shieldwall/bpf/{name}.bpf.o" in names
     assert "shieldwall/bpf/shieldwall.h" in names
     assert "shieldwall/bpf/selftest.bpf.o" not in names  # a test program, not the product
