@@ -123,8 +123,7 @@ class LiveFacts(Facts):
             "kernel_release": os.uname().release,
             "euid": os.geteuid(),
             "btf": _safely(btf),
-            "sysctl": {name: _safely(lambda n=name: _read(self.proc / "sys" / n))
-                       for name in SYSCTLS},
+            "sysctl": self._sysctls(),
             "bpffs": _safely(lambda: bpffs_mounts(self.proc / "mounts")),
             "memlock": _safely(memlock),
             "cpus": os.cpu_count(),
@@ -133,6 +132,21 @@ class LiveFacts(Facts):
             "steal": _safely(lambda: steal(self.proc / "stat", self.steal_seconds, self.sleep)),
             "nft": _safely(nft),
         }
+
+    def _sysctls(self) -> dict[str, Any]:
+        """Read where the command started when this thread has entered another namespace
+        (as `up --netns` has): net.core.bpf_jit_* exist only in the initial one."""
+        def read() -> dict[str, Any]:
+            return {name: _safely(lambda n=name: _read(self.proc / "sys" / n)) for name in SYSCTLS}
+        found = read()
+        if all(not isinstance(v, dict) for v in found.values()) or self.proc != Path("/proc"):
+            return found
+        try:
+            from ..kernel.netns import starting_netns
+            with starting_netns():
+                return read()
+        except OSError:
+            return found
 
     # -- interface --------------------------------------------------------------------
     def interface(self, name: str) -> dict[str, Any]:

@@ -185,7 +185,8 @@ def _up_at(iface: str, change: Proposal, index: int, layout: Layout, hook: str,
             except BpfError as exc:
                 steps.append(f"{mode}: failed on driver {driver}: {exc}")
                 continue
-            got, why = mode, f"{reason} (driver {driver}); it loses {modes.LOSES[mode]}"
+            got, why = mode, f"{reason} (driver {driver})" + (
+                f"; it loses {modes.LOSES[mode]}" if mode != "native" else "")
             steps.append(f"{mode}: attached")
             break
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,43 @@ def _setns(fd: int, nstype: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
+_entered_from = threading.local()  # each thread's namespace before its first enter_netns
+
+
+@contextmanager
+def starting_netns() -> Iterator[None]:
+    """The calling thread, for the block, in the namespace it was in before it first
+    entered another with enter_netns (where the command started: for a root shell, the
+    host's). Some settings (net.core.bpf_jit_*) exist only in the initial namespace."""
+    stack = getattr(_entered_from, "fds", [])
+    if not stack:
+        yield
+        return
+    with _entered(stack[0], "the namespace the command started in"):
+        yield
+
+
+@contextmanager
+def _entered(target: int, what: str) -> Iterator[None]:
+    # thread-self, not self: setns moves one thread, and /proc/self is the main
+    # thread's view even when called from another thread.
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    stack = _entered_from.__dict__.setdefault("fds", [])
+    stack.append(original)
+    try:
+        try:
+            _setns(target, CLONE_NEWNET)
+        except PermissionError:
+            raise NamespaceError(f"entering {what} needs root (CAP_SYS_ADMIN)") from None
+        try:
+            yield
+        finally:
+            _setns(original, CLONE_NEWNET)
+    finally:
+        stack.pop()
+        os.close(original)
+
+
 @contextmanager
 def enter_netns(name: str) -> Iterator[None]:
     """Move the calling thread into network namespace NAME for the block.
@@ -52,20 +90,7 @@ def enter_netns(name: str) -> Iterator[None]:
     except FileNotFoundError:
         raise NamespaceError(f"network namespace {name!r} does not exist") from None
     try:
-        # thread-self, not self: setns moves one thread, and /proc/self is the
-        # main thread's view even when called from another thread.
-        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                _setns(target, CLONE_NEWNET)
-            except PermissionError:
-                raise NamespaceError(f"entering network namespace {name!r} needs root "
-                                     "(CAP_SYS_ADMIN)") from None
-            try:
-                yield
-            finally:
-                _setns(original, CLONE_NEWNET)
-        finally:
-            os.close(original)
+        with _entered(target, f"network namespace {name!r}"):
+            yield
     finally:
         os.close(target)

@@ -15,6 +15,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from ..config import load_config
+from ..doctor import LiveFacts, examine
 from ..engine import lifecycle, livesets
 from . import topology
 from .attacks import attack, run_attack
@@ -122,7 +123,12 @@ def _run(change: lifecycle.Proposal) -> int:
             ok &= _check("attacker -> server", tcp_connect(topo, PORT, src=topo.attacker_v4), True)
 
             with enter_netns(topo.server_ns):
-                result = lifecycle.up(topo.server_if, change, mode="native")
+                doctor = examine(topo.server_if, LiveFacts(steal_seconds=0))
+                _say(f"shieldwall doctor: {doctor.summary}")
+                result = lifecycle.up(topo.server_if, change, mode="auto")
+            if result.mode != doctor.best_mode:
+                _say(f"  [FAIL] up --mode auto took {result.mode}, not the doctor's {doctor.best_mode}")
+                ok = False
             _say(f"shieldwall up on {topo.server_if}: {result.mode} mode\n  why: {result.why}\n"
                  "  policy:\n" + "".join(f"    {line}\n" for line in POLICY.splitlines()).rstrip())
             try:
