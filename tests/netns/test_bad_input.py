@@ -45,7 +45,8 @@ def test_verifier_rejection_shows_the_log_and_attaches_nothing(lab, tmp_path: Pa
                     f"-I{BPF_SRC_DIR}", f"-I{BPF_SRC_DIR / 'include'}", "-c",
                     str(src), "-o", str(objects / "root.bpf.o")], check=True)
     topo = lab
-    out = shieldwall("up", "--allow-empty", "--netns", topo.server_ns, "--iface", topo.server_if,
+    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
+    out = shieldwall("up", "--allow-empty", "--mode", "native", *where,
                      env={"SHIELDWALL_OBJ_DIR": str(objects)})
     assert out.returncode == 3
     assert "verifier rejected root.bpf.o" in out.stderr
@@ -53,3 +54,13 @@ def test_verifier_rejection_shows_the_log_and_attaches_nothing(lab, tmp_path: Pa
     with enter_netns(topo.server_ns):
         assert xdp.query(topo.server_ifindex).mode is None
         assert not bpffs.pin_dir(topo.server_if).exists()
+    # auto: the XDP build is refused (as a stripped kernel refuses it), so native and
+    # generic are passed over, each saying why, and the TC build attaches.
+    out = shieldwall("up", "--allow-empty", *where, env={"SHIELDWALL_OBJ_DIR": str(objects)})
+    assert out.returncode == 0, out.stderr
+    assert "in tc mode" in out.stdout, out.stdout
+    assert "tried native: its programs do not load here: the verifier rejected root.bpf.o" \
+        in out.stdout and "tried generic: its programs do not load here" in out.stdout, out.stdout
+    with enter_netns(topo.server_ns):
+        assert xdp.query(topo.server_ifindex).mode is None
+    assert shieldwall("down", *where).returncode == 0

@@ -343,7 +343,7 @@ def xdp_attached(index: int) -> dict[str, Any]:
 def tcx_attached(index: int, direction: str) -> list[dict[str, Any]]:
     from ..kernel import libbpf
     return [{"id": i, "name": libbpf.prog_name_by_id(i)}
-            for i in libbpf.tcx_programs(index, direction)]
+            for i in libbpf.tcx_programs(index, direction == "ingress")]
 
 
 def queue_irqs(proc: Path, name: str, parent: str | None) -> list[dict[str, Any]]:

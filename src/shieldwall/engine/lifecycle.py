@@ -83,7 +83,12 @@ def mode_plan(iface: str, mode: str) -> tuple[list[tuple[str, str]], list[tuple[
     from ..doctor.verdict import excluded_modes, plan_modes
     # Read in the interface's namespace, where the command runs; no steal sample: it
     # would only delay the attach.
-    report = examine(iface, LiveFacts(steal_seconds=0))
+    try:
+        report = examine(iface, LiveFacts(steal_seconds=0))
+    except (OSError, ValueError) as exc:
+        # Protection comes first: without a verdict, every mode is tried in order.
+        why = f"tried in order: the doctor could not read this host ({exc})"
+        return [(m, why) for m in modes.MODES], []
     return plan_modes(report), excluded_modes(report)
 
 
@@ -105,6 +110,10 @@ def _by_hook(plan: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str
         else:
             groups.append((hook, [(mode, why)]))
     return groups
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def mode_in_force(layout: Layout, index: int, state: xdp.XdpState | None = None) -> str | None:
@@ -175,7 +184,7 @@ def _up_at(iface: str, change: Proposal, index: int, layout: Layout, hook: str,
         try:
             pipeline, live = _load(records, number, change, None, hook=hook)
         except BpfError as exc:
-            steps.extend(f"{mode}: its programs do not load here: {exc}" for mode, _ in tries)
+            steps.extend(f"{mode}: its programs do not load here: {_first_line(exc)}" for mode, _ in tries)
             raise
         _host_before(iface, change)
         tx.prepare(layout, number, pipeline)
@@ -183,7 +192,7 @@ def _up_at(iface: str, change: Proposal, index: int, layout: Layout, hook: str,
             try:
                 link_fd = _attach(pipeline.root_program.fd, index, mode)
             except BpfError as exc:
-                steps.append(f"{mode}: failed on driver {driver}: {exc}")
+                steps.append(f"{mode}: failed on driver {driver}: {_first_line(exc)}")
                 continue
             got, why = mode, f"{reason} (driver {driver})" + (
                 f"; it loses {modes.LOSES[mode]}" if mode != "native" else "")

@@ -633,16 +633,3 @@ def prog_name_by_id(prog_id: int) -> str | None:
     finally:
         os.close(fd)
 
-
-BPF_TCX_INGRESS = 46
-
-
-def tcx_programs(ifindex: int, direction: str, room: int = 64) -> list[int]:
-    """Ids of the programs on the interface's tcx hook ("ingress" or "egress")."""
-    if direction == "egress":
-        return tcx_egress_programs(ifindex, room)
-    ids = ffi.new("__u32[]", room)
-    count = ffi.new("__u32 *", room)
-    _check(lib.bpf_prog_query(ifindex, BPF_TCX_INGRESS, 0, ffi.NULL, ids, count),
-           f"querying the TC ingress programs of ifindex {ifindex}")
-    return [ids[i] for i in range(count[0])]
