@@ -14,7 +14,7 @@ import struct
 from dataclasses import replace
 
 from shieldwall import abi
-from shieldwall.lab.peers import ir
+from shieldwall.nft import ir
 from shieldwall.model.parse import ParsedPacket, parse
 from shieldwall.policy.model import Policy
 from shieldwall.policy.reference import evaluate

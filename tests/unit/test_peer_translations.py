@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from shieldwall import abi
 from shieldwall.lab import peers
-from shieldwall.lab.peers import ir
+from shieldwall.nft import ir
 from shieldwall.lab.peers import iptables as ipt
 from shieldwall.lab.peers import nftables as nft
 from shieldwall.lab.peers import xdpfilter as xdpf
-from shieldwall.lab.peers.ir import Span
+from shieldwall.nft.ir import Span
 from shieldwall.model.parse import ParsedPacket, parse
 from shieldwall.policy import Policy, parse_policy
 from shieldwall.policy.model import Pipeline

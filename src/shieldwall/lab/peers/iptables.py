@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ...policy.model import Fragment, Network, Policy, TCP_FLAG_BITS
-from . import ir
+from ...nft import ir
 from .common import Installed, NotExpressible, NotExpressibleError, grouped, run_in
-from .ir import Clause, Group, Span
+from ...nft.ir import Clause, Group, Span
 
 PEER = "iptables"
 DEFAULT_CHAIN = "SWPEER"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ...policy.model import Fragment, Policy
-from . import ir
+from ...nft import ir
 from .common import Installed, NotExpressible, NotExpressibleError, grouped, run_in
 
 PEER = "xdp-filter"

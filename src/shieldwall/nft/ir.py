@@ -15,8 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
-from ...policy import reference
-from ...policy.model import (DOMAINS, Fragment, Items, Network, Policy, Range, Rule,
+from ..policy import reference
+from ..policy.model import (DOMAINS, Fragment, Items, Network, Policy, Range, Rule,
                              TcpFlags, expand)
 
 FAMILIES = (4, 6)
