@@ -167,6 +167,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not reports:
         print("shieldwall is not attached to any interface")
     for r in reports:
+        if r.get("mode") == "nft":
+            print("\n".join(_nft_view().status_lines(r, args.rules)))
+            continue
         print(f"{r['iface']}: " + (f"attached, {r['mode']} mode, program id {r.get('prog_id')}"
                                    if r["attached"] else f"NOT attached ({r.get('problem', 'stale pins')})"))
         if r.get("mode_loses") and r.get("mode") != "native":
@@ -212,6 +215,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {rule['name'] or '(default action)':<32} {rule['packets']:>12} "
                       f"{rule['bytes']:>14} {rule['would_drop']:>10}  {ago}")
     return 0 if all(r["attached"] for r in reports) or not args.iface else 1
+
+
+def _nft_view():
+    from ..engine import nftmode
+    return nftmode
 
 
 def _stage(name: str):

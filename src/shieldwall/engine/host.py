@@ -60,15 +60,23 @@ def _write(records: Records, record: dict[str, dict]) -> None:
 
 # -- nftables and sysctls ----------------------------------------------------------------
 
-def _nft(script: str, check: bool = False) -> None:
-    nft = shutil.which("nft")
-    if nft is None:
+def nft(args: list[str], script: str | None = None) -> str:
+    """Runs nft in this network namespace; its output, or OSError with its last word."""
+    found = shutil.which("nft")
+    if found is None:
         raise FileNotFoundError("nft is not installed")
-    args = [nft, "-c", "-f", "-"] if check else [nft, "-f", "-"]
-    done = subprocess.run(args, input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT)
+    done = subprocess.run([found, *args], input=script, capture_output=True, text=True,
+                          timeout=NFT_TIMEOUT)
     if done.returncode != 0:
-        raise OSError(errno.EINVAL, done.stderr.strip().splitlines()[-1] if done.stderr.strip()
-                      else f"nft exited with {done.returncode}")
+        # nft shows an error as its message, the line it is about and a caret line under it.
+        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        errors = [line for line in said if line.startswith("Error")]
+        raise OSError(errno.EINVAL, (errors or said or [f"nft exited with {done.returncode}"])[0])
+    return done.stdout
+
+
+def _nft(script: str, check: bool = False) -> None:
+    nft(["-c", "-f", "-"] if check else ["-f", "-"], script)
 
 
 def _table_script(name: str, ruleset: str | None) -> str:

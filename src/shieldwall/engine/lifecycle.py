@@ -26,7 +26,7 @@ from ..policy.files import read_bounded
 from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
 from ..policy.sets import MAX_SET_FILE_BYTES
 from ..stages import stages
-from . import egress, host, livesets
+from . import egress, host, livesets, nftmode
 from . import transaction as tx
 from .records import Records, Revision
 from .transaction import Layout
@@ -128,6 +128,8 @@ def mode_in_force(layout: Layout, index: int, state: xdp.XdpState | None = None)
 
 
 def up(iface: str, change: Proposal, mode: str = "auto", force: bool = False) -> AttachResult:
+    if mode == "nft" or nftmode.active(iface):
+        return nftmode.up(iface, change, force)
     with bpffs.exclusive():
         recovered = _recover(iface)
         return replace(_up(iface, change, mode, force), recovered=recovered)
@@ -239,6 +241,8 @@ def _detach_foreign(index: int, state: xdp.XdpState) -> None:
 def reload(iface: str, change: Proposal) -> AttachResult:
     """A new generation, state maps reused, switched to in one swap of the link; a
     policy with segments goes through segments.cycles() instead."""
+    if nftmode.active(iface):
+        return nftmode.reload(iface, change)
     policy = change.config.policy
     with bpffs.exclusive():
         recovered = _recover(iface)
@@ -250,6 +254,8 @@ def reload(iface: str, change: Proposal) -> AttachResult:
 
 def rollback(iface: str, to: int | None = None) -> AttachResult:
     """Applies an earlier revision again, as a new revision (history stays linear)."""
+    if nftmode.active(iface):
+        return nftmode.rollback(iface, to)
     with bpffs.exclusive():
         recovered = _recover(iface)
         records = Records(iface)
@@ -445,6 +451,8 @@ class DownResult:
 def down(iface: str, forget: bool = False) -> DownResult:
     """Detaches shieldwall from the interface and removes its pins; the revisions stay,
     unless `forget` (a lab's interface, about to go with its namespace)."""
+    if nftmode.active(iface):
+        return nftmode.down(iface, forget)
     with bpffs.exclusive():
         recovered = _recover(iface)
         layout = Layout.of(iface)
@@ -490,11 +498,13 @@ def status(iface: str | None = None) -> list[dict]:
     """What is attached where, read back from the kernel, the pins and the records."""
     bpffs.require_root()
     bpffs.ensure_bpffs()
-    names = [iface] if iface else list(tx.iter_ifaces())
+    names = [iface] if iface else sorted({*tx.iter_ifaces(), *nftmode.ifaces()})
     return [_status_of(name) for name in names]
 
 
 def _status_of(iface: str) -> dict:
+    if nftmode.active(iface):
+        return nftmode.status_of(iface)
     layout = Layout.of(iface)
     records = Records(iface)
     report: dict = {"iface": iface, "pins": str(layout.directory), "attached": False, "mode": None}

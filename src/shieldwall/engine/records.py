@@ -9,6 +9,7 @@ Everything lives under one root-only directory per interface
     current              the revision in force
     journal              the change under way, if any (see engine/transaction.py)
     host.json            what stages set up in the network namespace (engine/host.py)
+    nft.json             the interface runs in nft mode: its table, what its counters mean
 
 Every write goes to a temporary file that is synced and renamed over the old one, so a
 kill at any instant leaves each file whole: the old content or the new.
@@ -202,6 +203,16 @@ class Records:
             self._write("host.json", data, indent=1)
         else:
             (self.dir / "host.json").unlink(missing_ok=True)
+
+    # -- the interface runs the nftables mode (engine.nftmode) -------------------------------
+    def nft_mode(self) -> dict | None:
+        return read_json(self.dir / "nft.json")
+
+    def save_nft_mode(self, data: dict) -> None:
+        self._write("nft.json", data, indent=1)
+
+    def clear_nft_mode(self) -> None:
+        (self.dir / "nft.json").unlink(missing_ok=True)
 
     def live_entries(self) -> dict | None:
         return read_json(self.dir / "live.json", 1 << 30)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..policy.model import Fragment, Policy
 from . import ir
@@ -224,7 +224,10 @@ def _can_join(group: Group, c: Clause) -> bool:
     return True
 
 
-def plan(policy: Policy, counters: bool = False) -> NftPlan:
+def plan(policy: Policy, counters: bool = False,
+         where: Callable[[Clause], bool] | None = None) -> NftPlan:
+    """The chains; `where`: only the clauses it keeps (the others are the caller's to
+    report)."""
     chains = {}
     lookup_ids = iter(range(1, 1 << 30))
 
@@ -246,6 +249,8 @@ def plan(policy: Policy, counters: bool = False) -> NftPlan:
     default = ir.end_verdict(policy)
     for family in ir.FAMILIES:
         items = ir.chain_clauses(policy, family)
+        if where is not None:
+            items = [c for c in items if where(c)]
         if not counters:
             items = [c for c in items if c.verdict is not None]
         nd_accept = family == 6 and ir.nd_protected(policy)
@@ -301,7 +306,7 @@ def _value(name: str, family: int, v: int) -> str:
     return str(v)
 
 
-def _interval(name: str, family: int, lo: int, hi: int) -> str:
+def interval(name: str, family: int, lo: int, hi: int) -> str:
     if lo == hi:
         return _value(name, family, lo)
     if name == "proto":
@@ -315,7 +320,7 @@ def _interval(name: str, family: int, lo: int, hi: int) -> str:
 
 
 def _elements(name: str, family: int, parts) -> str:
-    return ", ".join(_interval(name, family, lo, hi) for lo, hi in parts)
+    return ", ".join(interval(name, family, lo, hi) for lo, hi in parts)
 
 
 class Writer:
@@ -362,7 +367,7 @@ class Writer:
         if len(parts) > INLINE_MAX and name in ("src", "dst"):
             return op + "@" + self.address_set(family, Span(parts))
         if len(parts) == 1:
-            return op + _interval(name, family, *parts[0])
+            return op + interval(name, family, *parts[0])
         return op + "{ " + _elements(name, family, parts) + " }"
 
     def cond(self, cond: Cond, family: int) -> str:
@@ -407,7 +412,7 @@ class Writer:
         is_map = len(verdicts) > 1
         rendered = []
         for combo, verdict in step.elements:
-            text = " . ".join(_interval(name, family, lo, hi)
+            text = " . ".join(interval(name, family, lo, hi)
                               for name, (lo, hi) in zip(step.fields, combo))
             rendered.append(f"{text} : {VERDICT_WORD[verdict]}" if is_map else text)
         kind = "map" if is_map else "set"
@@ -429,16 +434,28 @@ class Writer:
         lines = []
         if chain.fastpath:
             lines.append(self.fastpath(chain))
-        transport = [self.step(step, family) for step in chain.steps]
+        lines += self.before_rules(family)
+        transport = [line for step in chain.steps for line in self.step_lines(step, family)]
         if chain.nd_accept:
-            transport.append(ND_ACCEPT)
+            transport.append(self.nd_accept(counters))
         transport.append(default)
         if chain.l3_steps is None:
             return {name: lines + transport}
         lines.append(TRANSPORT_DISPATCH[family].format(chain=f"{name}_transport"))
-        lines += [self.step(step, family) for step in chain.l3_steps]
+        lines += [line for step in chain.l3_steps for line in self.step_lines(step, family)]
         lines.append(default)
         return {name: lines, f"{name}_transport": transport}
+
+    # What a writer for another use adds: its own lines after the fastpath (before any
+    # rule), more than one line for a rule, a counted neighbor discovery exception.
+    def before_rules(self, family: int) -> list[str]:
+        return []
+
+    def step_lines(self, step: RuleStep | LookupStep, family: int) -> list[str]:
+        return [self.step(step, family)]
+
+    def nd_accept(self, counters: bool) -> str:
+        return ND_ACCEPT
 
     def fastpath(self, chain: ChainPlan) -> str:
         """One lookup: a verdict map, or a set when every range has one verdict."""
@@ -446,11 +463,11 @@ class Writer:
         name = f"fastpath_v{family}"
         verdicts = {v for _, _, v in chain.fastpath}
         if len(verdicts) == 1:
-            elements = ", ".join(_interval("src", family, lo, hi) for lo, hi, _ in chain.fastpath)
+            elements = ", ".join(interval("src", family, lo, hi) for lo, hi, _ in chain.fastpath)
             self.sets.append(f"\tset {name} {{ typeof {EXPR['src', family]}; flags interval; "
                              f"elements = {{ {elements} }} }}")
             return f"{EXPR['src', family]} @{name} {VERDICT_WORD[verdicts.pop()]}"
-        elements = ", ".join(f"{_interval('src', family, lo, hi)} : {VERDICT_WORD[v]}"
+        elements = ", ".join(f"{interval('src', family, lo, hi)} : {VERDICT_WORD[v]}"
                              for lo, hi, v in chain.fastpath)
         self.sets.append(f"\tmap {name} {{ typeof {EXPR['src', family]} : verdict; "
                          f"flags interval; elements = {{ {elements} }} }}")
@@ -472,14 +489,21 @@ class Writer:
     def step(self, step: RuleStep | LookupStep, family: int) -> str:
         return self.rule(step, family) if isinstance(step, RuleStep) else self.lookup(step, family)
 
-    def write(self, p: NftPlan) -> str:
-        base = [f'type filter hook ingress device "{self.device}" priority {self.priority}; '
+    family = "netdev"  # the table's
+    dispatch_guard = ""  # what must hold before the dispatch (an inet hook sees every device)
+
+    def base_chain(self) -> list[str]:
+        """The base chain's hook line."""
+        return [f'type filter hook ingress device "{self.device}" priority {self.priority}; '
                 "policy accept;"]
+
+    def write(self, p: NftPlan) -> str:
+        base = self.base_chain()
         flat = self.flat(p)
         if flat is not None:
             base_text = "\n".join(f"\t\t{line}" for line in base + flat)
             body = "\n".join(self.sets + [f"\tchain ingress {{\n{base_text}\n\t}}"])
-            return f"table netdev {self.table} {{\n{body}\n}}\n"
+            return f"table {self.family} {self.table} {{\n{body}\n}}\n"
         chains = []
         dispatch = []
         for family, chain in p.chains.items():
@@ -492,10 +516,10 @@ class Writer:
         if p.default == "drop":
             dispatch += ["8021q : drop", "8021ad : drop"]
         if dispatch:
-            base.append(f"meta protocol vmap {{ {', '.join(dispatch)} }}")
+            base.append(f"{self.dispatch_guard}meta protocol vmap {{ {', '.join(dispatch)} }}")
         base_text = "\n".join(f"\t\t{line}" for line in base)
         body = "\n".join(self.sets + chains + [f"\tchain ingress {{\n{base_text}\n\t}}"])
-        return f"table netdev {self.table} {{\n{body}\n}}\n"
+        return f"table {self.family} {self.table} {{\n{body}\n}}\n"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,284 @@
+"""`up --mode nft`: the policy as one nftables table on the interface (shieldwall.nft
+compiles it), with the same revisions, history and rollback as the XDP modes.
+
+The table is `netdev shieldwall_<iface>`, hooked at ingress on the interface; with
+`protect.syn` in cookie mode, the syn stage's inet table and sysctls for SYNPROXY come
+with it (engine/host.py, as in the other modes). A marker in the interface's records
+(nft.json) says the interface runs in this mode, which table is shieldwall's, and what
+its counters mean, so that later commands go on in this mode.
+
+Every change is one `nft -f` transaction, which the kernel applies whole or not at all:
+a refused ruleset changes nothing. A reload flushes the table's rules, deletes the
+chains, sets and limits the new ruleset does not keep, and declares the new ones, in
+that one transaction: the base chain (and so its hook on the device) stays, and the
+packets see the old rules or the new, never a mix or none. The dynamic sets that hold
+rate-limit buckets and blocks are kept when the new ruleset declares them alike (their
+names carry every parameter of their limit), as the XDP modes keep their state maps.
+
+`down` deletes that table and what the syn stage set up, and nothing else: other
+tables, shieldwall's in other modes or anyone's, stay.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+from ..dataplane import bpffs
+from ..kernel import xdp
+from ..kernel.errors import BpfError
+from ..modes import LOSES
+from ..nft.compile import Compiled, compile_policy, table_name
+from . import host, lifecycle
+from .records import Records, state_root
+from .transaction import Layout
+
+FAMILY = "netdev"
+
+
+class NftModeError(BpfError):
+    """A change nft mode refused; nothing was changed."""
+
+
+def active(iface: str) -> bool:
+    """Whether the interface runs in nft mode (its records hold the marker)."""
+    return Records(iface).nft_mode() is not None
+
+
+def ifaces() -> list[str]:
+    """The interfaces of this network namespace that run in nft mode."""
+    scope = state_root() / bpffs.netns_scope()
+    return sorted(d.name for d in scope.iterdir() if (d / "nft.json").is_file()) if scope.is_dir() else []
+
+
+# -- nft ---------------------------------------------------------------------------------
+
+def _listed(table: str) -> dict | None:
+    """The table as `nft -j list table` has it; None when there is none."""
+    try:
+        out = host.nft(["-j", "list", "table", FAMILY, table])
+    except OSError as exc:
+        if "No such file or directory" in str(exc):
+            return None
+        raise
+    return json.loads(out)
+
+
+def _objects(listed: dict | None) -> dict[str, set[str]]:
+    """Chains, sets, maps and limits of a listed table, by kind."""
+    found: dict[str, set[str]] = {"chain": set(), "set": set(), "map": set(), "limit": set()}
+    for item in (listed or {}).get("nftables", []):
+        for kind, names in found.items():
+            if kind in item:
+                names.add(item[kind]["name"])
+    return found
+
+
+def script(compiled: Compiled, listed: dict | None) -> str:
+    """One transaction that makes the table hold exactly `compiled`: on a table that
+    exists, its rules flushed and what the new ruleset does not keep deleted first."""
+    table = f"{FAMILY} {compiled.table}"
+    lines = [f"table {table} {{}}", f"flush table {table}"]
+    old = _objects(listed)
+    lines += [f"delete chain {table} {name}" for name in sorted(old["chain"]) if name != "ingress"]
+    for kind in ("set", "map", "limit"):
+        lines += [f"delete {kind} {table} {name}" for name in sorted(old[kind])
+                  if name not in compiled.state]
+    return "\n".join(lines) + "\n" + compiled.text
+
+
+def _apply_ruleset(compiled: Compiled) -> None:
+    try:
+        host.nft(["-f", "-"], script(compiled, _listed(compiled.table)))
+    except OSError as exc:
+        raise NftModeError(errno.EINVAL, f"nftables refused the ruleset: {exc.strerror or exc}",
+                           "nothing was changed") from None
+
+
+def _marker(compiled: Compiled, number: int) -> dict:
+    return {"table": compiled.table, "family": FAMILY, "revision": number,
+            "meaning": {c: [m.action, m.reason, m.rule] for c, m in compiled.meaning.items()},
+            "rules": [list(r) for r in compiled.rules],
+            "unexpressed": [str(u) for u in compiled.unexpressed],
+            "differences": list(compiled.differences), "chain": list(compiled.chain)}
+
+
+# -- up, reload, rollback, down ----------------------------------------------------------
+
+def up(iface: str, change: "lifecycle.Proposal", force: bool = False) -> "lifecycle.AttachResult":
+    with bpffs.exclusive():
+        if active(iface):
+            return _apply(iface, change)
+        xdp.ifindex(iface)  # an unknown interface is named as such
+        if Layout.of(iface).link.exists():
+            raise NftModeError(errno.EBUSY, f"shieldwall runs XDP on {iface}",
+                               f"to change the mode: shieldwall down --iface {iface}, then up --mode nft")
+        table = table_name(iface)
+        if _listed(table) is not None and not force:
+            raise NftModeError(errno.EBUSY, f"table {FAMILY} {table} exists, and shieldwall has no "
+                               f"record of making it", "use --force to replace it")
+        return _apply(iface, change, first=True)
+
+
+def reload(iface: str, change: "lifecycle.Proposal") -> "lifecycle.AttachResult":
+    with bpffs.exclusive():
+        return _apply(iface, change)
+
+
+def rollback(iface: str, to: int | None = None) -> "lifecycle.AttachResult":
+    with bpffs.exclusive():
+        records = Records(iface)
+        target = records.revision(to) if to is not None else lifecycle._previous(records)
+        change = lifecycle.Proposal(lifecycle.load_revision(records, target), None,
+                                    f"rollback to {target.number}", stored=target)
+        return _apply(iface, change)
+
+
+def _apply(iface: str, change: "lifecycle.Proposal", first: bool = False) -> "lifecycle.AttachResult":
+    """Compiles, records and applies a revision; a refusal anywhere leaves the interface
+    as it was (the ruleset in force, its revision current)."""
+    config = change.config
+    compiled = compile_policy(config.policy, iface)
+    host.check(config, iface)
+    records = Records(iface)
+    number = records.next_number()
+    origin = change.origin if not (first and change.origin == "reload") else "up"
+    lifecycle._record(records, number, change, origin)
+    if first:
+        # Written before the table is: a kill from here on leaves what `down` removes.
+        records.save_nft_mode(_marker(compiled, 0))
+    try:
+        host.sync(iface, config, add_only=True)
+        _apply_ruleset(compiled)
+    except BaseException:
+        records.drop(number)
+        if first:
+            host.teardown(iface)
+            records.clear_nft_mode()
+        else:
+            host.sync(iface, lifecycle.current_config(iface))
+        raise
+    records.save_nft_mode(_marker(compiled, number))
+    records.set_current(number)
+    host.sync(iface, config)
+    why = (f"the policy as nftables table {FAMILY} {compiled.table} at ingress; "
+           f"it loses {LOSES['nft']}")
+    notes = tuple(f"not expressed: {u}" for u in compiled.unexpressed)
+    return lifecycle.AttachResult(iface, "nft", why, 0, records.dir, number,
+                                  reloaded=not first, notes=notes)
+
+
+def down(iface: str, forget: bool = False) -> "lifecycle.DownResult":
+    with bpffs.exclusive():
+        records = Records(iface)
+        marker = records.nft_mode()
+        if marker is None:
+            return lifecycle.DownResult(False)
+        if _listed(marker["table"]) is not None:
+            host.nft(["delete", "table", marker.get("family", FAMILY), marker["table"]])
+        host.teardown(iface)
+        records.clear_nft_mode()
+        records.forget()
+        if forget:
+            records.remove()
+        return lifecycle.DownResult(True)
+
+
+# -- status ------------------------------------------------------------------------------
+
+def counters(table: str) -> dict[str, tuple[int, int]]:
+    """Packets and bytes per counter comment, summed over the rules that share it."""
+    listed = _listed(table)
+    counts: dict[str, tuple[int, int]] = {}
+    for item in (listed or {}).get("nftables", []):
+        rule = item.get("rule")
+        if not rule or "comment" not in rule:
+            continue
+        for expr in rule["expr"]:
+            if "counter" in expr:
+                p, b = counts.get(rule["comment"], (0, 0))
+                counts[rule["comment"]] = (p + expr["counter"]["packets"], b + expr["counter"]["bytes"])
+    return counts
+
+
+def status_of(iface: str) -> dict:
+    records = Records(iface)
+    marker = records.nft_mode() or {}
+    table = marker.get("table", table_name(iface))
+    report: dict = {"iface": iface, "pins": None, "attached": False, "mode": "nft",
+                    "loses": LOSES["nft"], "nft": {"table": f"{FAMILY} {table}"},
+                    "unexpressed": marker.get("unexpressed", []),
+                    "differences": marker.get("differences", []),
+                    "stages_expressed": marker.get("chain", [])}
+    syn = host.recorded(iface).get("syn")
+    if syn:
+        report["nft"]["synproxy_table"] = f"inet {syn['table']}"
+    try:
+        listed = _listed(table)
+    except OSError as exc:
+        report["problem"] = f"cannot list the table: {exc.strerror or exc}"
+        return report
+    if listed is None:
+        report["problem"] = (f"table {FAMILY} {table} is gone (deleted by hand?); "
+                             f"run shieldwall down --iface {iface}, then up")
+        return report
+    report["attached"] = True
+    number = records.current()
+    if number is not None:
+        try:
+            revision = records.revision(number)
+            report["revision"] = {**revision.to_json(), "when": revision.when}
+        except ValueError:
+            report["revision"] = {"revision": number, "problem": "its record is missing"}
+    counts = counters(table)
+    meaning = {c: tuple(m) for c, m in marker.get("meaning", {}).items()}
+    totals: dict[tuple[str, str], list[int]] = {}
+    per_rule: dict[str | None, list[int]] = {}
+    for comment, (packets, nbytes) in counts.items():
+        action, reason, rule = meaning.get(comment, (None, comment, None))
+        if action is not None:
+            t = totals.setdefault((action, reason), [0, 0])
+            t[0] += packets
+            t[1] += nbytes
+        if rule is not None or reason == "default":
+            r = per_rule.setdefault(rule, [0, 0])
+            r[0] += packets
+            r[1] += nbytes
+    report["counters"] = [{"action": a, "reason": r, "packets": p, "bytes": b}
+                          for (a, r), (p, b) in sorted(totals.items())]
+    monitors = {rule for action, reason, rule in meaning.values() if reason == "monitor"}
+    report["rules"] = [
+        {"id": rule_id, "name": name, "packets": per_rule.get(name, [0, 0])[0],
+         "bytes": per_rule.get(name, [0, 0])[1],
+         "would_drop": per_rule.get(name, [0, 0])[0] if name in monitors else 0,
+         "last_hit_seconds_ago": None}
+        for rule_id, name in [(0, None), *[tuple(r) for r in marker.get("rules", [])]]]
+    return report
+
+
+def status_lines(report: dict, rules: bool = False) -> list[str]:
+    """The lines `status` prints for an interface in nft mode."""
+    nft = report.get("nft", {})
+    state = "in force, nft mode" if report["attached"] else "NOT in force (nft mode)"
+    lines = [f"{report['iface']}: {state}"]
+    rev = report.get("revision")
+    if rev and "when" in rev:
+        lines.append(f"  revision {rev['revision']}, applied {rev['when']} ({rev['origin']}): "
+                     f"{rev['source'] or 'no policy'}")
+    lines += [f"  table: {nft.get('table')}"
+             + (f", SYNPROXY in {nft['synproxy_table']}" if "synproxy_table" in nft else ""),
+             f"  loses: {report['loses']}"]
+    if report.get("stages_expressed"):
+        lines.append(f"  stages as nftables rules: {' -> '.join(report['stages_expressed'])}")
+    lines += [f"  not expressed: {u}" for u in report.get("unexpressed", [])]
+    lines += [f"  differs: {d}" for d in report.get("differences", [])]
+    if report.get("problem"):
+        lines.append(f"  problem: {report['problem']}")
+    for c in report.get("counters", []):
+        lines.append(f"  {c['action']:>8} {c['reason']:<22} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+    if rules:
+        lines.append(f"  {'rule':<32} {'packets':>12} {'bytes':>14}")
+        lines += [f"  {r['name'] or '(default action)':<32} {r['packets']:>12} {r['bytes']:>14}"
+                  for r in report.get("rules", [])]
+    return lines
+
