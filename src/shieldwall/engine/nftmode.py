@@ -64,35 +64,76 @@ def _listed(table: str) -> dict | None:
     return json.loads(out)
 
 
-def _objects(listed: dict | None) -> dict[str, set[str]]:
-    """Chains, sets, maps and limits of a listed table, by kind."""
-    found: dict[str, set[str]] = {"chain": set(), "set": set(), "map": set(), "limit": set()}
+def _objects(listed: dict | None) -> set[tuple[str, str]]:
+    """(kind, name) of the chains, sets, maps, limits and counters of a listed table."""
+    found = set()
     for item in (listed or {}).get("nftables", []):
-        for kind, names in found.items():
+        for kind in KINDS:
             if kind in item:
-                names.add(item[kind]["name"])
+                found.add((kind, item[kind]["name"]))
     return found
 
 
-def script(compiled: Compiled, listed: dict | None) -> str:
-    """One transaction that makes the table hold exactly `compiled`: on a table that
-    exists, its rules flushed and what the new ruleset does not keep deleted first."""
+KINDS = ("chain", "set", "map", "limit", "counter")
+
+
+def declare_script(compiled: Compiled) -> str:
+    """The first transaction: the new ruleset's sets, limits and counters, filled,
+    beside the old ones; no rule uses them yet. Those it declares alike (state) are
+    kept as they are."""
+    declared = [line for line in compiled.text.splitlines()
+                if line.startswith(("\tset ", "\tmap ", "\tlimit ", "\tcounter "))]
+    return f"table {FAMILY} {compiled.table} {{\n" + "\n".join(declared) + "\n}\n"
+
+
+def switch_script(compiled: Compiled, exists: bool) -> str:
+    """The second: the new chains beside the old ones, and the base chain's rules
+    replaced by the new ruleset's. On a table that exists, the base chain is not
+    declared again: its hook stays registered as it is."""
+    if not exists:
+        return compiled.text
     table = f"{FAMILY} {compiled.table}"
-    lines = [f"table {table} {{}}", f"flush table {table}"]
-    old = _objects(listed)
-    lines += [f"delete chain {table} {name}" for name in sorted(old["chain"]) if name != "ingress"]
-    for kind in ("set", "map", "limit"):
-        lines += [f"delete {kind} {table} {name}" for name in sorted(old[kind])
-                  if name not in compiled.state]
-    return "\n".join(lines) + "\n" + compiled.text
+    return f"flush chain {table} ingress\n" + compiled.text.replace(f"\t\t{compiled.base}\n", "")
+
+
+def cleanup_script(compiled: Compiled, listed: dict | None) -> str:
+    """The third: what the new ruleset does not use goes (chains emptied first, so
+    nothing refers to what is deleted after them)."""
+    table = f"{FAMILY} {compiled.table}"
+    old = sorted(_objects(listed) - compiled.names, key=lambda kn: (KINDS.index(kn[0]), kn[1]))
+    lines = [f"flush chain {table} {name}" for kind, name in old if kind == "chain"]
+    lines += [f"delete {kind} {table} {name}" for kind, name in old]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _apply_ruleset(compiled: Compiled) -> None:
+    """Three transactions, each whole or not at all. The sets go in first, so that the
+    rules that look them up never run before the kernel has committed them; the rules
+    then switch at once; what only the old rules used goes last, when no packet can
+    be on them any more. After a refusal, what the first put in is taken out again."""
+    before = _listed(compiled.table)
     try:
-        host.nft(["-f", "-"], script(compiled, _listed(compiled.table)))
+        host.nft(["-f", "-"], declare_script(compiled))
+        host.nft(["-f", "-"], switch_script(compiled, before is not None))
     except OSError as exc:
+        _undeclare(compiled, before)
         raise NftModeError(errno.EINVAL, f"nftables refused the ruleset: {exc.strerror or exc}",
                            "nothing was changed") from None
+    leftover = cleanup_script(compiled, _listed(compiled.table))
+    if leftover:
+        host.nft(["-f", "-"], leftover)
+
+
+def _undeclare(compiled: Compiled, before: dict | None) -> None:
+    table = f"{FAMILY} {compiled.table}"
+    if before is None:
+        if _listed(compiled.table) is not None:
+            host.nft(["delete", "table", *table.split()])
+        return
+    added = sorted(compiled.names - _objects(before), key=lambda kn: (KINDS.index(kn[0]), kn[1]))
+    lines = [f"delete {kind} {table} {name}" for kind, name in added if kind != "chain"]
+    if lines:
+        host.nft(["-f", "-"], "\n".join(lines) + "\n")
 
 
 def _marker(compiled: Compiled, number: int) -> dict:
@@ -100,7 +141,8 @@ def _marker(compiled: Compiled, number: int) -> dict:
             "meaning": {c: [m.action, m.reason, m.rule] for c, m in compiled.meaning.items()},
             "rules": [list(r) for r in compiled.rules],
             "unexpressed": [str(u) for u in compiled.unexpressed],
-            "differences": list(compiled.differences), "chain": list(compiled.chain)}
+            "differences": list(compiled.differences), "chain": list(compiled.chain),
+            "counters": compiled.counters}
 
 
 # -- up, reload, rollback, down ----------------------------------------------------------
@@ -138,10 +180,10 @@ def _apply(iface: str, change: "lifecycle.Proposal", first: bool = False) -> "li
     """Compiles, records and applies a revision; a refusal anywhere leaves the interface
     as it was (the ruleset in force, its revision current)."""
     config = change.config
-    compiled = compile_policy(config.policy, iface)
-    host.check(config, iface)
     records = Records(iface)
     number = records.next_number()
+    compiled = compile_policy(config.policy, iface, suffix=f"_r{number}")
+    host.check(config, iface)
     origin = change.origin if not (first and change.origin == "reload") else "up"
     lifecycle._record(records, number, change, origin)
     if first:
@@ -187,17 +229,12 @@ def down(iface: str, forget: bool = False) -> "lifecycle.DownResult":
 # -- status ------------------------------------------------------------------------------
 
 def counters(table: str) -> dict[str, tuple[int, int]]:
-    """Packets and bytes per counter comment, summed over the rules that share it."""
-    listed = _listed(table)
+    """Packets and bytes per named counter of the table."""
     counts: dict[str, tuple[int, int]] = {}
-    for item in (listed or {}).get("nftables", []):
-        rule = item.get("rule")
-        if not rule or "comment" not in rule:
-            continue
-        for expr in rule["expr"]:
-            if "counter" in expr:
-                p, b = counts.get(rule["comment"], (0, 0))
-                counts[rule["comment"]] = (p + expr["counter"]["packets"], b + expr["counter"]["bytes"])
+    for item in (_listed(table) or {}).get("nftables", []):
+        if "counter" in item:
+            c = item["counter"]
+            counts[c["name"]] = (c["packets"], c["bytes"])
     return counts
 
 
@@ -234,7 +271,8 @@ def status_of(iface: str) -> dict:
     meaning = {c: tuple(m) for c, m in marker.get("meaning", {}).items()}
     totals: dict[tuple[str, str], list[int]] = {}
     per_rule: dict[str | None, list[int]] = {}
-    for comment, (packets, nbytes) in counts.items():
+    for comment, name in marker.get("counters", {}).items():
+        packets, nbytes = counts.get(name, (0, 0))
         action, reason, rule = meaning.get(comment, (None, comment, None))
         if action is not None:
             t = totals.setdefault((action, reason), [0, 0])

@@ -27,7 +27,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import zlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from ..policy import reference
 from ..policy.model import Policy
@@ -88,6 +89,17 @@ class Compiled:
     unexpressed: tuple[Unexpressed, ...] = ()
     differences: tuple[str, ...] = ()
     chain: tuple[str, ...] = ()        # the stages it stands for, in order
+    counters: dict[str, str] = field(default_factory=dict)  # comment -> named counter
+
+    @property
+    def base(self) -> str:
+        """The base chain's hook line."""
+        return re.search(r"^\t\t(type filter hook .*)$", self.text, re.M).group(1)
+
+    @property
+    def names(self) -> set[tuple[str, str]]:
+        """(kind, name) of every chain, set, map, limit and counter it declares."""
+        return set(re.findall(r"^\t(chain|set|map|limit|counter) (\S+) ", self.text, re.M))
 
 
 # -- limits ------------------------------------------------------------------------------
@@ -124,8 +136,11 @@ def _meter_timeout(limit: Limit) -> int:
 class RuntimeWriter(Writer):
     """The peers' writer, with the stages before the rules, limits and counted names."""
 
-    def __init__(self, policy: Policy, table: str, device: str) -> None:
+    def __init__(self, policy: Policy, table: str, device: str, suffix: str = "") -> None:
         super().__init__(policy, table, device, PRIORITY)
+        self.suffix = suffix
+        self.counters: dict[str, str] = {}  # comment -> named counter
+        self.value_sets: dict[tuple, str] = {}
         self.meaning: dict[str, Counted] = {}
         self.state: list[str] = []
         self.unexpressed: list[Unexpressed] = []
@@ -140,7 +155,30 @@ class RuntimeWriter(Writer):
 
     def count(self, comment: str, action: str | None, reason: str, rule: str | None = None) -> str:
         self.meaning[comment] = Counted(action, reason, rule)
-        return f'counter {VERDICT_WORD[action] + " " if action in VERDICT_WORD else ""}comment "{comment}"'
+        verdict = f"{VERDICT_WORD[action]} " if action in VERDICT_WORD else ""
+        return f'{self.counter(comment)} {verdict}comment "{comment}"'
+
+    def counter(self, name: str) -> str:
+        """A named counter object: the rules that share a name (both families, both
+        chains of a family) add up in it, and it outlives the rules, so a reload keeps
+        what was counted, as the XDP modes do."""
+        if name not in self.counters:
+            self.counters[name] = _state_name("c", name)
+            self.objects.append(f"\tcounter {self.counters[name]} {{ }}")
+            self.state.append(self.counters[name])
+        return f'counter name "{self.counters[name]}"'
+
+    def dispatch(self, pairs: list[str]) -> list[str]:
+        """Plain comparisons, no verdict map: an anonymous set is replaced with its rule,
+        and a packet that began on the old rules may look it up after the switch, find
+        nothing and be accepted by the base chain. Rules alone switch whole."""
+        lines = []
+        for pair in pairs:
+            proto, verdict = pair.split(" : ")
+            if verdict == "drop":
+                verdict = f"{self.counter('(default)')} drop comment \"(default)\""
+            lines.append(f"meta protocol {proto} {verdict}")
+        return lines + [self.count("(non_ip)", "pass", "non_ip")]
 
     # -- the stages before the rules -----------------------------------------------------
     def fastpath(self, chain) -> str:
@@ -150,7 +188,7 @@ class RuntimeWriter(Writer):
             ranges = [(lo, hi) for lo, hi, v in chain.fastpath if v == verdict]
             if not ranges:
                 continue
-            name = f"{reason}_v{family}"
+            name = f"{reason}_v{family}{self.suffix}"
             elements = ", ".join(self.interval(family, lo, hi) for lo, hi in ranges)
             self.sets.append(f"\tset {name} {{ typeof {EXPR['src', family]}; flags interval; "
                              f"elements = {{ {elements} }} }}")
@@ -200,7 +238,7 @@ class RuntimeWriter(Writer):
             ranges = self.bogon_ranges(family)
             if not ranges:
                 return []
-            set_name = f"bogons_v{family}"
+            set_name = f"bogons_v{family}{self.suffix}"
             elements = ", ".join(self.interval(family, lo, hi) for lo, hi in ranges)
             self.sets.append(f"\tset {set_name} {{ typeof {EXPR['src', family]}; flags interval; "
                              f"elements = {{ {elements} }} }}")
@@ -212,7 +250,8 @@ class RuntimeWriter(Writer):
         if name == "ipv6_rh0":
             return ["rt type 0"] if family == 6 else []
         if name == "zero_ports":
-            return [f"{l4} meta l4proto {{ tcp, udp }} th {end} 0" for end in ("sport", "dport")]
+            return [f"{l4} meta l4proto {proto} th {end} 0" for proto in ("tcp", "udp")
+                    for end in ("sport", "dport")]
         raise KeyError(name)
 
     def bogon_ranges(self, family: int) -> list[tuple[int, int]]:
@@ -223,6 +262,22 @@ class RuntimeWriter(Writer):
         nets.sort(key=lambda kv: (-kv[0].prefixlen, kv[1] == "bogon"))
         flat = ir.first_wins([(Span((ir.net_interval(n),)), what) for n, what in nets])
         return [(lo, hi) for lo, hi, what in flat if what == "bogon"]
+
+    def inline_set(self, name: str, family: int, parts) -> str:
+        """A named set, not an anonymous one: it is declared, filled and committed
+        before the rules that use it go in (engine/nftmode.py), so no packet ever looks
+        it up half made."""
+        if name == "vlan":  # a raw link-layer load has no type a set could take
+            return super().inline_set(name, family, parts)
+        key = (name, family, tuple(parts))
+        if key not in self.value_sets:
+            set_name = f"v{len(self.value_sets) + 1}_{name}_v{family}{self.suffix}"
+            flags = "; flags interval" if any(lo != hi for lo, hi in parts) else ""
+            expr = "th dport" if name in ("sport", "dport") else EXPR[name, family]
+            self.sets.append(f"\tset {set_name} {{ typeof {expr}{flags}; "
+                             f"elements = {{ {', '.join(interval(name, family, lo, hi) for lo, hi in parts)} }} }}")
+            self.value_sets[key] = set_name
+        return "@" + self.value_sets[key]
 
     def nd_accept(self, counters: bool) -> str:
         return ND_ACCEPT.replace("accept", self.count("(nd_protected)", "pass", "nd_protected"))
@@ -350,16 +405,20 @@ def _stage_notes(policy: Policy, stages: tuple[str, ...]) -> list[Unexpressed]:
     return notes
 
 
-def compile_policy(policy: Policy | None, device: str) -> Compiled:
+def compile_policy(policy: Policy | None, device: str, suffix: str = "") -> Compiled:
     """The table for `device`: a policy's rules, stages and counters (None: no policy,
-    every packet passes, and the table only counts)."""
+    every packet passes, and the table only counts). `suffix` follows the names of its
+    chains and configuration sets, so that a new ruleset can be put beside the old."""
     table = table_name(device)
     if policy is None:
-        text = (f"table netdev {table} {{\n\tchain ingress {{\n\t\ttype filter hook ingress device "
-                f'"{device}" priority {PRIORITY}; policy accept;\n\t\tmeta protocol {{ ip, ip6 }} '
-                f'counter comment "(default)"\n\t}}\n}}\n')
-        return Compiled(table, text, (), {"(default)": Counted("pass", "default")}, ())
-    writer = RuntimeWriter(policy, table, device)
+        counter = _state_name("c", "(default)")
+        text = (f"table netdev {table} {{\n\tcounter {counter} {{ }}\n\tchain ingress {{\n"
+                f'\t\ttype filter hook ingress device "{device}" priority {PRIORITY}; policy accept;\n'
+                f'\t\tmeta protocol ip counter name "{counter}" comment "(default)"\n'
+                f'\t\tmeta protocol ip6 counter name "{counter}" comment "(default)"\n\t}}\n}}\n')
+        return Compiled(table, text, (counter,), {"(default)": Counted("pass", "default")}, (),
+                        counters={"(default)": counter})
+    writer = RuntimeWriter(policy, table, device, suffix)
     text = writer.write(plan(policy, counters=True, where=lambda c: c.rule.match.state is None))
     stages = reference.chain(policy)
     unexpressed = _stage_notes(policy, stages) + writer.unexpressed
@@ -378,5 +437,5 @@ def compile_policy(policy: Policy | None, device: str) -> Compiled:
     expressed = tuple(s for s in stages if s not in _NOT_EXPRESSIBLE and s != "conntrack")
     return Compiled(table, text, tuple(writer.state), dict(writer.meaning),
                     tuple((r.id, r.name) for r in policy.rules), tuple(dict.fromkeys(unexpressed)),
-                    tuple(differences), expressed)
+                    tuple(differences), expressed, dict(writer.counters))
 

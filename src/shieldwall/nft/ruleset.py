@@ -338,7 +338,7 @@ class Writer:
         key = (family, span)
         if key in self.named:
             return self.named[key]
-        set_name = f"{label}_v{family}" if label else f"a{len(self.named) + 1}_v{family}"
+        set_name = (f"{label}_v{family}" if label else f"a{len(self.named) + 1}_v{family}") + self.suffix
         flags = "; flags interval" if any(lo != hi for lo, hi in span.parts) else ""
         elements = f"; elements = {{ {_elements('src', family, span.parts)} }}" if span else ""
         self.sets.append(f"\tset {set_name} {{ typeof {EXPR['src', family]}{flags}{elements} }}")
@@ -368,7 +368,11 @@ class Writer:
             return op + "@" + self.address_set(family, Span(parts))
         if len(parts) == 1:
             return op + interval(name, family, *parts[0])
-        return op + "{ " + _elements(name, family, parts) + " }"
+        return op + self.inline_set(name, family, parts)
+
+    def inline_set(self, name: str, family: int, parts) -> str:
+        """Several values of a field, as an anonymous set."""
+        return "{ " + _elements(name, family, parts) + " }"
 
     def cond(self, cond: Cond, family: int) -> str:
         if cond.kind == "tcp_flags":
@@ -398,7 +402,7 @@ class Writer:
             parts.append(f"{expr} {self.span_expr(name, family, span)}")
         parts += [self.cond(c, family) for c in step.conds]
         if step.counter:
-            parts.append("counter")
+            parts.append(self.counter(step.clause.name))
         if step.verdict is not None:
             parts.append(VERDICT_WORD[step.verdict])
         if step.counter:
@@ -428,9 +432,9 @@ class Writer:
     def chain(self, chain: ChainPlan, counters: bool) -> dict[str, list[str]]:
         """The family's chains by name, its entry chain first."""
         family = chain.family
-        name = f"ipv{family}"
-        default = (f'counter {VERDICT_WORD[chain.default]} comment "(default)"' if counters
-                   else VERDICT_WORD[chain.default])
+        name = f"ipv{family}{self.suffix}"
+        default = (f'{self.counter("(default)")} {VERDICT_WORD[chain.default]} comment "(default)"'
+                   if counters else VERDICT_WORD[chain.default])
         lines = []
         if chain.fastpath:
             lines.append(self.fastpath(chain))
@@ -446,6 +450,14 @@ class Writer:
         lines.append(default)
         return {name: lines, f"{name}_transport": transport}
 
+    def dispatch(self, pairs: list[str]) -> list[str]:
+        """The base chain's lines that send each protocol ("ip : jump ipv4") on."""
+        return [f"{self.dispatch_guard}meta protocol vmap {{ {', '.join(pairs)} }}"]
+
+    def counter(self, name: str) -> str:
+        """The counter of what `name` (a rule, or "(default)") counts."""
+        return "counter"
+
     # What a writer for another use adds: its own lines after the fastpath (before any
     # rule), more than one line for a rule, a counted neighbor discovery exception.
     def before_rules(self, family: int) -> list[str]:
@@ -460,7 +472,7 @@ class Writer:
     def fastpath(self, chain: ChainPlan) -> str:
         """One lookup: a verdict map, or a set when every range has one verdict."""
         family = chain.family
-        name = f"fastpath_v{family}"
+        name = f"fastpath_v{family}{self.suffix}"
         verdicts = {v for _, _, v in chain.fastpath}
         if len(verdicts) == 1:
             elements = ", ".join(interval("src", family, lo, hi) for lo, hi, _ in chain.fastpath)
@@ -491,6 +503,7 @@ class Writer:
 
     family = "netdev"  # the table's
     dispatch_guard = ""  # what must hold before the dispatch (an inet hook sees every device)
+    suffix = ""  # after the names of chains and sets: two rulesets can then live side by side
 
     def base_chain(self) -> list[str]:
         """The base chain's hook line."""
@@ -509,14 +522,14 @@ class Writer:
         for family, chain in p.chains.items():
             if chain.trivial and not p.counters:
                 continue
-            dispatch.append(f"{'ip' if family == 4 else 'ip6'} : jump ipv{family}")
+            dispatch.append(f"{'ip' if family == 4 else 'ip6'} : jump ipv{family}{self.suffix}")
             for chain_name, lines in self.chain(chain, p.counters).items():
                 body = "\n".join(f"\t\t{line}" for line in lines)
                 chains.append(f"\tchain {chain_name} {{\n{body}\n\t}}")
         if p.default == "drop":
             dispatch += ["8021q : drop", "8021ad : drop"]
         if dispatch:
-            base.append(f"{self.dispatch_guard}meta protocol vmap {{ {', '.join(dispatch)} }}")
+            base += self.dispatch(dispatch)
         base_text = "\n".join(f"\t\t{line}" for line in base)
         body = "\n".join(self.sets + chains + [f"\tchain ingress {{\n{base_text}\n\t}}"])
         return f"table {self.family} {self.table} {{\n{body}\n}}\n"
