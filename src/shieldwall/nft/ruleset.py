@@ -411,7 +411,7 @@ class Writer:
 
     def lookup(self, step: LookupStep, family: int) -> str:
         key = " . ".join(EXPR[name, family] for name in step.fields)
-        interval = any(lo != hi for combo, _ in step.elements for lo, hi in combo)
+        has_ranges = any(lo != hi for combo, _ in step.elements for lo, hi in combo)
         verdicts = step.verdicts
         is_map = len(verdicts) > 1
         rendered = []
@@ -421,7 +421,7 @@ class Writer:
             rendered.append(f"{text} : {VERDICT_WORD[verdict]}" if is_map else text)
         kind = "map" if is_map else "set"
         typeof = f"typeof {key}" + (" : verdict" if is_map else "")
-        flags = "; flags interval" if interval else ""
+        flags = "; flags interval" if has_ranges else ""
         self.sets.append(f"\t{kind} {step.name} {{ {typeof}{flags}; "
                          f"elements = {{ {', '.join(rendered)} }} }}")
         conds = "".join(self.cond(c, family) + " " for c in step.conds)
