@@ -243,7 +243,7 @@ def status_of(iface: str) -> dict:
     marker = records.nft_mode() or {}
     table = marker.get("table", table_name(iface))
     report: dict = {"iface": iface, "pins": None, "attached": False, "mode": "nft",
-                    "loses": LOSES["nft"], "nft": {"table": f"{FAMILY} {table}"},
+                    "mode_loses": LOSES["nft"], "nft": {"table": f"{FAMILY} {table}"},
                     "unexpressed": marker.get("unexpressed", []),
                     "differences": marker.get("differences", []),
                     "stages_expressed": marker.get("chain", [])}
@@ -305,7 +305,7 @@ def status_lines(report: dict, rules: bool = False) -> list[str]:
                      f"{rev['source'] or 'no policy'}")
     lines += [f"  table: {nft.get('table')}"
              + (f", SYNPROXY in {nft['synproxy_table']}" if "synproxy_table" in nft else ""),
-             f"  loses: {report['loses']}"]
+             f"  loses: {report['mode_loses']}"]
     if report.get("stages_expressed"):
         lines.append(f"  stages as nftables rules: {' -> '.join(report['stages_expressed'])}")
     lines += [f"  not expressed: {u}" for u in report.get("unexpressed", [])]
