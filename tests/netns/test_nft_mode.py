@@ -311,3 +311,32 @@ def test_nft_mode_refuses_an_interface_with_shieldwalls_xdp(lab, tmp_path):
     assert out.returncode != 0 and "runs XDP" in out.stdout + out.stderr, out.stdout + out.stderr
     assert f"table netdev {table_name(topo.server_if)}" not in _tables(topo)
     _run("down", *_where(topo))
+
+
+def test_state_established_lets_the_hosts_own_connections_back_in(lab, tmp_path):
+    topo = lab
+    home = dict(netns=topo.server_ns)
+    plain = _policy(tmp_path, "plain.yaml", "version: 1\ndefault_action: drop\nrules:\n"
+                    "  - {name: nd, match: {proto: icmpv6}, action: pass}\n")
+    replies = _policy(tmp_path, "replies.yaml", "version: 1\ndefault_action: drop\nrules:\n"
+                      "  - {name: replies, match: {state: established}, action: pass}\n")
+    outside = dict(addrs=[topo.client_v4, topo.client_v6], netns=topo.outside_ns)
+    with start_tcp_server(topo, PORT, **outside), start_tcp_server(topo, PORT + 1):
+        _run("up", "--mode", "nft", *_where(topo), "--config", plain)
+        assert not tcp_connect(topo, PORT, dst=topo.client_v4, **home)
+        # Reading `state` moves the table to inet prerouting, after conntrack: the
+        # netdev table goes once the inet one is in force.
+        out = _run("reload", *_where(topo), "--config", replies)
+        assert "not expressed" not in out.stdout
+        tables = _tables(topo)
+        assert f"table inet {table_name(topo.server_if)}" in tables
+        assert f"table netdev {table_name(topo.server_if)}" not in tables
+        assert tcp_connect(topo, PORT, dst=topo.client_v4, **home)
+        assert tcp_connect(topo, PORT, dst=topo.client_v6, **home)
+        # A connection from outside is no reply to the host's own: still dropped.
+        assert not tcp_connect(topo, PORT + 1, src=topo.client_v4)
+        report = server_status(topo)
+        assert report["nft"]["table"] == f"inet {table_name(topo.server_if)}"
+        assert _rule(report, "replies") > 0 and counter(report, "drop", "default") > 0
+    _run("down", *_where(topo))
+    assert table_name(topo.server_if) not in " ".join(_tables(topo))

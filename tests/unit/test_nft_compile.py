@@ -143,12 +143,21 @@ def test_a_bogon_exception_wins_over_the_bogon_range_that_holds_it():
     assert "10.1.0.0" not in elements
 
 
-def test_a_rule_that_reads_state_is_left_out_and_listed():
+def test_a_policy_that_reads_state_runs_after_connection_tracking():
     c = _compiled({"default_action": "drop", "rules": [
         {"name": "replies", "match": {"state": "established"}, "action": "pass"},
-        {"name": "ssh", "match": {"proto": "tcp", "dport": 22}, "action": "pass"}]})
-    assert "rules.replies.match.state" in _fields(c)
-    assert not _lines(c, 'comment "replies"') and _lines(c, 'comment "ssh"')
+        {"name": "fresh-ssh", "match": {"state": "new", "proto": "tcp", "dport": 22}, "action": "pass"}]})
+    assert c.family == "inet" and not c.unexpressed
+    assert c.base == "type filter hook prerouting priority -150; policy accept;"
+    assert c.text.startswith("table inet shieldwall_eth_lab0 {")
+    assert _lines(c, 'iifname "eth-lab0" meta protocol ip jump ipv4_r1')
+    replies = _lines(c, 'comment "replies"')
+    assert replies and all(line.startswith("ct direction reply ct state established ") for line in replies)
+    fresh = _lines(c, 'comment "fresh-ssh"')
+    assert {line.split(" tcp dport")[0] for line in fresh} == {"ct direction original",
+                                                               "ct state != established"}
+    assert any(d.startswith("state:") for d in c.differences)
+    assert _compiled({"rules": [{"name": "x", "match": {"dport": 9}, "action": "drop"}]}).family == "netdev"
 
 
 def test_every_rule_is_counted_by_name_and_every_counter_has_a_meaning():

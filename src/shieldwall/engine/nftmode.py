@@ -34,6 +34,12 @@ from .records import Records, state_root
 from .transaction import Layout
 
 FAMILY = "netdev"
+FAMILIES = ("netdev", "inet")  # inet: a policy that reads connection state
+
+
+def _delete_table(table: str, family: str) -> None:
+    if _listed(table, family) is not None:
+        host.nft(["delete", "table", family, table])
 
 
 class NftModeError(BpfError):
@@ -53,10 +59,10 @@ def ifaces() -> list[str]:
 
 # -- nft ---------------------------------------------------------------------------------
 
-def _listed(table: str) -> dict | None:
+def _listed(table: str, family: str = FAMILY) -> dict | None:
     """The table as `nft -j list table` has it; None when there is none."""
     try:
-        out = host.nft(["-j", "list", "table", FAMILY, table])
+        out = host.nft(["-j", "list", "table", family, table])
     except OSError as exc:
         if "No such file or directory" in str(exc):
             return None
@@ -83,7 +89,7 @@ def declare_script(compiled: Compiled) -> str:
     kept as they are."""
     declared = [line for line in compiled.text.splitlines()
                 if line.startswith(("\tset ", "\tmap ", "\tlimit ", "\tcounter "))]
-    return f"table {FAMILY} {compiled.table} {{\n" + "\n".join(declared) + "\n}\n"
+    return f"table {compiled.family} {compiled.table} {{\n" + "\n".join(declared) + "\n}\n"
 
 
 def switch_script(compiled: Compiled, exists: bool) -> str:
@@ -92,14 +98,14 @@ def switch_script(compiled: Compiled, exists: bool) -> str:
     declared again: its hook stays registered as it is."""
     if not exists:
         return compiled.text
-    table = f"{FAMILY} {compiled.table}"
+    table = f"{compiled.family} {compiled.table}"
     return f"flush chain {table} ingress\n" + compiled.text.replace(f"\t\t{compiled.base}\n", "")
 
 
 def cleanup_script(compiled: Compiled, listed: dict | None) -> str:
     """The third: what the new ruleset does not use goes (chains emptied first, so
     nothing refers to what is deleted after them)."""
-    table = f"{FAMILY} {compiled.table}"
+    table = f"{compiled.family} {compiled.table}"
     old = sorted(_objects(listed) - compiled.names, key=lambda kn: (KINDS.index(kn[0]), kn[1]))
     lines = [f"flush chain {table} {name}" for kind, name in old if kind == "chain"]
     lines += [f"delete {kind} {table} {name}" for kind, name in old]
@@ -111,7 +117,7 @@ def _apply_ruleset(compiled: Compiled) -> None:
     rules that look them up never run before the kernel has committed them; the rules
     then switch at once; what only the old rules used goes last, when no packet can
     be on them any more. After a refusal, what the first put in is taken out again."""
-    before = _listed(compiled.table)
+    before = _listed(compiled.table, compiled.family)
     try:
         host.nft(["-f", "-"], declare_script(compiled))
         host.nft(["-f", "-"], switch_script(compiled, before is not None))
@@ -119,15 +125,15 @@ def _apply_ruleset(compiled: Compiled) -> None:
         _undeclare(compiled, before)
         raise NftModeError(errno.EINVAL, f"nftables refused the ruleset: {exc.strerror or exc}",
                            "nothing was changed") from None
-    leftover = cleanup_script(compiled, _listed(compiled.table))
+    leftover = cleanup_script(compiled, _listed(compiled.table, compiled.family))
     if leftover:
         host.nft(["-f", "-"], leftover)
 
 
 def _undeclare(compiled: Compiled, before: dict | None) -> None:
-    table = f"{FAMILY} {compiled.table}"
+    table = f"{compiled.family} {compiled.table}"
     if before is None:
-        if _listed(compiled.table) is not None:
+        if _listed(compiled.table, compiled.family) is not None:
             host.nft(["delete", "table", *table.split()])
         return
     added = sorted(compiled.names - _objects(before), key=lambda kn: (KINDS.index(kn[0]), kn[1]))
@@ -137,7 +143,7 @@ def _undeclare(compiled: Compiled, before: dict | None) -> None:
 
 
 def _marker(compiled: Compiled, number: int) -> dict:
-    return {"table": compiled.table, "family": FAMILY, "revision": number,
+    return {"table": compiled.table, "family": compiled.family, "revision": number,
             "meaning": {c: [m.action, m.reason, m.rule] for c, m in compiled.meaning.items()},
             "rules": [list(r) for r in compiled.rules],
             "unexpressed": [str(u) for u in compiled.unexpressed],
@@ -156,9 +162,10 @@ def up(iface: str, change: "lifecycle.Proposal", force: bool = False) -> "lifecy
             raise NftModeError(errno.EBUSY, f"shieldwall runs XDP on {iface}",
                                f"to change the mode: shieldwall down --iface {iface}, then up --mode nft")
         table = table_name(iface)
-        if _listed(table) is not None and not force:
-            raise NftModeError(errno.EBUSY, f"table {FAMILY} {table} exists, and shieldwall has no "
-                               f"record of making it", "use --force to replace it")
+        for family in FAMILIES:
+            if _listed(table, family) is not None and not force:
+                raise NftModeError(errno.EBUSY, f"table {family} {table} exists, and shieldwall has "
+                                   "no record of making it", "use --force to replace it")
         return _apply(iface, change, first=True)
 
 
@@ -189,6 +196,7 @@ def _apply(iface: str, change: "lifecycle.Proposal", first: bool = False) -> "li
     if first:
         # Written before the table is: a kill from here on leaves what `down` removes.
         records.save_nft_mode(_marker(compiled, 0))
+    was = None if first else records.nft_mode()
     try:
         host.sync(iface, config, add_only=True)
         _apply_ruleset(compiled)
@@ -202,8 +210,13 @@ def _apply(iface: str, change: "lifecycle.Proposal", first: bool = False) -> "li
         raise
     records.save_nft_mode(_marker(compiled, number))
     records.set_current(number)
+    if was and was.get("family", FAMILY) != compiled.family:
+        # The other family's table ran until the new one was in force: a packet met both
+        # for that moment, and was dropped if either dropped it.
+        _delete_table(was["table"], was.get("family", FAMILY))
     host.sync(iface, config)
-    why = (f"the policy as nftables table {FAMILY} {compiled.table} at ingress; "
+    hook = "ingress" if compiled.family == FAMILY else "prerouting, after connection tracking"
+    why = (f"the policy as nftables table {compiled.family} {compiled.table} at {hook}; "
            f"it loses {LOSES['nft']}")
     notes = tuple(f"not expressed: {u}" for u in compiled.unexpressed)
     return lifecycle.AttachResult(iface, "nft", why, 0, records.dir, number,
@@ -216,8 +229,7 @@ def down(iface: str, forget: bool = False) -> "lifecycle.DownResult":
         marker = records.nft_mode()
         if marker is None:
             return lifecycle.DownResult(False)
-        if _listed(marker["table"]) is not None:
-            host.nft(["delete", "table", marker.get("family", FAMILY), marker["table"]])
+        _delete_table(marker["table"], marker.get("family", FAMILY))
         host.teardown(iface)
         records.clear_nft_mode()
         records.forget()
@@ -228,10 +240,10 @@ def down(iface: str, forget: bool = False) -> "lifecycle.DownResult":
 
 # -- status ------------------------------------------------------------------------------
 
-def counters(table: str) -> dict[str, tuple[int, int]]:
+def counters(table: str, family: str = FAMILY) -> dict[str, tuple[int, int]]:
     """Packets and bytes per named counter of the table."""
     counts: dict[str, tuple[int, int]] = {}
-    for item in (_listed(table) or {}).get("nftables", []):
+    for item in (_listed(table, family) or {}).get("nftables", []):
         if "counter" in item:
             c = item["counter"]
             counts[c["name"]] = (c["packets"], c["bytes"])
@@ -242,8 +254,9 @@ def status_of(iface: str) -> dict:
     records = Records(iface)
     marker = records.nft_mode() or {}
     table = marker.get("table", table_name(iface))
+    family = marker.get("family", FAMILY)
     report: dict = {"iface": iface, "pins": None, "attached": False, "mode": "nft",
-                    "mode_loses": LOSES["nft"], "nft": {"table": f"{FAMILY} {table}"},
+                    "mode_loses": LOSES["nft"], "nft": {"table": f"{family} {table}"},
                     "unexpressed": marker.get("unexpressed", []),
                     "differences": marker.get("differences", []),
                     "stages_expressed": marker.get("chain", [])}
@@ -251,12 +264,12 @@ def status_of(iface: str) -> dict:
     if syn:
         report["nft"]["synproxy_table"] = f"inet {syn['table']}"
     try:
-        listed = _listed(table)
+        listed = _listed(table, family)
     except OSError as exc:
         report["problem"] = f"cannot list the table: {exc.strerror or exc}"
         return report
     if listed is None:
-        report["problem"] = (f"table {FAMILY} {table} is gone (deleted by hand?); "
+        report["problem"] = (f"table {family} {table} is gone (deleted by hand?); "
                              f"run shieldwall down --iface {iface}, then up")
         return report
     report["attached"] = True
@@ -267,7 +280,7 @@ def status_of(iface: str) -> dict:
             report["revision"] = {**revision.to_json(), "when": revision.when}
         except ValueError:
             report["revision"] = {"revision": number, "problem": "its record is missing"}
-    counts = counters(table)
+    counts = counters(table, family)
     meaning = {c: tuple(m) for c, m in marker.get("meaning", {}).items()}
     totals: dict[tuple[str, str], list[int]] = {}
     per_rule: dict[str | None, list[int]] = {}

@@ -40,6 +40,9 @@ from .ruleset import (DIFFERENCES, EXPR, ND_ACCEPT, VERDICT_WORD, LookupStep, Ru
                       interval, plan)
 
 PRIORITY = -500
+# After connection tracking (-200) and SYNPROXY's raw chain (-300): where `ct state`
+# is known. A policy that reads `state` runs here, in an inet table.
+CT_PRIORITY = -150
 # Dynamic sets are bounded: a key past this many live ones is not added, so its packets
 # are not limited (they go on to the rule's accept).
 METER_SIZE = 65536
@@ -90,6 +93,7 @@ class Compiled:
     differences: tuple[str, ...] = ()
     chain: tuple[str, ...] = ()        # the stages it stands for, in order
     counters: dict[str, str] = field(default_factory=dict)  # comment -> named counter
+    family: str = "netdev"             # the table's: inet when the rules read `state`
 
     @property
     def base(self) -> str:
@@ -136,9 +140,14 @@ def _meter_timeout(limit: Limit) -> int:
 class RuntimeWriter(Writer):
     """The peers' writer, with the stages before the rules, limits and counted names."""
 
-    def __init__(self, policy: Policy, table: str, device: str, suffix: str = "") -> None:
+    def __init__(self, policy: Policy, table: str, device: str, suffix: str = "",
+                 conntrack: bool = False) -> None:
         super().__init__(policy, table, device, PRIORITY)
         self.suffix = suffix
+        self.conntrack = conntrack
+        if conntrack:
+            self.family = "inet"
+            self.dispatch_guard = f'iifname "{device}" '
         self.counters: dict[str, str] = {}  # comment -> named counter
         self.value_sets: dict[tuple, str] = {}
         self.meaning: dict[str, Counted] = {}
@@ -177,8 +186,13 @@ class RuntimeWriter(Writer):
             proto, verdict = pair.split(" : ")
             if verdict == "drop":
                 verdict = f"{self.counter('(default)')} drop comment \"(default)\""
-            lines.append(f"meta protocol {proto} {verdict}")
-        return lines + [self.count("(non_ip)", "pass", "non_ip")]
+            lines.append(f"{self.dispatch_guard}meta protocol {proto} {verdict}")
+        return lines + [self.dispatch_guard + self.count("(non_ip)", "pass", "non_ip")]
+
+    def base_chain(self) -> list[str]:
+        if not self.conntrack:
+            return super().base_chain()
+        return [f"type filter hook prerouting priority {CT_PRIORITY}; policy accept;"]
 
     # -- the stages before the rules -----------------------------------------------------
     def fastpath(self, chain) -> str:
@@ -293,13 +307,17 @@ class RuntimeWriter(Writer):
             self.meaning[name] = Counted(None, rule.action.name, name)
         limit = self.limits.get(rule.action.limit) if rule.action.limit else None
         if limit is None:
-            return [self.step(step, family)]
-        match = self.rule(RuleStep(step.clause, step.spans, step.conds, None, False), family)
-        lines = [" ".join(filter(None, (match, over, self.block_stmt(limit, family),
-                                        self.count(f"{name} (rate_limited)", "drop",
-                                                   "rate_limited", name))))
-                 for over in self.over(limit, step, family)]
-        return lines + [self.step(step, family)]
+            lines = [self.step(step, family)]
+        else:
+            match = self.rule(RuleStep(step.clause, step.spans, step.conds, None, False), family)
+            lines = [" ".join(filter(None, (match, over, self.block_stmt(limit, family),
+                                            self.count(f"{name} (rate_limited)", "drop",
+                                                       "rate_limited", name))))
+                     for over in self.over(limit, step, family)]
+            lines.append(self.step(step, family))
+        if rule.match.state is None:
+            return lines
+        return [f"{ct} {line}" for ct in STATE_CT[rule.match.state.value] for line in lines]
 
     def over(self, limit: Limit, step: RuleStep, family: int) -> list[str]:
         """The statements that hold when the packet is over its limit: one per rate (a
@@ -382,8 +400,11 @@ _NOT_EXPRESSIBLE = {
     "icmp": "whether an ICMP error is about a flow of this host needs the host's socket "
             "table; its per-type limits are left out with it",
 }
-STATE_WHY = ("`state` needs connection tracking, which runs after netdev ingress where "
-             "this table filters: the rule is left out")
+# shieldwall's `established`: a packet of a flow this host opened, coming back. To
+# conntrack that is the reply direction of an established connection; `new` is every
+# other packet (two rules, either may hold: untracked packets have no direction).
+STATE_CT = {"established": ("ct direction reply ct state established",),
+            "new": ("ct direction original", "ct state != established")}
 
 
 def _stage_notes(policy: Policy, stages: tuple[str, ...]) -> list[Unexpressed]:
@@ -391,9 +412,6 @@ def _stage_notes(policy: Policy, stages: tuple[str, ...]) -> list[Unexpressed]:
     for stage in stages:
         if stage in _NOT_EXPRESSIBLE:
             notes.append(Unexpressed(f"protect.{stage}", _NOT_EXPRESSIBLE[stage]))
-    if "policy" in ir.chain(policy):
-        notes += [Unexpressed(f"rules.{rule.name}.match.state", STATE_WHY)
-                  for rule in policy.rules if rule.match.state is not None]
     syn = policy.sections.get("syn") if "syn" in stages else None
     if syn is not None:
         if syn.mode != "cookie":
@@ -418,8 +436,10 @@ def compile_policy(policy: Policy | None, device: str, suffix: str = "") -> Comp
                 f'\t\tmeta protocol ip6 counter name "{counter}" comment "(default)"\n\t}}\n}}\n')
         return Compiled(table, text, (counter,), {"(default)": Counted("pass", "default")}, (),
                         counters={"(default)": counter})
-    writer = RuntimeWriter(policy, table, device, suffix)
-    text = writer.write(plan(policy, counters=True, where=lambda c: c.rule.match.state is None))
+    runs_rules = "policy" in ir.chain(policy)
+    conntrack = runs_rules and any(rule.match.state is not None for rule in policy.rules)
+    writer = RuntimeWriter(policy, table, device, suffix, conntrack)
+    text = writer.write(plan(policy, counters=True))
     stages = reference.chain(policy)
     unexpressed = _stage_notes(policy, stages) + writer.unexpressed
     chain_default = ir.end_verdict(policy)
@@ -434,8 +454,15 @@ def compile_policy(policy: Policy | None, device: str, suffix: str = "") -> Comp
         differences.append("protect.syn: SYNPROXY answers after netdev ingress and connection "
                            "tracking's raw hook, so the rules see a SYN before it is answered "
                            "(in XDP the syn stage answers first)")
-    expressed = tuple(s for s in stages if s not in _NOT_EXPRESSIBLE and s != "conntrack")
+    if conntrack:
+        differences.append(
+            "state: the rules read connection tracking, so the table is inet at prerouting "
+            f"(priority {CT_PRIORITY}), not netdev ingress: packets reach it later (after GRO, "
+            "the taps and conntrack), reassembled (a `fragment` match and the fragments filter "
+            "find no fragment), and `established` is conntrack's reply direction of an "
+            "established connection")
+    expressed = tuple(s for s in stages if s not in _NOT_EXPRESSIBLE)
     return Compiled(table, text, tuple(writer.state), dict(writer.meaning),
                     tuple((r.id, r.name) for r in policy.rules), tuple(dict.fromkeys(unexpressed)),
-                    tuple(differences), expressed, dict(writer.counters))
+                    tuple(differences), expressed, dict(writer.counters), writer.family)
 
