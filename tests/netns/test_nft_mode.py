@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from shieldwall.lab.peers.common import device_rx_packets
@@ -291,6 +291,8 @@ def test_down_removes_what_it_made_and_leaves_a_foreign_table(lab, tmp_path):
         assert tcp_connect(topo, PORT, src=topo.client_v4, timeout=2.0)
         text = _run("status", *_where(topo)).stdout
         assert "SYNPROXY in inet" in text and "not expressed: protect.land" in text, text
+        # `protect:` brings its filters at their defaults: bogons only counted.
+        assert "bogon_source" in server_status(topo)["monitored"]
     out = _run("down", *_where(topo))
     assert "detached" in out.stdout
     assert _tables(topo) == [f"table netdev {OBSERVER}"]
@@ -340,3 +342,26 @@ def test_state_established_lets_the_hosts_own_connections_back_in(lab, tmp_path)
         assert _rule(report, "replies") > 0 and counter(report, "drop", "default") > 0
     _run("down", *_where(topo))
     assert table_name(topo.server_if) not in " ".join(_tables(topo))
+
+
+def test_protect_filters_drop_what_no_peer_sends(lab, tmp_path):
+    topo = lab
+    policy = _policy(tmp_path, "p.yaml", "version: 1\ndefault_action: pass\n"
+                     "protect: {tcp_flags: drop, zero_ports: drop, bogons: 'off', land: 'off'}\n")
+    _run("up", "--mode", "nft", *_where(topo), "--config", policy)
+    silence_outside(topo)
+    base = server_status(topo)
+    null_scan = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                      / IP(src=topo.attacker_v4, dst=topo.server_v4) / TCP(sport=4000, dport=80, flags=0))
+    before = device_rx_packets(topo.server_ns, topo.server_if)
+    with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+        gen.send(null_scan, 3000)
+    mid = device_rx_packets(topo.server_ns, topo.server_if)
+    _send(topo, topo.attacker_v4, 2000, dport=0)
+    after = device_rx_packets(topo.server_ns, topo.server_if)
+    report = server_status(topo)
+    flags = counter(report, "drop", "bad_tcp_flags") - counter(base, "drop", "bad_tcp_flags")
+    zero = counter(report, "drop", "zero_port") - counter(base, "drop", "zero_port")
+    assert flags == mid - before and flags > 2000, (flags, mid - before)
+    assert zero == after - mid and zero > 1000, (zero, after - mid)
+    assert "not expressed" not in _run("status", *_where(topo)).stdout

@@ -284,6 +284,7 @@ def status_of(iface: str) -> dict:
     meaning = {c: tuple(m) for c, m in marker.get("meaning", {}).items()}
     totals: dict[tuple[str, str], list[int]] = {}
     per_rule: dict[str | None, list[int]] = {}
+    monitored: dict[str, int] = {}
     for comment, name in marker.get("counters", {}).items():
         packets, nbytes = counts.get(name, (0, 0))
         action, reason, rule = meaning.get(comment, (None, comment, None))
@@ -291,12 +292,15 @@ def status_of(iface: str) -> dict:
             t = totals.setdefault((action, reason), [0, 0])
             t[0] += packets
             t[1] += nbytes
+        elif rule is None:  # a protect filter in monitor mode: counted, not decided
+            monitored[reason] = monitored.get(reason, 0) + packets
         if rule is not None or reason == "default":
             r = per_rule.setdefault(rule, [0, 0])
             r[0] += packets
             r[1] += nbytes
     report["counters"] = [{"action": a, "reason": r, "packets": p, "bytes": b}
                           for (a, r), (p, b) in sorted(totals.items())]
+    report["monitored"] = monitored
     monitors = {rule for action, reason, rule in meaning.values() if reason == "monitor"}
     report["rules"] = [
         {"id": rule_id, "name": name, "packets": per_rule.get(name, [0, 0])[0],
@@ -327,6 +331,8 @@ def status_lines(report: dict, rules: bool = False) -> list[str]:
         lines.append(f"  problem: {report['problem']}")
     for c in report.get("counters", []):
         lines.append(f"  {c['action']:>8} {c['reason']:<22} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+    for reason, packets in sorted(report.get("monitored", {}).items()):
+        lines.append(f"  {'monitor':>8} {reason:<22} {packets:>12} pkts (counted, not dropped)")
     if rules:
         lines.append(f"  {'rule':<32} {'packets':>12} {'bytes':>14}")
         lines += [f"  {r['name'] or '(default action)':<32} {r['packets']:>12} {r['bytes']:>14}"
