@@ -155,18 +155,23 @@ def _marker(compiled: Compiled, number: int) -> dict:
 
 def up(iface: str, change: "lifecycle.Proposal", force: bool = False) -> "lifecycle.AttachResult":
     with bpffs.exclusive():
-        if active(iface):
-            return _apply(iface, change)
-        xdp.ifindex(iface)  # an unknown interface is named as such
-        if Layout.of(iface).link.exists():
-            raise NftModeError(errno.EBUSY, f"shieldwall runs XDP on {iface}",
-                               f"to change the mode: shieldwall down --iface {iface}, then up --mode nft")
-        table = table_name(iface)
-        for family in FAMILIES:
-            if _listed(table, family) is not None and not force:
-                raise NftModeError(errno.EBUSY, f"table {family} {table} exists, and shieldwall has "
-                                   "no record of making it", "use --force to replace it")
-        return _apply(iface, change, first=True)
+        return attach(iface, change, force)
+
+
+def attach(iface: str, change: "lifecycle.Proposal", force: bool = False) -> "lifecycle.AttachResult":
+    """`up` for a caller that holds the lock (`up --mode auto` walking down to nft)."""
+    if active(iface):
+        return _apply(iface, change)
+    xdp.ifindex(iface)  # an unknown interface is named as such
+    if Layout.of(iface).link.exists():
+        raise NftModeError(errno.EBUSY, f"shieldwall runs XDP on {iface}",
+                           f"to change the mode: shieldwall down --iface {iface}, then up --mode nft")
+    table = table_name(iface)
+    for family in FAMILIES:
+        if _listed(table, family) is not None and not force:
+            raise NftModeError(errno.EBUSY, f"table {family} {table} exists, and shieldwall has "
+                               "no record of making it", "use --force to replace it")
+    return _apply(iface, change, first=True)
 
 
 def reload(iface: str, change: "lifecycle.Proposal") -> "lifecycle.AttachResult":
