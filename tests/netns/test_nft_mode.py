@@ -62,9 +62,21 @@ def _frame(topo, src: str, dport: int = 53) -> bytes:
                  / UDP(sport=4000, dport=dport) / (b"x" * 18))
 
 
-def _send(topo, src: str, count: int, dport: int = 53):
+def _send(topo, src: str, count: int, dport: int = 53, frame: bytes | None = None):
     with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
-        return gen.send(_frame(topo, src, dport), count)
+        return gen.send(frame or _frame(topo, src, dport), count)
+
+
+def _arrived(topo, *floods: dict) -> list[int]:
+    """Each flood (_send's arguments) sent in turn: the frames of each that reached the
+    server's device, which is what its hook saw."""
+    counts, last = [], device_rx_packets(topo.server_ns, topo.server_if)
+    for flood in floods:
+        _send(topo, **flood)
+        now = device_rx_packets(topo.server_ns, topo.server_if)
+        counts.append(now - last)
+        last = now
+    return counts
 
 
 def _observer(topo) -> None:
@@ -108,17 +120,14 @@ def test_a_rule_drops_and_status_counts_every_frame(lab, tmp_path):
     base = server_status(topo)
     assert base["mode"] == "nft" and base["attached"]
     assert "BPF data plane" in base["mode_loses"]
-    before = device_rx_packets(topo.server_ns, topo.server_if)
-    _send(topo, topo.attacker_v4, 5000)
-    mid = device_rx_packets(topo.server_ns, topo.server_if)
-    _send(topo, topo.client_v4, 3000)
-    after = device_rx_packets(topo.server_ns, topo.server_if)
+    attacker, client = _arrived(topo, dict(src=topo.attacker_v4, count=5000),
+                                dict(src=topo.client_v4, count=3000))
     report = server_status(topo)
     dropped = counter(report, "drop", "rule") - counter(base, "drop", "rule")
     passed = counter(report, "pass", "rule") - counter(base, "pass", "rule")
     # Every frame that reached the device is counted by the rule that decided it.
-    assert dropped == mid - before and dropped > 4000, (dropped, mid - before)
-    assert passed == after - mid and passed > 2000, (passed, after - mid)
+    assert dropped == attacker and dropped > 4000, (dropped, attacker)
+    assert passed == client and passed > 2000, (passed, client)
     assert _rule(report, "drop-attacker") - _rule(base, "drop-attacker") == dropped
     assert _rule(report, "dns") - _rule(base, "dns") == passed
     # Behind shieldwall's hook: none of the attacker's frames, all of the client's.
@@ -353,15 +362,11 @@ def test_protect_filters_drop_what_no_peer_sends(lab, tmp_path):
     base = server_status(topo)
     null_scan = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
                       / IP(src=topo.attacker_v4, dst=topo.server_v4) / TCP(sport=4000, dport=80, flags=0))
-    before = device_rx_packets(topo.server_ns, topo.server_if)
-    with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
-        gen.send(null_scan, 3000)
-    mid = device_rx_packets(topo.server_ns, topo.server_if)
-    _send(topo, topo.attacker_v4, 2000, dport=0)
-    after = device_rx_packets(topo.server_ns, topo.server_if)
+    scans, zeros = _arrived(topo, dict(src=topo.attacker_v4, count=3000, frame=null_scan),
+                            dict(src=topo.attacker_v4, count=2000, dport=0))
     report = server_status(topo)
     flags = counter(report, "drop", "bad_tcp_flags") - counter(base, "drop", "bad_tcp_flags")
     zero = counter(report, "drop", "zero_port") - counter(base, "drop", "zero_port")
-    assert flags == mid - before and flags > 2000, (flags, mid - before)
-    assert zero == after - mid and zero > 1000, (zero, after - mid)
+    assert flags == scans and flags > 2000, (flags, scans)
+    assert zero == zeros and zero > 1000, (zero, zeros)
     assert "not expressed" not in _run("status", *_where(topo)).stdout
