@@ -395,3 +395,19 @@ def test_nft_mode_decides_like_the_reference(peer_lab, tmp_path_factory, data, f
     want = [nftables_passes(policy, f) for f in frames]
     got = _passed_in(peer_lab, path, "nft", frames)
     assert got == want, "nft mode: " + _explain(policy, path.read_text(), frames, got, want)
+
+
+def test_a_table_of_shieldwalls_name_it_did_not_make_is_replaced_only_with_force(lab, tmp_path):
+    topo = lab
+    ours = table_name(topo.server_if)
+    _nft(topo, "add", "table", "netdev", ours)
+    _nft(topo, "add", "chain", "netdev", ours, "theirs")
+    a = _policy(tmp_path, "a.yaml", DROP_ATTACKER.format(attacker=topo.attacker_v4))
+    out = shieldwall("up", "--mode", "nft", *_where(topo), "--config", a)
+    assert out.returncode != 0 and "no record of making it" in out.stderr, out.stderr
+    assert "theirs" in _nft(topo, "list", "table", "netdev", ours)
+    _run("up", "--mode", "nft", "--force", *_where(topo), "--config", a)
+    listed = _nft(topo, "list", "table", "netdev", ours)
+    assert "theirs" not in listed and "drop-attacker" in listed
+    _run("down", *_where(topo))
+    assert ours not in " ".join(_tables(topo))

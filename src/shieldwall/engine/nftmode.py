@@ -168,9 +168,12 @@ def attach(iface: str, change: "lifecycle.Proposal", force: bool = False) -> "li
                            f"to change the mode: shieldwall down --iface {iface}, then up --mode nft")
     table = table_name(iface)
     for family in FAMILIES:
-        if _listed(table, family) is not None and not force:
+        if _listed(table, family) is None:
+            continue
+        if not force:
             raise NftModeError(errno.EBUSY, f"table {family} {table} exists, and shieldwall has "
                                "no record of making it", "use --force to replace it")
+        _delete_table(table, family)  # as --force replaces a foreign XDP program
     return _apply(iface, change, first=True)
 
 
