@@ -1,19 +1,20 @@
 """`up --mode nft`: the policy as one nftables table on the interface (shieldwall.nft
 compiles it), with the same revisions, history and rollback as the XDP modes.
 
-The table is `netdev shieldwall_<iface>`, hooked at ingress on the interface; with
+The table is `netdev shieldwall_<iface>`, hooked at ingress on the interface (`inet`
+at prerouting, after connection tracking, when the rules read `state`); with
 `protect.syn` in cookie mode, the syn stage's inet table and sysctls for SYNPROXY come
 with it (engine/host.py, as in the other modes). A marker in the interface's records
 (nft.json) says the interface runs in this mode, which table is shieldwall's, and what
 its counters mean, so that later commands go on in this mode.
 
-Every change is one `nft -f` transaction, which the kernel applies whole or not at all:
-a refused ruleset changes nothing. A reload flushes the table's rules, deletes the
-chains, sets and limits the new ruleset does not keep, and declares the new ones, in
-that one transaction: the base chain (and so its hook on the device) stays, and the
-packets see the old rules or the new, never a mix or none. The dynamic sets that hold
-rate-limit buckets and blocks are kept when the new ruleset declares them alike (their
-names carry every parameter of their limit), as the XDP modes keep their state maps.
+A change is three `nft -f` transactions, each applied by the kernel whole or not at
+all (_apply_ruleset): the new sets, then the rules (new chains, named by revision, and
+the base chain's rules replaced: its hook stays registered), then the removal of what
+only the old rules used. Packets see the old rules or the new, never a mix or none.
+Dynamic sets holding rate-limit buckets and blocks, and the named counters, are kept
+when the new ruleset declares them alike (a meter's name carries every parameter of
+its limit), as the XDP modes keep their state maps. A refused ruleset changes nothing.
 
 `down` deletes that table and what the syn stage set up, and nothing else: other
 tables, shieldwall's in other modes or anyone's, stay.
@@ -35,11 +36,6 @@ from .transaction import Layout
 
 FAMILY = "netdev"
 FAMILIES = ("netdev", "inet")  # inet: a policy that reads connection state
-
-
-def _delete_table(table: str, family: str) -> None:
-    if _listed(table, family) is not None:
-        host.nft(["delete", "table", family, table])
 
 
 class NftModeError(BpfError):
@@ -68,6 +64,11 @@ def _listed(table: str, family: str = FAMILY) -> dict | None:
             return None
         raise
     return json.loads(out)
+
+
+def _delete_table(table: str, family: str) -> None:
+    if _listed(table, family) is not None:
+        host.nft(["delete", "table", family, table])
 
 
 def _objects(listed: dict | None) -> set[tuple[str, str]]:

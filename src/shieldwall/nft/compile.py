@@ -12,7 +12,9 @@ rules do where nftables can say it:
   protocol and ports. `block:` adds the prefix, with its own timeout, to a dynamic set
   per family and prefix length that is dropped before the rules;
 - protect.syn (cookie mode): the kernel's SYNPROXY, through the syn stage's own inet
-  table and sysctls (engine/host.py sets them up, as in the other modes).
+  table and sysctls (engine/host.py sets them up, as in the other modes);
+- `state`: conntrack's reply direction of an established connection; since conntrack
+  runs after netdev ingress, such a policy's table is inet, at prerouting after it.
 
 What nftables cannot do is listed (`Unexpressed`: the field and why), never left out
 silently; where it does nearly the same, the difference is listed too.
