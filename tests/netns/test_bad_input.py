@@ -64,3 +64,12 @@ def test_verifier_rejection_shows_the_log_and_attaches_nothing(lab, tmp_path: Pa
     with enter_netns(topo.server_ns):
         assert xdp.query(topo.server_ifindex).mode is None
     assert shieldwall("down", *where).returncode == 0
+    # Neither build loads: the last mode, nftables, protects.
+    shutil.copy(objects / "root.bpf.o", objects / "root.tc.bpf.o")
+    out = shieldwall("up", "--allow-empty", *where, env={"SHIELDWALL_OBJ_DIR": str(objects)})
+    assert out.returncode == 0, out.stderr
+    assert "in nft mode" in out.stdout and "tried tc: its programs do not load here" in out.stdout \
+        and "tried nft: attached" in out.stdout, out.stdout
+    status = shieldwall("status", *where)
+    assert "nft" in status.stdout, status.stdout
+    assert shieldwall("down", *where).returncode == 0

@@ -29,7 +29,7 @@ from shieldwall.kernel.netns import enter_netns
 from shieldwall.paths import object_path
 from scapy.layers.inet import IP, UDP
 
-from ..peer_expectations import shieldwall_passes
+from ..peer_expectations import nftables_passes, shieldwall_passes
 from ..policy_strategies import packets, policy_data
 from ..helpers import shieldwall
 from .peer_lab import CLIENT_MAC, SERVER_MAC, PeerLab
@@ -109,6 +109,10 @@ def test_every_mode_decides_like_the_reference(peer_lab, tmp_path_factory, data,
     for mode in BPF_MODES:
         got = _passed_in(peer_lab, path, mode, frames)
         assert got == want, f"{mode} mode: " + _explain(policy, path.read_text(), frames, got, want)
+    # nftables differs only where its documented differences say (nftables_passes).
+    got = _passed_in(peer_lab, path, "nft", frames)
+    want = [nftables_passes(policy, f) for f in frames]
+    assert got == want, "nft mode: " + _explain(policy, path.read_text(), frames, got, want)
 
 
 def _cli(peer_lab, *args: str):

@@ -65,13 +65,14 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"its policy was reloaded (revision {result.revision}); to change the mode, "
               "run down and then up")
     else:
+        what = f"program id {result.prog_id}, " if result.mode != "nft" else ""
         print(f"shieldwall attached to {result.iface} in {result.mode} mode "
-              f"(program id {result.prog_id}, revision {result.revision})")
+              f"({what}revision {result.revision})")
         if len(result.steps) > 1:
             for step in result.steps:
                 print(f"  tried {step}")
     print(f"  why: {result.why}")
-    print(f"  pins: {result.pins}")
+    print(f"  {'records' if result.mode == 'nft' else 'pins'}: {result.pins}")
     _notes(result)
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import abi, modes
 from ..config import Config, configure, default_config
 from ..dataplane import bpffs
-from ..dataplane.pipeline import HOOKS, SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
+from ..dataplane.pipeline import SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
@@ -152,10 +152,9 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
     steps: list[str] = [f"{m}: ruled out by the doctor: {why}" for m, why in ruled_out]
     failure: BaseException | None = None
     for hook, tries in _by_hook(plan):
-        if hook not in HOOKS:
-            steps.extend(f"{m}: not built into this version" for m, _ in tries)
-            continue
         try:
+            if hook == "nft":
+                return _up_nft(iface, change, force, tries[0][1], steps)
             return _up_at(iface, change, index, layout, hook, tries, steps, driver)
         except BpfError as exc:
             failure = exc
@@ -167,6 +166,18 @@ def _up(iface: str, change: Proposal, mode: str, force: bool) -> AttachResult:
                           f"no mode worked on {iface}: " + "; ".join(steps),
                           "shieldwall doctor --iface " + iface + " says why")
     raise failure
+
+
+def _up_nft(iface: str, change: Proposal, force: bool, reason: str,
+            steps: list[str]) -> AttachResult:
+    """The last mode: the policy as one nftables table (engine/nftmode.py)."""
+    try:
+        result = nftmode.attach(iface, change, force)
+    except BpfError as exc:
+        steps.append(f"nft: {_first_line(exc)}")
+        raise
+    steps.append("nft: attached")
+    return replace(result, why=f"{reason}: {result.why}", steps=tuple(steps))
 
 
 def _up_at(iface: str, change: Proposal, index: int, layout: Layout, hook: str,
