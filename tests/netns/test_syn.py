@@ -157,8 +157,12 @@ def test_a_spoofed_syn_flood_never_reaches_the_listen_queue(lab, tmp_path, mode,
         assert _get(topo, topo.server_v4, timeout=5.0)
         report = server_status(topo)
     answered = "syn_cookie" if mode == "cookie" else "syn_challenge"
-    if where == "tc":  # no XDP statistics to compare with: the generator's count instead
-        seen = 200_000 * 0.5
+    if where == "tc":
+        # No XDP statistics: what reached the hook is every packet the pipeline decided
+        # (a busy veth drops more before an sk_buff exists); most of the flood did.
+        seen = sum(c["packets"] for c in report["counters"]) - \
+            sum(c["packets"] for c in base["counters"])
+        assert seen > 0.3 * 200_000, (seen, report["counters"])
     # The flood SYNs that reached XDP were answered there (a busy veth drops some
     # before XDP; what else XDP saw is the client's few packets, and the odd frame the
     # generator sent short: a page whose SYN-ACK came back to its pool, lab/peer.py).
