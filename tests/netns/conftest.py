@@ -9,10 +9,23 @@ import pytest
 from shieldwall.lab import LabTopology, lab_down, lab_up
 from shieldwall.lab import netns as ns
 
+from .peer_lab import PeerLab
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _pins_of_this_run(private_bpffs):
     yield private_bpffs
+
+
+@pytest.fixture(scope="module")
+def peer_lab() -> Iterator[PeerLab]:
+    """Two namespaces and a veth of this module's own, and a way to see which frames got
+    past a hook (peer_lab.py)."""
+    made = PeerLab.create()
+    try:
+        yield made
+    finally:
+        made.destroy()
 
 
 @pytest.fixture()

@@ -32,21 +32,12 @@ from scapy.layers.inet import IP, UDP
 from ..peer_expectations import nftables_passes, shieldwall_passes
 from ..policy_strategies import packets, policy_data
 from ..helpers import shieldwall
-from .peer_lab import CLIENT_MAC, SERVER_MAC, PeerLab
+from .peer_lab import CLIENT_MAC, SERVER_MAC
 from .test_peer_equivalence import FAST, FIXED_FRAMES, _explain
 
 pytestmark = pytest.mark.netns
 
 BPF_MODES = ("native", "generic", "tc")
-
-
-@pytest.fixture(scope="module")
-def peer_lab():
-    made = PeerLab.create()
-    try:
-        yield made
-    finally:
-        made.destroy()
 
 
 def _attached(peer_lab, path: Path, mode: str):
@@ -99,7 +90,7 @@ def _policy_file(tmp_path_factory, data: dict) -> Path:
     return path
 
 
-@settings(max_examples=12, **FAST)
+@settings(max_examples=15, **FAST)
 @given(policy_data(max_rules=8), st.lists(packets(), min_size=16, max_size=24))
 def test_every_mode_decides_like_the_reference(peer_lab, tmp_path_factory, data, frames):
     path = _policy_file(tmp_path_factory, data)

@@ -13,8 +13,6 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -24,14 +22,7 @@ from shieldwall.lab.servers import start_tcp_server
 from shieldwall.lab.trafgen import TrafficGenerator
 from shieldwall.nft.compile import table_name
 
-from shieldwall.config import load_config
-
 from ..helpers import counter, server_status, shieldwall, silence_outside
-from ..peer_expectations import nftables_passes
-from ..policy_strategies import packets, policy_data
-from . import test_modes
-from .test_modes import _passed_in, _policy_file
-from .test_peer_equivalence import FAST, FIXED_FRAMES, _explain
 
 pytestmark = pytest.mark.netns
 
@@ -379,22 +370,6 @@ def test_protect_filters_drop_what_no_peer_sends(lab, tmp_path):
     assert flags == scans and flags > 2000, (flags, scans)
     assert zero == zeros and zero > 1000, (zero, zeros)
     assert "not expressed" not in _run("status", *_where(topo)).stdout
-
-
-peer_lab = test_modes.peer_lab  # the fixture: a lab of two namespaces for this module
-
-
-@settings(max_examples=25, **FAST)
-@given(policy_data(max_rules=8), st.lists(packets(), min_size=16, max_size=24))
-def test_nft_mode_decides_like_the_reference(peer_lab, tmp_path_factory, data, frames):
-    """Random policies and frames, `up --mode nft` against the reference model, with the
-    differences docs/modes.md lists (nftables_passes). 250 examples passed once."""
-    path = _policy_file(tmp_path_factory, data)
-    policy = load_config(path).policy
-    frames = FIXED_FRAMES + frames
-    want = [nftables_passes(policy, f) for f in frames]
-    got = _passed_in(peer_lab, path, "nft", frames)
-    assert got == want, "nft mode: " + _explain(policy, path.read_text(), frames, got, want)
 
 
 def test_a_table_of_shieldwalls_name_it_did_not_make_is_replaced_only_with_force(lab, tmp_path):

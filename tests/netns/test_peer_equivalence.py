@@ -33,7 +33,7 @@ from ..peer_expectations import (XdpFilterModel, expected_counts, iptables_passe
                                  xdp_filter_difference)
 from ..peer_strategies import same_shape_policies, xdp_policies
 from ..policy_strategies import packets, policies
-from .peer_lab import CLIENT_MAC, SERVER_MAC, PeerLab
+from .peer_lab import CLIENT_MAC, SERVER_MAC
 
 pytestmark = pytest.mark.netns
 
@@ -69,15 +69,6 @@ FIXED_FRAMES = [bytes(f) for f in [
     _eth() / IP(src="203.0.113.130", dst="192.0.2.10") / TCP(dport=80),
     _eth() / IP(src="198.51.100.7", dst="192.0.2.10", flags=0, frag=20) / Raw(b"y" * 16),
 ]]
-
-
-@pytest.fixture(scope="module")
-def peer_lab():
-    made = PeerLab.create()
-    try:
-        yield made
-    finally:
-        made.destroy()
 
 
 def _explain(policy, text: str, frames: list[bytes], got: list[bool], want: list[bool]) -> str:
