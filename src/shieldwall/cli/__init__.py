@@ -158,6 +158,25 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from ..ops.metrics import status_reports
+    from ..ops.serve import exposition, parse_listen, serve
+    if args.listen:
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    with _netns(args):
+        reports = status_reports(args.iface)
+        if not args.listen:
+            print(exposition(reports), end="")
+            return 0
+        print(f"serving shieldwall's metrics at http://{args.listen}/metrics"
+              + (f" in network namespace {args.netns}" if args.netns else ""), flush=True)
+        serve(reports, args.listen)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from ..engine import lifecycle
     with _netns(args):
@@ -508,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
+    p = command("metrics", cmd_metrics, "the counters status reads, as Prometheus metrics: "
+                "printed once, or served with --listen", iface=False)
+    p.add_argument("--listen", metavar="ADDR:PORT",
+                   help="serve /metrics here until stopped (in --netns's namespace, if given)")
     p = command("doctor", cmd_doctor, "what this host, kernel and interface let shieldwall do, "
                 "and the best mode", iface=False)
     p.add_argument("--json", action="store_true")
