@@ -158,6 +158,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from ..ops import daemon
+    from ..ops.serve import parse_listen
+    if args.metrics:
+        try:
+            parse_listen(args.metrics)
+        except ValueError as exc:
+            raise UsageError(str(exc).replace("--listen", "--metrics")) from None
+    _config(args)  # a bad policy is refused before anything is touched
+    with _netns(args):
+        return daemon.run(args.iface, Path(args.config), mode=args.mode, metrics=args.metrics)
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from ..ops.metrics import status_reports
     from ..ops.serve import exposition, parse_listen, serve
@@ -527,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "what is attached, and its counters", iface=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
+    p = command("daemon", cmd_daemon, "run in the foreground (for systemd): adopt or attach, "
+                "serve metrics, reload on SIGHUP; protection outlives the process",
+                iface=True, config=True)
+    p.add_argument("--mode", choices=["auto", *MODES], default="auto",
+                   help="the mode when nothing runs yet (what runs is adopted as it is)")
+    p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here")
+    p.set_defaults(config_required=True)
     p = command("metrics", cmd_metrics, "the counters status reads, as Prometheus metrics: "
                 "printed once, or served with --listen", iface=False)
     p.add_argument("--listen", metavar="ADDR:PORT",
