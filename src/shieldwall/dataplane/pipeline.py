@@ -56,6 +56,7 @@ ROOT_MAPS: dict[str, tuple[str, str]] = {
 # return for each verdict: XDP's actions are shieldwall's own; TC has its own codes.
 HOOKS = ("xdp", "tc")
 TC_VERDICTS = {0: "pass", 2: "drop", 7: "tx"}  # TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT
+_TC_RETURNS = {name: code for code, name in TC_VERDICTS.items()}  # aborted: as drop
 
 # Kept across reloads; everything else is rebuilt from the configuration.
 ROOT_STATE = ("sw_counters",)
@@ -270,7 +271,7 @@ class Pipeline:
         caller holds the thread on that CPU (see one_cpu())."""
         result = prog_test_run(self.root_program.fd, packet)
         pkt = self.maps["sw_scratch"].lookup(0)[cpu]
-        if self.returned_action(result.retval) != self.returned_action(sw_return(self.config.hook, pkt.action)):
+        if result.retval != sw_return(self.config.hook, pkt.action):
             raise RuntimeError("the scratch does not hold this packet's decision; "
                                "was the thread moved to another CPU?")
         return pkt.action, pkt
@@ -289,8 +290,7 @@ def sw_return(hook: str, action: int) -> int:
     """What a program built for the hook returns for a verdict (lib/ctx.h)."""
     if hook == "xdp":
         return action
-    back = {name: code for code, name in TC_VERDICTS.items()}
-    return back.get(abi.action_name(action), back["drop"])
+    return _TC_RETURNS.get(abi.action_name(action), _TC_RETURNS["drop"])
 
 
 def hook_object(name: str, hook: str) -> Path:

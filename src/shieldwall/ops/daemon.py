@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -77,5 +76,4 @@ def run(iface: str, path: Path, mode: str = "auto", metrics: str | None = None) 
         if server is not None:
             server.shutdown()
     _say(f"stopping; {iface} stays protected (shieldwall down --iface {iface} removes it)")
-    sys.stdout.flush()
     return 0
