@@ -29,7 +29,7 @@ from ..dataplane.pipeline import ROOT_PIN, Arm, pinned_maps, read_counters
 from ..kernel import libbpf, xdp
 from ..policy.errors import Invalid, quote
 from ..stages.policy import rule_counters, rule_names
-from . import lifecycle
+from . import lifecycle, updates
 from . import transaction as tx
 from .records import Records
 from .transaction import Layout, control_of
@@ -65,6 +65,7 @@ def arm_of(share: str | None, src: str | None) -> tuple[Arm, str]:
     return Arm(prefix=net), f"sources in {net}"
 
 
+@updates.timed("canary_start")
 def start(iface: str, change: lifecycle.Proposal, arm: Arm, label: str) -> lifecycle.AttachResult:
     with bpffs.exclusive():
         recovered = lifecycle._recover(iface)
@@ -116,6 +117,7 @@ def _running(layout: Layout, records: Records, iface: str,
     return live, control, records.canary() or {}
 
 
+@updates.timed("canary_promote")
 def promote(iface: str) -> lifecycle.AttachResult:
     """The canary's revision becomes the whole, as a new generation."""
     with bpffs.exclusive():
@@ -128,6 +130,7 @@ def promote(iface: str) -> lifecycle.AttachResult:
         return replace(lifecycle._apply(iface, change), recovered=recovered)
 
 
+@updates.timed("canary_abort")
 def abort(iface: str) -> tuple[int, str | None]:
     """Back to the revision the canary was tried against; returns it, and what finishing
     an interrupted change did first."""

@@ -26,7 +26,7 @@ from ..policy.files import read_bounded
 from ..policy.load import MAX_POLICY_BYTES, parse_policy_text
 from ..policy.sets import MAX_SET_FILE_BYTES
 from ..stages import stages
-from . import egress, host, livesets, nftmode
+from . import egress, host, livesets, nftmode, updates
 from . import transaction as tx
 from .records import Records, Revision
 from .transaction import Layout
@@ -127,6 +127,7 @@ def mode_in_force(layout: Layout, index: int, state: xdp.XdpState | None = None)
     return state.mode if live in (state.native_id, state.generic_id, state.offload_id) else None
 
 
+@updates.timed("up")
 def up(iface: str, change: Proposal, mode: str = "auto", force: bool = False) -> AttachResult:
     if mode == "nft" or nftmode.active(iface):
         return nftmode.up(iface, change, force)
@@ -249,6 +250,7 @@ def _detach_foreign(index: int, state: xdp.XdpState) -> None:
 
 # -- changing what runs --------------------------------------------------------------------
 
+@updates.timed("reload")
 def reload(iface: str, change: Proposal) -> AttachResult:
     """A new generation, state maps reused, switched to in one swap of the link; a
     policy with segments goes through segments.cycles() instead."""
@@ -263,6 +265,7 @@ def reload(iface: str, change: Proposal) -> AttachResult:
         return replace(_apply(iface, change), recovered=recovered)
 
 
+@updates.timed("rollback")
 def rollback(iface: str, to: int | None = None) -> AttachResult:
     """Applies an earlier revision again, as a new revision (history stays linear)."""
     if nftmode.active(iface):
@@ -510,7 +513,15 @@ def status(iface: str | None = None) -> list[dict]:
     bpffs.require_root()
     bpffs.ensure_bpffs()
     names = [iface] if iface else sorted({*tx.iter_ifaces(), *nftmode.ifaces()})
-    return [_status_of(name) for name in names]
+    return [_with_updates(_status_of(name)) for name in names]
+
+
+def _with_updates(report: dict) -> dict:
+    """The changes' durations and failures (engine/updates.py), in every mode."""
+    found = updates.read(Records(report["iface"]))
+    if found:
+        report["updates"] = found
+    return report
 
 
 def _status_of(iface: str) -> dict:
@@ -564,6 +575,11 @@ def _status_of(iface: str) -> dict:
     control = tx.control_of(layout, live)
     if control is not None:
         report["canary"] = {"arm": (records.canary() or {}).get("arm"), "against": control}
+        try:
+            from . import canary  # it imports this module
+            report["canary"]["arms"] = canary.status(iface)["arms"]
+        except (BpfError, KeyError, ValueError) as exc:
+            report["canary"]["problem"] = str(exc)
     maps = layout.maps(live)
     missing = [name for name in SHARED_MAPS if name not in maps]
     if missing:
@@ -588,11 +604,24 @@ def _status_of(iface: str) -> dict:
         rules = report["stages"].get("policy", {}).get("rules")
         if rules is not None:
             report["rules"] = rules
+        report["maps"] = fill_levels(maps)
     except (KeyError, BpfError) as exc:
         report["problem"] = f"incomplete pins in {layout.gen(live)}: {exc}"
     finally:
         tx.close_maps(maps)
     return report
+
+
+FILLABLE = {libbpf.MAP_TYPE_HASH, libbpf.MAP_TYPE_PERCPU_HASH, libbpf.MAP_TYPE_LRU_HASH,
+            libbpf.MAP_TYPE_LRU_PERCPU_HASH}
+
+
+def fill_levels(maps: dict) -> dict[str, dict]:
+    """Entries against capacity of the maps that fill as traffic and live entries come
+    (hash and LRU tables: flows, buckets, blocks, host hashes); arrays and the compiled
+    tries hold what the policy put there and nothing else."""
+    return {name: {"entries": m.count(), "max_entries": m.max_entries}
+            for name, m in sorted(maps.items()) if m.map_type in FILLABLE}
 
 
 def _shared_counters(layout: Layout) -> dict:

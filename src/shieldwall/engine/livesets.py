@@ -30,6 +30,7 @@ from ..policy.model import Network
 from ..policy.sets import parse_prefix
 from ..policy.values import parse_duration
 from ..policy.values import sort_key
+from . import updates
 from .records import Records
 from .transaction import Layout, alone_in_force, close_maps
 
@@ -204,6 +205,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
+@updates.timed("set")
 def change(iface: str, decisions: list[Decision]) -> Outcome:
     """Applies decisions to the live entries of the running generation: in place where
     it can, else through a new generation. Under the lock, after any recovery."""

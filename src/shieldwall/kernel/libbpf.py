@@ -27,6 +27,7 @@ MAP_TYPE_HASH_OF_MAPS = 13
 MAP_TYPE_RINGBUF = 27
 MAP_F_NO_PREALLOC = 1
 MAP_F_INNER_MAP = 1 << 12  # an inner array map of any size
+MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LRU_PERCPU_HASH = 10
 PERCPU_TYPES = {MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH}
 _FD_VALUE_TYPES = {MAP_TYPE_PROG_ARRAY, MAP_TYPE_ARRAY_OF_MAPS, MAP_TYPE_HASH_OF_MAPS}
@@ -273,6 +274,28 @@ class Map:
             if ret < 0:  # ENOENT: that was the last chunk
                 return out
             in_batch = ffi.new(f"{self.key_type} *", out_batch[0])
+
+    def count(self, chunk: int = 8192) -> int:
+        """How many elements a hash map holds, read in batches into one reused buffer:
+        no element becomes a Python object, so a full table of 256k entries costs a few
+        milliseconds (the kernel keeps no count a syscall could return)."""
+        total = 0
+        in_batch = ffi.NULL
+        out_batch = ffi.new(f"{self.key_type} *")
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        kbuf = ffi.new(f"{self.key_type}[{chunk}]")
+        vbuf = self._value_buf(chunk)
+        resume = ffi.new(f"{self.key_type} *")
+        while True:
+            count = ffi.new("__u32 *", chunk)
+            ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf, count, opts)
+            if ret < 0 and -ret != 2:
+                raise BpfError(-ret, f"counting the elements of map {self.name}")
+            total += count[0]
+            if ret < 0:
+                return total
+            resume[0] = out_batch[0]
+            in_batch = resume
 
     def delete_batch(self, keys: list[Any]) -> int:
         if not keys:

@@ -7,18 +7,20 @@ import threading
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-from .metrics import Reports, StatusCollector
+from .metrics import DoctorCache, Reports, StatusCollector, Verdicts
 
 
-def registry(reports: Reports) -> CollectorRegistry:
+def registry(reports: Reports, verdicts: Verdicts | None = None) -> CollectorRegistry:
+    """`verdicts`: the doctor's, by interface; by default a DoctorCache of this registry,
+    so a server judges the host once per attach."""
     found = CollectorRegistry(auto_describe=False)
-    found.register(StatusCollector(reports))
+    found.register(StatusCollector(reports, verdicts or DoctorCache()))
     return found
 
 
-def exposition(reports: Reports) -> str:
+def exposition(reports: Reports, verdicts: Verdicts | None = None) -> str:
     """One scrape, in Prometheus' text format."""
-    return generate_latest(registry(reports)).decode()
+    return generate_latest(registry(reports, verdicts)).decode()
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -201,12 +201,16 @@ class PolicyStage(Stage):
                                "(a reload pins them again)"}
         names = rule_names(maps)
         now = time.monotonic_ns()
+        wall = time.time()
         rules = []
         for rule_id in [0, *names]:
             c = counter(maps, rule_id)
             rules.append({"id": rule_id, "name": names.get(rule_id) if rule_id else None,
                           "packets": c.packets, "bytes": c.bytes, "would_drop": c.would_drop,
                           "last_hit_seconds_ago": round(max(0, now - c.last_hit_ns) / 1e9, 1)
+                          if c.last_hit_ns else None,
+                          # the data plane's clock is monotonic: as wall-clock seconds
+                          "last_hit": round(wall - max(0, now - c.last_hit_ns) / 1e9, 1)
                           if c.last_hit_ns else None})
         return {"rules": rules}
 
