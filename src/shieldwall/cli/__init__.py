@@ -190,6 +190,26 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from ..ops import top
+    if not args.once and not sys.stdout.isatty():
+        raise UsageError("top draws on a terminal; --once prints one frame as text")
+    with _netns(args):
+        first = top.sample(args.iface)[1]
+        if not first["attached"]:
+            raise ValueError(f"{first['iface']}: {first.get('problem') or 'shieldwall is not attached'}")
+        iface = first["iface"]
+        feed = top.EventFeed(iface)
+        try:
+            if args.once:
+                print(top.once(iface, feed=feed))
+            else:
+                top.live(iface, feed=feed)
+        finally:
+            feed.close()
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from ..engine import lifecycle
     with _netns(args):
@@ -551,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "printed once, or served with --listen", iface=False)
     p.add_argument("--listen", metavar="ADDR:PORT",
                    help="serve /metrics here until stopped (in --netns's namespace, if given)")
+    p = command("top", cmd_top, "a live view: rates by verdict and reason, top rules and "
+                "dropped sources, blocks, attack indicators (q quits)", iface=False)
+    p.add_argument("--once", action="store_true", help="print one frame as text and exit")
     p = command("doctor", cmd_doctor, "what this host, kernel and interface let shieldwall do, "
                 "and the best mode", iface=False)
     p.add_argument("--json", action="store_true")
