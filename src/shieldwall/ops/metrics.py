@@ -223,12 +223,14 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-# Every metric name an exposition can hold (a dashboard or alert may use only these).
-def metric_names() -> set[str]:
-    names = set()
+def metric_labels() -> dict[str, set[str]]:
+    """Every sample name an exposition can hold, with its labels (a dashboard or an
+    alert may use only these)."""
+    suffixes = {"counter": ("_total", "_created"), "gauge": ("",),
+                "histogram": ("_bucket", "_sum", "_count", "_created")}
+    found = {}
     for family in families([]):
-        names.add(family.name)
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                    "gauge": ("",)}[family.type]
-        names.update(family.name + s for s in suffixes)
-    return names
+        labels = set(getattr(family, "_labelnames", ()))
+        for suffix in suffixes[family.type]:
+            found[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return found
