@@ -7,6 +7,14 @@ changes show as update durations and failures, the doctor's verdict is there, an
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
 import threading
 import time
 
@@ -19,7 +27,7 @@ from shieldwall.lab.probes import tcp_connect
 from shieldwall.lab.servers import start_tcp_server
 from shieldwall.lab.trafgen import TrafficGenerator
 
-from ..helpers import server_status, shieldwall
+from ..helpers import server_status, shieldwall, silence_outside
 from .test_metrics import _same_as_status
 
 pytestmark = pytest.mark.netns
@@ -141,4 +149,99 @@ def test_new_metrics_and_top_under_a_flood(lab, tmp_path):
         # With the flood over, a scrape still equals status to the packet.
         _same_as_status(topo, scrape)
     finally:
+        assert shieldwall("down", *where).returncode == 0
+
+
+def test_canary_arms_are_metrics(lab, tmp_path):
+    """Each arm of a running canary counts what it decided; the scrape says the same as
+    `canary status`, and the canary's start shows as a change."""
+    topo = lab
+    keep, new = tmp_path / "keep.yaml", tmp_path / "new.yaml"
+    keep.write_text("version: 1\ndefault_action: pass\n")
+    new.write_text("version: 1\ndefault_action: pass\nrules:\n"
+                   "  - {name: all, match: {proto: udp}, action: drop}\n")
+    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
+    assert shieldwall("up", "--mode", "native", *where, "--config", str(keep)).returncode == 0
+    try:
+        silence_outside(topo)
+        start = shieldwall("canary", "start", *where, "--config", str(new), "--src", f"{topo.client_v4}/32")
+        assert start.returncode == 0, start.stderr
+        frames = [bytes(Ether(src=topo.outside_mac, dst=topo.server_mac) / IP(src=src, dst=topo.server_v4)
+                        / UDP(sport=4000, dport=9999)) for src in (topo.client_v4, topo.attacker_v4)]
+        with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+            gen.replay(frames)
+            gen.send(None, 20_000)
+        status = json.loads(shieldwall("canary", "status", *where, "--json").stdout)
+        got = _samples(shieldwall("metrics", *where).stdout)
+        assert _find(got, "shieldwall_canary_active", arm=f"sources in {topo.client_v4}/32") == [1.0]
+        for arm, label in (("canary", "canary"), ("in force", "in_force")):
+            a = status["arms"][arm]
+            assert a["packets"] >= 5_000, status
+            assert _find(got, "shieldwall_canary_packets_total", arm=label,
+                         revision=str(a["revision"])) == [a["packets"]], (arm, status)
+        assert _find(got, "shieldwall_update_duration_seconds_count", op="canary_start") == [1.0]
+        assert shieldwall("canary", "abort", *where).returncode == 0
+        got = _samples(shieldwall("metrics", *where).stdout)
+        assert _find(got, "shieldwall_canary_active") == []
+        assert _find(got, "shieldwall_update_last_success", op="canary_abort") == [1.0]
+    finally:
+        assert shieldwall("down", *where).returncode == 0
+
+
+def _controlling_tty() -> None:
+    """In the child: a session of its own whose terminal is the pty (stdin), so that
+    Ctrl-C typed there is a SIGINT, as in a real terminal."""
+    import fcntl
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.parametrize("ending", ["q", "ctrl-c", "sigterm"])
+def test_top_full_screen_ends_cleanly(lab, tmp_path, ending):
+    """On a terminal (a pty here): the full-screen view draws, and q, Ctrl-C or SIGTERM
+    end it with status 0, the screen and the terminal's modes given back, no traceback."""
+    topo = lab
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
+    assert shieldwall("up", "--mode", "native", *where, "--config", str(policy)).returncode == 0
+    master, slave = pty.openpty()
+    try:
+        modes = termios.tcgetattr(slave)
+        proc = subprocess.Popen([sys.executable, "-m", "shieldwall", "top", *where],
+                                stdin=slave, stdout=slave, stderr=slave, preexec_fn=_controlling_tty,
+                                env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "48"})
+        seen = b""
+
+        def read_for(seconds: float) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.1)
+                if ready:
+                    try:
+                        seen += os.read(master, 65536)
+                    except OSError:
+                        return
+        read_for(2.5)
+        assert b"top rules" in seen and b"verdicts" in seen, seen[-2000:]
+        if ending == "q":
+            os.write(master, b"q")
+        elif ending == "ctrl-c":
+            os.write(master, b"\x03")  # the terminal turns it into SIGINT
+        else:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < deadline:
+            read_for(0.2)
+        assert proc.poll() == 0, (proc.poll(), seen[-2000:])
+        read_for(0.3)
+        assert b"\x1b[?1049h" in seen and seen.rfind(b"\x1b[?1049l") > seen.rfind(b"\x1b[?1049h")
+        assert b"Traceback" not in seen
+        assert termios.tcgetattr(slave) == modes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
         assert shieldwall("down", *where).returncode == 0
