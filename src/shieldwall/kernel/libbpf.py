@@ -277,8 +277,9 @@ class Map:
 
     def count(self, chunk: int = 8192) -> int:
         """How many elements a hash map holds, read in batches into one reused buffer:
-        no element becomes a Python object, so a full table of 256k entries costs a few
-        milliseconds (the kernel keeps no count a syscall could return)."""
+        no element becomes a Python object (the kernel keeps no count a syscall could
+        return). A full LRU table of 256k entries takes about 0.1 s here, twenty times
+        less than lookup_batch()."""
         total = 0
         in_batch = ffi.NULL
         out_batch = ffi.new(f"{self.key_type} *")
