@@ -475,7 +475,10 @@ def live(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None
                     ready, _, _ = select.select([fd], [], [], left)
                     if ready and sys.stdin.read(1) in ("q", "Q"):
                         return
-                t1, after = sample(iface)
+                try:
+                    t1, after = sample(iface)
+                except OSError:
+                    continue  # read while a change swapped generations: the next tick reads whole
                 now = time.time()
                 view.update(render(frame(before, after, t1 - t0, feed.recent(now) if feed else [],
                                          now, feed.note if feed else None,
