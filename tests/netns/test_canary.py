@@ -74,7 +74,9 @@ def test_share_of_flows(lab, tmp_path):
     start = cli(topo, "canary", "start", "--config", str(new), "--share", f"{SHARE * 100:g}%")
     assert start.returncode == 0, start.stderr
     report = server_status(topo)
+    arms = report["canary"].pop("arms")  # both arms' counts, as `canary status` gives them
     assert report["canary"] == {"arm": "10% of flows", "against": 1}
+    assert set(arms) == {"in force", "canary"} and arms["canary"]["revision"] == 2
     busy = cli(topo, "reload", "--config", str(keep))
     assert busy.returncode == 2 and "a canary runs" in busy.stderr
 
