@@ -11,7 +11,7 @@ from shieldwall import abi
 from shieldwall.ops.reasons import STAGE_OF_REASON, stage_of
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
-FINISH = re.compile(r"sw_finish\(\s*pkt\s*,[^,]+,\s*([^,]+?)\s*,\s*(SW_MOD_[A-Z]+)", re.S)
+FINISH = re.compile(r"sw_finish\(\s*(?:ctx\s*,\s*)?pkt\s*,[^,]+,\s*([^,]+?)\s*,\s*(SW_MOD_[A-Z]+)", re.S)
 
 
 def _reason_names(expr: str, path: Path) -> list[str]:
