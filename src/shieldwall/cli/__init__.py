@@ -199,7 +199,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         if not first["attached"]:
             raise ValueError(f"{first['iface']}: {first.get('problem') or 'shieldwall is not attached'}")
         iface = first["iface"]
-        feed = top.EventFeed(iface)
+        feed = top.EventFeed(iface, args.netns)
         try:
             if args.once:
                 print(top.once(iface, feed=feed))

@@ -9,6 +9,7 @@ without a kernel: `frame()` builds what one refresh shows, `plain()` prints it a
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class Frame:
     rules: list[RuleRate]
     sources: list[Source]
     sources_note: str | None
+    sources_via: str | None
     limits: list[dict]
     blocks: int | None
     block_list: list[str]
@@ -204,7 +206,7 @@ def _fill(report: dict) -> list[tuple[str, int, int]]:
 
 def frame(before: dict, after: dict, seconds: float, events: Iterable[Any] = (),
           now: float | None = None, events_note: str | None = None,
-          block_list: list[str] | None = None) -> Frame:
+          block_list: list[str] | None = None, events_via: str | None = None) -> Frame:
     now = time.time() if now is None else now
     rows = rates(before, after, seconds)
     total_pps = sum(r.pps for r in rows)
@@ -218,7 +220,7 @@ def frame(before: dict, after: dict, seconds: float, events: Iterable[Any] = (),
         seconds=seconds, rates=rows, total_pps=total_pps, drop_pps=drop_pps,
         total_bps=sum(r.bps for r in rows), drop_bps=sum(r.bps for r in rows if r.action == "drop"),
         rules=rule_rates(before, after, seconds),
-        sources=top_sources(events, now), sources_note=events_note,
+        sources=top_sources(events, now), sources_note=events_note, sources_via=events_via,
         limits=[{"name": k, **v} for k, v in after.get("stages", {}).get("limit", {}).get("limits", {}).items()],
         blocks=_blocks(after), block_list=block_list or [], fill=_fill(after),
         indicators=indicators(before, after, rows, total_pps, drop_pps),
@@ -278,7 +280,7 @@ def plain(f: Frame) -> str:
     out += [f"  {r.rule:<32} {_n(r.pps):>9} pps {r.packets:>12} total  "
             + ("never hit" if r.last_hit_seconds_ago is None else f"last hit {r.last_hit_seconds_ago} s ago")
             for r in f.rules[:ROWS]] or ["  no rules (the policy stage is not in the chain)"]
-    out.append("top dropped sources (sampled):")
+    out.append(f"top dropped sources (sampled{', from ' + f.sources_via if f.sources_via else ''}):")
     if f.sources:
         out += [f"  {s.src:<40} {'~' + str(s.packets):>11} pkts {s.share:>6.1%}  {s.reason}" for s in f.sources]
     else:
@@ -327,7 +329,8 @@ def render(f: Frame) -> Any:
     for r in f.rules[:ROWS]:
         rules.add_row(r.rule, _n(r.pps), f"{r.packets:,}",
                       "never" if r.last_hit_seconds_ago is None else f"{r.last_hit_seconds_ago} s")
-    sources = Table(title="top dropped sources (sampled, 10 s)", expand=True)
+    sources = Table(title="top dropped sources (sampled, 10 s"
+                    + (f", from {f.sources_via})" if f.sources_via else ")"), expand=True)
     for col, justify in (("source", "left"), ("~packets", "right"), ("share", "right"), ("reason", "left")):
         sources.add_column(col, justify=justify)
     for s in f.sources:
@@ -356,48 +359,108 @@ def render(f: Frame) -> Any:
 # -- running it ---------------------------------------------------------------------------
 
 class EventFeed:
-    """Sampled drop events into a window, from a background thread; `note` says why
-    there are none when none can come."""
+    """Sampled drop events into a window, from a background thread: the daemon's
+    `/events` stream when a daemon serves the interface (the ring has one consumer, and
+    then it is the daemon), else the interface's ring itself. `note` says why there are
+    none when none can come; `via` where they come from."""
 
-    def __init__(self, iface: str) -> None:
+    def __init__(self, iface: str, netns: str | None = None) -> None:
+        import threading
         self.window = EventWindow()
         self.note: str | None = None
-        self._stop = False
-        self._thread = None
+        self.via: str | None = None
+        self._closing = threading.Event()
+        self._thread: Any = None
+        self._wake: Any = None     # unblocks the reader
+        self._release: Any = None  # frees the source, once the reader is gone
+        try:
+            poll = self._from_daemon(iface, netns) or self._from_ring(iface)
+        except Exception as exc:  # noqa: BLE001 - no events is a note, never a failure of top
+            self.note = f"no drop events: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
+            return
+        if poll is None:
+            return
+        self._thread = threading.Thread(target=self._run, args=(poll,), name="top-events", daemon=True)
+        self._thread.start()
+
+    def _from_daemon(self, iface: str, netns: str | None) -> Any:
+        try:
+            from .client import _Connection, find
+        except ImportError:  # a build without the control API
+            return None
+        client = find(iface, netns)
+        if client is None:
+            return None
+        conn = _Connection(client.path, None)
+        conn.request("GET", "/events?action=drop")
+        answer = conn.getresponse()
+        if answer.status != 200:
+            conn.close()
+            raise OSError(f"the daemon's /events answered HTTP {answer.status}")
+        self.via, self._release = "the daemon", conn.close
+
+        def wake() -> None:
+            import socket
+            if conn.sock is not None:
+                conn.sock.shutdown(socket.SHUT_RDWR)  # a blocked read returns
+        self._wake = wake
+
+        def poll() -> list[Any]:
+            line = answer.readline()
+            if not line:
+                raise OSError("the daemon ended the stream")
+            return [event_of(json.loads(line))] if line.strip() else []
+        return poll
+
+    def _from_ring(self, iface: str) -> Any:
         try:
             from . import events  # the data plane's sampled events (ops/events.py)
         except ImportError:
-            self._stream = None
             self.note = "no drop events: this build samples none"
-            return
-        try:
-            self._stream = events.EventStream(iface)
-            self._stream.__enter__()
-        except Exception as exc:  # noqa: BLE001 - no events is a note, never a failure of top
-            self._stream = None
-            self.note = f"no drop events: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
-            return
-        import threading
-        self._thread = threading.Thread(target=self._run, name="top-events", daemon=True)
-        self._thread.start()
+            return None
+        stream = events.EventStream(iface)
+        # The ring is freed only after its reader has stopped (a poll returns in 0.2 s).
+        self.via, self._release = "the ring", stream.close
+        return lambda: [e for e in stream.poll(0.2) if e.action == "drop"]
 
-    def _run(self) -> None:
-        while not self._stop:
+    def _run(self, poll: Any) -> None:
+        while not self._closing.is_set():
             try:
-                self.window.add(self._stream.poll(0.2))
+                self.window.add(poll())
             except Exception as exc:  # noqa: BLE001
-                self.note = f"drop events stopped: {exc}"
+                if not self._closing.is_set():
+                    self.note = f"drop events stopped: {exc}"
                 return
 
     def recent(self, now: float) -> list[Any]:
         return self.window.recent(now)
 
     def close(self) -> None:
-        self._stop = True
+        self._closing.set()
+        try:
+            if self._wake is not None:
+                self._wake()
+        except OSError:
+            pass
         if self._thread is not None:
-            self._thread.join(timeout=1)
-        if self._stream is not None:
-            self._stream.__exit__(None, None, None)
+            self._thread.join(timeout=2)
+            if self._thread.is_alive():
+                return  # still inside the source: freeing it under the reader is worse
+        if self._release is not None:
+            try:
+                self._release()
+            except OSError:
+                pass
+
+
+def event_of(d: dict) -> Any:
+    """An Event from its JSON form (Event.as_json: the data as hex)."""
+    from dataclasses import fields
+
+    from .events import Event
+    known = {f.name for f in fields(Event)}
+    return Event(**{**{k: v for k, v in d.items() if k in known},
+                    "data": bytes.fromhex(d.get("data") or "")})
 
 
 def pick(reports: list[dict], iface: str | None) -> dict:
@@ -443,7 +506,7 @@ def once(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None
     now = time.time()
     events = feed.recent(now) if feed else []
     return plain(frame(before, after, t1 - t0, events, now, feed.note if feed else None,
-                       block_list(after["iface"])))
+                       block_list(after["iface"]), feed.via if feed else None))
 
 
 def live(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None) -> None:
@@ -482,7 +545,8 @@ def live(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None
                 now = time.time()
                 view.update(render(frame(before, after, t1 - t0, feed.recent(now) if feed else [],
                                          now, feed.note if feed else None,
-                                         block_list(after["iface"]))), refresh=True)
+                                         block_list(after["iface"]), feed.via if feed else None)),
+                            refresh=True)
                 t0, before = t1, after
     except KeyboardInterrupt:
         return
