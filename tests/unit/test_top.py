@@ -140,6 +140,7 @@ def test_render_builds_a_layout_rich_can_draw():
     console.print(top.render(top.frame(BEFORE, AFTER, 2.0, [ev("203.0.113.9", 999.0)], now=1000.0)))
     drawn = console.export_text()
     assert "203.0.113.9" in drawn and "syn_cookie" in drawn and "web" in drawn
+    assert "map sw_ct_flows 92% full" in drawn  # the last of four indicators still shows
 
 
 def test_pick_needs_an_interface_when_several_run():

@@ -349,7 +349,9 @@ def render(f: Frame) -> Any:
         state.add_row(name, f"{entries:,}/{cap:,} ({entries / cap if cap else 0:.0%})")
 
     layout = Layout()
-    layout.split_column(Layout(Panel(Group(head, alerts)), name="head", size=8), Layout(name="body"))
+    # The header grows with the indicators: an alert never hides below the fold.
+    size = 2 + 3 + bool(f.problem) + min(max(1, len(f.indicators)), 8)
+    layout.split_column(Layout(Panel(Group(head, alerts)), name="head", size=size), Layout(name="body"))
     layout["body"].split_row(Layout(name="left"), Layout(name="right"))
     layout["left"].split_column(Layout(verdicts), Layout(rules))
     layout["right"].split_column(Layout(sources), Layout(state))
