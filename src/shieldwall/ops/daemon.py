@@ -20,6 +20,7 @@ from ..config import load_config
 from ..engine import lifecycle
 from ..kernel.errors import BpfError
 from ..policy.errors import PolicyError
+from .events import EventHub, EventReader
 
 
 def _say(text: str) -> None:
@@ -52,6 +53,9 @@ def reload(iface: str, path: Path) -> str:
 
 def run(iface: str, path: Path, mode: str = "auto", metrics: str | None = None) -> int:
     _say(start(iface, path, mode))
+    hub = EventHub()  # the ring's one consumer: readers subscribe here
+    reader = EventReader(iface, hub, _say)
+    reader.start()
     stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -73,6 +77,7 @@ def run(iface: str, path: Path, mode: str = "auto", metrics: str | None = None) 
             stop.clear()
             _say(reload(iface, path))
     finally:
+        reader.stop()
         if server is not None:
             server.shutdown()
     _say(f"stopping; {iface} stays protected (shieldwall down --iface {iface} removes it)")
