@@ -26,6 +26,8 @@ REPORT = {
                "arms": {"in force": {"revision": 6, "packets": 90},
                         "canary": {"revision": 7, "packets": 10}}},
     "maps": {"sw_lim_blocks": {"entries": 2, "max_entries": 65536}},
+    "events": {"rate": 1000, "drops": 1, "passes": 0, "drops_sent": 40, "drops_refused": 7,
+               "drops_ring_full": 1, "passes_sent": 0, "passes_refused": 0, "passes_ring_full": 0},
     "updates": {"reload": {"count": 3, "failures": 1, "sum": 0.9, "bounds": [0.1, 0.5, 1.0],
                            "buckets": [1, 2, 3],
                            "last": {"seconds": 0.4, "at": 1700000001.0, "ok": False}}},
@@ -97,6 +99,9 @@ def test_the_new_families_carry_the_reports_figures():
     assert got[("shieldwall_update_failures_total", r)] == 1
     assert got[("shieldwall_update_last_success", r)] == 0
     assert got[("shieldwall_update_last_duration_seconds", r)] == 0.4
+    assert got[("shieldwall_events_sent_total", e + (("kind", "drops"),))] == 40
+    assert got[("shieldwall_events_refused_total", e + (("kind", "drops"),))] == 7
+    assert got[("shieldwall_events_ring_full_total", e + (("kind", "drops"),))] == 1
     assert got[("shieldwall_doctor_info", (("best_mode", "native"), ("iface", "eth1"), ("mode", "tc")))] == 1
     assert got[("shieldwall_doctor_findings", e + (("status", "warn"),))] == 2
 

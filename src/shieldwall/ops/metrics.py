@@ -148,6 +148,12 @@ def families(reports: Iterable[dict], verdicts: dict[str, dict] | None = None) -
                          "change of this kind took", "op")
     last_ok = gauge("shieldwall_update_last_success", "1 if the last change of this kind "
                     "went in, 0 if it failed", "op")
+    ev_sent = counter("shieldwall_events_sent", "Sampled events the data plane sent to the ring",
+                      "kind")
+    ev_refused = counter("shieldwall_events_refused", "Event candidates a CPU's budget refused "
+                         "(counted, not sent)", "kind")
+    ev_ring_full = counter("shieldwall_events_ring_full", "Events lost because the ring was "
+                           "full (no reader kept up)", "kind")
     doctor = gauge("shieldwall_doctor_info", "The doctor's verdict for the interface: the best "
                    "mode it can run, beside the mode in force (judged once per attach)",
                    "best_mode", "mode")
@@ -202,6 +208,12 @@ def families(reports: Iterable[dict], verdicts: dict[str, dict] | None = None) -
                 last_update.add_metric([iface, op], last["at"])
                 last_seconds.add_metric([iface, op], last["seconds"])
                 last_ok.add_metric([iface, op], 1 if last.get("ok") else 0)
+        events = r.get("events", {})
+        for kind in ("drops", "passes"):
+            if f"{kind}_sent" in events:
+                ev_sent.add_metric([iface, kind], events[f"{kind}_sent"])
+                ev_refused.add_metric([iface, kind], events[f"{kind}_refused"])
+                ev_ring_full.add_metric([iface, kind], events[f"{kind}_ring_full"])
         v = verdicts.get(iface)
         if v is not None:
             doctor.add_metric([iface, v["best_mode"], r.get("mode") or "none"], 1)
@@ -211,7 +223,8 @@ def families(reports: Iterable[dict], verdicts: dict[str, dict] | None = None) -
             problem.add_metric([iface, str(r["problem"])], 1)
     return [attached, revision, packets, octets, rule_packets, rule_bytes, would_drop, last_hit,
             limit_packets, limit_blocks, blocks, live, canary, canary_packets, entries, capacity,
-            duration, failures, last_update, last_seconds, last_ok, doctor, findings, problem]
+            duration, failures, last_update, last_seconds, last_ok, ev_sent, ev_refused,
+            ev_ring_full, doctor, findings, problem]
 
 
 def _update_bounds() -> tuple[float, ...]:
