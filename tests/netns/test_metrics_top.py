@@ -107,6 +107,11 @@ def test_new_metrics_and_top_under_a_flood(lab, tmp_path):
         rules = lines.index("top rules:")
         assert lines[rules + 1].split()[0] == "web", out.stdout
         assert "blocks in force: 1" in out.stdout and f"{topo.attacker_v4}/32 for" in out.stdout, out.stdout
+        # The top dropped source, from the sampled drop events the ring carried.
+        sources = lines.index("top dropped sources (sampled, from the ring):")
+        top_source = lines[sources + 1].split()
+        assert top_source[0] == topo.attacker_v4 and top_source[-1] == "blocked", out.stdout
+        assert all(line.split()[0] != topo.client_v4 for line in lines[sources + 1:lines.index("limits and blocks:")])
         assert "new block" in out.stdout or "blocked sources still sending" in out.stdout, out.stdout
 
         # Changes: a reload that goes in, a rollback to a revision that does not exist.

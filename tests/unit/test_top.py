@@ -3,40 +3,18 @@ second apart and from sampled drop events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from shieldwall.ops import top
 
-try:
-    from shieldwall.ops.events import Event
-except ImportError:  # the events module lands separately: the same fields
-    @dataclass(frozen=True)
-    class Event:  # type: ignore[no-redef]
-        ts: float
-        cpu: int
-        action: str
-        reason: str
-        stage: str
-        rule: int | None
-        family: int
-        src: str | None
-        dst: str | None
-        proto: int
-        sport: int
-        dport: int
-        tcp_flags: int
-        frame_len: int
-        data: bytes
-        every: int
-        lost: int
+from shieldwall.ops.events import Event
 
 
-def ev(src: str | None, ts: float, reason: str = "rule", action: str = "drop", every: int = 1) -> Event:
+def ev(src: str | None, ts: float, reason: str = "rule", action: str = "drop", every: int = 1,
+       lost: int = 0) -> Event:
     return Event(ts=ts, cpu=0, action=action, reason=reason, stage="policy", rule=None, family=4,
                  src=src, dst="192.0.2.1", proto=17, sport=1234, dport=53, tcp_flags=0,
-                 frame_len=60, data=b"", every=every, lost=0)
+                 frame_len=60, data=b"", every=every, lost=lost)
 
 
 def report(counters: dict, rules: dict | None = None, **extra) -> dict:
@@ -90,13 +68,14 @@ def test_rules_ranked_by_rate_then_total():
 
 def test_top_sources_scale_samples_and_keep_the_window():
     now = 1000.0
-    events = ([ev("203.0.113.9", now - 1, every=10)] * 30 + [ev("198.51.100.7", now - 2, "blocked")] * 50
+    events = ([ev("203.0.113.9", now - 1, every=10)] * 30 + [ev("198.51.100.7", now - 2, "blocked")] * 40
+              + [ev("198.51.100.7", now - 2, "blocked", lost=1)] * 5  # and 5 refused before them
               + [ev("198.51.100.7", now - 2, "rate_limited")] * 10
               + [ev("192.0.2.200", now - 30)] * 500           # older than the window
               + [ev("192.0.2.201", now - 1, action="pass")] * 500  # not a drop
               + [ev(None, now - 1)] * 5)                       # not IP
     got = top.top_sources(events, now)
-    assert [(s.src, s.packets, s.events) for s in got] == [("203.0.113.9", 300, 30), ("198.51.100.7", 60, 60)]
+    assert [(s.src, s.packets, s.events) for s in got] == [("203.0.113.9", 300, 30), ("198.51.100.7", 60, 55)]
     assert got[0].share == pytest.approx(300 / 360)
     assert got[1].reason == "blocked"
 
@@ -149,3 +128,8 @@ def test_pick_needs_an_interface_when_several_run():
     with pytest.raises(ValueError, match="not attached to any"):
         top.pick([], None)
     assert top.pick([{"iface": "a"}], None)["iface"] == "a"
+
+
+def test_an_event_comes_back_from_its_json():
+    e = ev("2001:db8::7", 1000.25, "blocked", every=3, lost=2)
+    assert top.event_of(e.as_json()) == e

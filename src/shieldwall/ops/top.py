@@ -140,14 +140,16 @@ def rule_rates(before: dict, after: dict, seconds: float) -> list[RuleRate]:
 def top_sources(events: Iterable[Any], now: float, window: float = 10.0,
                 n: int = ROWS) -> list[Source]:
     """The sources of the most dropped packets in the last `window` seconds, from
-    sampled drop events (ops.events.Event): each event stands for `every` packets."""
+    sampled drop events (ops.events.Event). An event stands for `every` packets, and for
+    the `lost` candidates its CPU refused before it too: their sources are unknown, so
+    they are taken to be spread as the events that were sent."""
     packets: dict[str, int] = {}
     count: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
     for e in events:
         if e.action != "drop" or e.src is None or now - e.ts > window:
             continue
-        weight = max(1, e.every)
+        weight = max(1, e.every) * (1 + max(0, e.lost))
         packets[e.src] = packets.get(e.src, 0) + weight
         count[e.src] = count.get(e.src, 0) + 1
         by = reasons.setdefault(e.src, {})
