@@ -490,7 +490,10 @@ def block_list(iface: str, n: int = ROWS) -> list[str]:
     try:
         if BLOCKS not in maps:
             return []
-        found = sorted(list_blocks(maps[BLOCKS]), key=lambda b: -b.remaining_s)[:n]
+        try:
+            found = sorted(list_blocks(maps[BLOCKS]), key=lambda b: -b.remaining_s)[:n]
+        except OSError:
+            return []
         return [f"{b.prefix} for {b.remaining_s:.0f} s more" for b in found]
     finally:
         close_maps(maps)
@@ -515,6 +518,7 @@ def once(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None
 
 def live(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None) -> None:
     """Full screen until q, Ctrl-C or SIGTERM; the terminal is restored whatever ends it."""
+    import os
     import select
     import signal
     import sys
@@ -540,7 +544,8 @@ def live(iface: str | None, interval: float = 1.0, feed: EventFeed | None = None
                         time.sleep(left)
                         continue
                     ready, _, _ = select.select([fd], [], [], left)
-                    if ready and sys.stdin.read(1) in ("q", "Q"):
+                    # The descriptor, not sys.stdin: a buffered read would hide the next key from select.
+                    if ready and os.read(fd, 1) in (b"q", b"Q"):
                         return
                 try:
                     t1, after = sample(iface)
