@@ -1,0 +1,100 @@
+"""The command line's side of the control API: when a daemon serves an interface,
+`reload`, `set`, `blocks`, `canary` and `status` ask it (so changes are made one at a
+time by the daemon, and what it reports is what the command prints); otherwise they
+work directly. SHIELDWALL_DIRECT=1 always works directly; SHIELDWALL_API=PATH names a
+socket other than the default one (ops/api.py default_path)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+# A change waits for the lock (30 s) and then builds and verifies a generation.
+CALL_SECONDS = 180.0
+PING_SECONDS = 2.0
+
+
+class ApiFailure(RuntimeError):
+    """The daemon refused or failed a request; `exit` is what the command exits with."""
+
+    def __init__(self, message: str, exit: int = 2) -> None:
+        super().__init__(message)
+        self.exit = exit
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(os.fsencode(self.unix_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def call(self, method: str, target: str, body: dict | None = None,
+             timeout: float = CALL_SECONDS) -> Any:
+        conn = _Connection(self.path, timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, target, body=payload, headers=headers)
+            answer = conn.getresponse()
+            raw = answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiFailure(f"the daemon's control API at {self.path} did not answer: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise ApiFailure(f"the daemon's control API at {self.path} answered no JSON "
+                             f"(HTTP {answer.status})") from None
+        if answer.status != 200:
+            if isinstance(data, dict) and isinstance(data.get("error"), str):
+                raise ApiFailure(data["error"], int(data.get("exit") or 2))
+            raise ApiFailure(f"the daemon answered HTTP {answer.status}")
+        return data
+
+
+def socket_path(iface: str, netns: str | None) -> Path:
+    from ..dataplane.bpffs import netns_scope
+    from .api import default_path
+    if os.environ.get("SHIELDWALL_API"):
+        return Path(os.environ["SHIELDWALL_API"])
+    return default_path(iface, f"netns-{netns}" if netns else netns_scope())
+
+
+def find(iface: str | None, netns: str | None = None) -> Client | None:
+    """A client of the daemon serving this interface, if one runs and answers; None:
+    work directly."""
+    if not iface or os.environ.get("SHIELDWALL_DIRECT", "") not in ("", "0"):
+        return None
+    path = socket_path(iface, netns)
+    try:
+        if not path.is_socket():
+            return None
+    except OSError:
+        return None
+    client = Client(path)
+    try:
+        answer = client.call("GET", "/ping", timeout=PING_SECONDS)
+    except ApiFailure:
+        return None  # a socket nobody answers on (a daemon that died), or not ours to use
+    if not isinstance(answer, dict) or answer.get("iface") != iface:
+        return None
+    return client
