@@ -33,7 +33,8 @@ from ..engine import lifecycle
 from ..kernel.errors import BpfError
 from ..policy.errors import PolicyError
 
-# How often the policy file is looked at (a stat; it is read only when that changed).
+# How often the policy file is looked at (a stat; it is read when that changed, and
+# stayed so for one more look).
 WATCH_SECONDS = 1.0
 # How often expired live set entries and blocks are swept.
 SWEEP_SECONDS = float(os.environ.get("SHIELDWALL_SWEEP_SECONDS") or 5.0)
@@ -92,6 +93,7 @@ class Watch:
     path: Path
     files: list[Path] = field(default_factory=list)
     stats: tuple = ()
+    pending: tuple | None = None    # a look that differed, waiting to be seen again
     digest: str | None = None       # of what was last evaluated
     revision: int | None = None     # what that evaluation put in force (or left)
     refused: str | None = None      # why it was refused; None: it is in force
@@ -259,8 +261,15 @@ class Daemon:
         looked at; `force` (SIGHUP) reads it even if the stat says nothing changed, and
         tries a refused content again."""
         stats = self.watch.look()
-        if stats == self.watch.stats and not force:
-            return None
+        if not force:
+            if stats == self.watch.stats:
+                return None
+            if stats != self.watch.pending:
+                # Changed since the last look: read it once it has stopped changing (a
+                # file written in place is seen truncated or half written otherwise).
+                self.watch.pending = stats
+                return None
+        self.watch.pending = None
         self.watch.stats = stats
         digest = self.watch.content()
         if digest == self.watch.digest and not (force and self.watch.refused):

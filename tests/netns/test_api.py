@@ -1,0 +1,209 @@
+"""Namespace tier: the daemon's control API on a lab. The command line goes through it
+when it answers (a command that could not work directly works through it), `set add`
+with a TTL drops real traffic and the expiry sweep takes the entry away (a compiled
+one through a new generation), status through the API is status read directly, a
+change of the policy file goes in by itself, a broken one leaves the revision in force
+and is reported, and the socket is root's alone, or its group's."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from shieldwall.lab.probes import ping
+from shieldwall.ops.api import default_path
+
+from ..helpers import shieldwall, silence_outside
+from .test_live_sets import policy, verdicts
+
+pytestmark = pytest.mark.netns
+
+GROUP = 4242      # a group number nobody has, given to a test user only
+NOBODY = 65534
+SWEEP = "1"       # seconds between expiry sweeps, for the test
+
+
+class Daemon:
+    """`shieldwall daemon --api` in the lab's server namespace; its log lines as they come."""
+
+    def __init__(self, topo, path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shieldwall", "daemon", "--netns", topo.server_ns,
+             "--iface", topo.server_if, "--config", str(path), "--mode", "native", "--api", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "SHIELDWALL_SWEEP_SECONDS": SWEEP})
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_for("control API at")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, seconds: float = 20.0) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                assert self.proc.poll() is None, self.proc.stderr.read()
+                continue
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no {text!r} in the daemon's log: {self.seen}")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=20)
+        assert self.proc.returncode == 0 and "Traceback" not in err, err
+        return err
+
+
+def timeless(report):
+    """A status report without its one moving part: how long ago each rule was hit."""
+    if isinstance(report, str):
+        return re.sub(r"\d+(\.\d+)? s ago", "_ s ago", report)
+    if isinstance(report, dict):
+        return {k: timeless(v) for k, v in report.items() if k != "last_hit_seconds_ago"}
+    if isinstance(report, list):
+        return [timeless(v) for v in report]
+    return report
+
+
+def cli(topo, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    out = shieldwall(*args, "--netns", topo.server_ns, "--iface", topo.server_if, env=env)
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+def test_the_cli_through_the_daemons_api(lab, tmp_path):
+    topo = lab
+    path = policy(tmp_path)
+    daemon = Daemon(topo, path)
+    try:
+        socket_path = default_path(topo.server_if, f"netns-{topo.server_ns}")
+        st = os.lstat(socket_path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+        assert f"control API at {socket_path} (0600)" in daemon.seen[-1]
+
+        # Through the API, whatever the command could reach directly: with a bpffs it
+        # cannot use (a file), status works only through the daemon.
+        nowhere = {"SHIELDWALL_BPFFS": str(path)}
+        routed = cli(topo, "status", "--json", env=nowhere)
+        assert routed.returncode == 0, routed.stderr
+        assert cli(topo, "status", "--json", env={**nowhere, "SHIELDWALL_DIRECT": "1"}).returncode != 0
+        # ... and it is status read directly (no traffic in between: the counters too).
+        silence_outside(topo)
+        routed = cli(topo, "status", "--json", env=nowhere)
+        direct = cli(topo, "status", "--json", env={"SHIELDWALL_DIRECT": "1"})
+        assert timeless(json.loads(routed.stdout)) == timeless(json.loads(direct.stdout))
+        text = cli(topo, "status", "--rules", env=nowhere).stdout
+        assert timeless(text) == timeless(cli(topo, "status", "--rules", env={"SHIELDWALL_DIRECT": "1"}).stdout)
+        assert "rule" in text and "attached, native mode" in text
+        subprocess.run(["ip", "netns", "exec", topo.outside_ns, "nft", "delete", "table", "netdev",
+                        "quiet"], check=True)
+        revision = json.loads(routed.stdout)[0]["revision"]["revision"]
+
+        # set add with a TTL, through the daemon: real traffic from the address is
+        # dropped, then the TTL runs out and the sweep takes it off the records.
+        assert ping(topo, src=topo.attacker_v4)
+        out = cli(topo, "set", "add", "blocklist", topo.attacker_v4, "--ttl", "3s", "--json", env=nowhere)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["in_place"]
+        assert not ping(topo, src=topo.attacker_v4) and ping(topo, src=topo.client_v4)
+        listed = json.loads(cli(topo, "set", "list", "--json", env=nowhere).stdout)
+        assert [e["prefix"] for e in listed] == [f"{topo.attacker_v4}/32"]
+        # A prefix is compiled in: only a new generation takes it away when it expires.
+        out = cli(topo, "set", "add", "blocklist", "198.51.100.64/26", "--ttl", "6s", "--json")
+        assert out.returncode == 0 and not json.loads(out.stdout)["in_place"], out.stderr
+        assert verdicts(topo, ["198.51.100.70"]) == {"198.51.100.70": "drop"}
+        swept = daemon.wait_for("live set entries expired", seconds=15)  # the address
+        assert swept == f"expiries: 1 live set entries expired on {topo.server_if}, removed in place"
+        assert verdicts(topo, ["198.51.100.70"]) == {"198.51.100.70": "drop"}  # not yet
+        swept = daemon.wait_for("live set entries expired", seconds=15)  # the prefix
+        assert swept.startswith(f"expiries: 1 live set entries expired on {topo.server_if}, "
+                                "removed through revision"), swept
+        assert verdicts(topo, ["198.51.100.70"]) == {"198.51.100.70": "pass"}
+        assert ping(topo, src=topo.attacker_v4)
+        live = json.loads(cli(topo, "set", "list", "--json", env={"SHIELDWALL_DIRECT": "1"}).stdout)
+        assert live == []
+        report = json.loads(cli(topo, "status", "--json").stdout)[0]
+        assert "live_entries" not in report, report
+        revision = report["revision"]["revision"]  # the sweep's generation
+
+        # The file changes: it goes in by itself.
+        path.write_text(path.read_text().replace("198.51.100.0/28", "198.51.100.0/27"))
+        daemon.wait_for(f"reloaded {topo.server_if}: revision {revision + 1} in force ({path} changed)")
+        assert verdicts(topo, ["198.51.100.20"]) == {"198.51.100.20": "drop"}
+
+        # A broken file: refused, reported by status, the revision in force stays.
+        good = path.read_text()
+        path.write_text(good + "  - {name: bad, match: {dport: 70000}, action: drop}\n")
+        refused = daemon.wait_for("reload refused, the policy in force stays")
+        assert "dport" in refused
+        answer = cli(topo, "status", "--json")
+        assert json.loads(answer.stdout)[0]["revision"]["revision"] == revision + 1
+        text = cli(topo, "status").stdout
+        assert f"daemon: {path} was refused, revision {revision + 1} stays in force" in text, text
+        assert verdicts(topo, ["198.51.100.20"]) == {"198.51.100.20": "drop"}
+
+        # reload through the API: the daemon's answer printed as the command prints it.
+        path.write_text(good)
+        daemon.wait_for(f"revision {revision + 2} in force")
+        out = cli(topo, "reload", "--config", str(path), env=nowhere)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"shieldwall reloaded on {topo.server_if} (native mode, program id ")
+        assert f"revision {revision + 3} in force" in out.stdout
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("version: 1\nrules: [{name: x, match: {dport: 70000}, action: drop}]\n")
+        out = cli(topo, "reload", "--config", str(bad), env=nowhere)
+        assert out.returncode == 2 and out.stderr.startswith("shieldwall: ") and "dport" in out.stderr
+    finally:
+        daemon.stop()
+    assert not socket_path.exists()  # its own socket goes with it
+    assert cli(topo, "down").returncode == 0
+
+
+def test_a_group_may_use_the_api_and_nobody_else(lab, tmp_path):
+    topo = lab
+    path = policy(tmp_path)
+    daemon = Daemon(topo, path, "--api-group", str(GROUP))
+    try:
+        socket_path = default_path(topo.server_if, f"netns-{topo.server_ns}")
+        st = os.lstat(socket_path)
+        assert (stat.S_IMODE(st.st_mode), st.st_gid, st.st_uid) == (0o660, GROUP, 0)
+        ask = ("import json, socket, sys\n"
+               "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+               "s.sendall(b'GET /ping HTTP/1.0\\r\\n\\r\\n')\n"
+               "print(json.loads(b''.join(iter(lambda: s.recv(4096), b'')).split(b'\\r\\n\\r\\n')[1])['iface'])\n")
+
+        def as_user(*groups: int) -> subprocess.CompletedProcess:
+            which = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+            return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *which,
+                                   "/usr/bin/python3", "-c", ask, str(socket_path)],
+                                  capture_output=True, text=True, timeout=30)
+        member = as_user(GROUP)
+        assert member.returncode == 0 and member.stdout.strip() == topo.server_if, member.stderr
+        stranger = as_user()
+        assert stranger.returncode != 0 and "PermissionError" in stranger.stderr
+    finally:
+        daemon.stop()
+    daemon = Daemon(topo, path)  # without --api-group: root's again
+    try:
+        assert stat.S_IMODE(os.lstat(socket_path).st_mode) == 0o600
+        assert as_user(GROUP).returncode != 0
+    finally:
+        daemon.stop()
+    assert cli(topo, "down").returncode == 0
