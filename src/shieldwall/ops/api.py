@@ -110,7 +110,13 @@ class Listener:
         st = os.lstat(path)
         self.identity = (st.st_dev, st.st_ino)
         if group is not None:
-            os.chown(path, -1, group, follow_symlinks=False)
+            try:
+                os.chown(path, -1, group, follow_symlinks=False)
+            except PermissionError:
+                sock.close()
+                os.unlink(path)
+                raise PermissionError(errno.EPERM, f"giving {path} to group {group} needs "
+                                      "CAP_CHOWN (add it to the unit's CapabilityBoundingSet)") from None
             os.chmod(path, 0o660)
         sock.listen(MAX_CONNECTIONS)
         self.socket = sock
