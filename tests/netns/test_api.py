@@ -20,10 +20,15 @@ import time
 
 import pytest
 
+from shieldwall.engine.transaction import Layout
+from shieldwall.kernel.libbpf import Map
+from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.probes import ping
 from shieldwall.ops.api import default_path
+from shieldwall.stages.limit import BLOCKS, LimitStage, block_network
 
 from ..helpers import shieldwall, silence_outside
+from .test_limits import _flood, _policy
 from .test_live_sets import policy, verdicts
 
 pytestmark = pytest.mark.netns
@@ -204,6 +209,45 @@ def test_a_group_may_use_the_api_and_nobody_else(lab, tmp_path):
     try:
         assert stat.S_IMODE(os.lstat(socket_path).st_mode) == 0o600
         assert as_user(GROUP).returncode != 0
+    finally:
+        daemon.stop()
+    assert cli(topo, "down").returncode == 0
+
+
+def blocks_table(topo) -> list[str]:
+    """Every entry of the blocks table, run out or not (what a sweep is for)."""
+    with enter_netns(topo.server_ns):
+        layout = Layout.of(topo.server_if)
+        k, v = LimitStage.state_maps[BLOCKS]
+        table = Map.open_pinned(layout.state / BLOCKS, k, v)
+        try:
+            return [str(block_network(key)) for key, _ in table.lookup_batch()]
+        finally:
+            table.close()
+
+
+def test_blocks_through_the_api_and_their_sweep(lab, tmp_path):
+    topo = lab
+    path = _policy(tmp_path, block="3s")
+    daemon = Daemon(topo, path)
+    nowhere = {"SHIELDWALL_BPFFS": str(path)}  # only the daemon can answer
+    try:
+        _flood(topo, topo.attacker_v4, 100_000)
+        listed = json.loads(cli(topo, "blocks", "list", "--json", env=nowhere).stdout)
+        assert [b["prefix"] for b in listed] == [f"{topo.attacker_v4}/32"], listed
+        assert listed[0]["limit"] == "udp-per-source"
+        out = cli(topo, "blocks", "del", topo.attacker_v4, env=nowhere)
+        assert out.returncode == 0 and f"1 lifted ({topo.attacker_v4}/32)" in out.stdout, out
+        assert blocks_table(topo) == []
+        out = cli(topo, "blocks", "del", topo.attacker_v4, env=nowhere)
+        assert out.returncode == 2 and "is not blocked" in out.stdout
+
+        # Blocked again; it runs out in the data plane, and the sweep empties its slot.
+        _flood(topo, topo.attacker_v4, 100_000)
+        assert blocks_table(topo) == [f"{topo.attacker_v4}/32"]
+        swept = daemon.wait_for("expired blocks removed", seconds=15)
+        assert swept == f"expiries: 1 expired blocks removed on {topo.server_if} ({topo.attacker_v4}/32)"
+        assert blocks_table(topo) == []
     finally:
         daemon.stop()
     assert cli(topo, "down").returncode == 0

@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 
 from ..engine import livesets
 from ..policy.errors import Invalid, quote
-from ..policy.sets import parse_prefix
 
 # A feed is applied in batches: as many lines as are there, up to this many.
 BATCH_LINES = 20_000
@@ -36,14 +35,7 @@ def run(args: argparse.Namespace, api=None) -> int:
         out = livesets.Outcome(**api.call("POST", f"/sets/{args.set_cmd}", body))
         _report(args, out)
         return 2 if out.problems else 0
-    expires = time.time() + livesets.parse_duration(ttl) if ttl else None
-    decisions = []
-    for text in texts:
-        try:
-            decisions.append(livesets.Decision(args.set_cmd, name, parse_prefix(text), expires))
-        except Invalid as exc:
-            raise Invalid(f"prefix {exc}") from None
-    out = livesets.change(args.iface, decisions)
+    out = livesets.change(args.iface, livesets.decisions(args.set_cmd, name, texts, ttl))
     _report(args, out)
     return 2 if out.problems else 0
 

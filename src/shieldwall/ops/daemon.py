@@ -385,17 +385,9 @@ class Daemon:
 
     def set_change(self, op: str, name: str, prefixes: list[str], ttl: str | None) -> dict:
         from ..engine import livesets
-        from ..policy.errors import Invalid
-        from ..policy.sets import parse_prefix
         if not prefixes:
             raise ValueError("prefixes: name at least one")
-        expires = time.time() + livesets.parse_duration(ttl) if ttl else None
-        decisions = []
-        for text in prefixes:
-            try:
-                decisions.append(livesets.Decision(op, name, parse_prefix(text), expires))
-            except Invalid as exc:
-                raise Invalid(f"prefix {exc}") from None
+        decisions = livesets.decisions(op, name, prefixes, ttl)
         with self.changes:
             out = livesets.change(self.iface, decisions)
         return dict(out.__dict__)
