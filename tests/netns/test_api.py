@@ -251,3 +251,31 @@ def test_blocks_through_the_api_and_their_sweep(lab, tmp_path):
     finally:
         daemon.stop()
     assert cli(topo, "down").returncode == 0
+
+
+def test_a_canary_through_the_api(lab, tmp_path):
+    topo = lab
+    path = policy(tmp_path)
+    daemon = Daemon(topo, path)
+    nowhere = {"SHIELDWALL_BPFFS": str(path)}
+    try:
+        new = tmp_path / "new.yaml"
+        new.write_text(path.read_text().replace("198.51.100.0/28", "198.51.100.0/27"))
+        out = cli(topo, "canary", "start", "--config", str(new), "--src", "198.51.100.16/28", env=nowhere)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"canary on {topo.server_if}: revision ")
+        assert "runs for sources in 198.51.100.16/28" in out.stdout
+        assert verdicts(topo, ["198.51.100.20", "198.51.100.40"]) == {
+            "198.51.100.20": "drop", "198.51.100.40": "pass"}
+        report = json.loads(cli(topo, "canary", "status", "--json", env=nowhere).stdout)
+        assert report["arm"] == "sources in 198.51.100.16/28" and set(report["arms"]) == {"in force", "canary"}
+        # A reload while the canary runs is refused, by the daemon, as it is directly.
+        out = cli(topo, "reload", "--config", str(path), env=nowhere)
+        assert out.returncode == 2 and "a canary runs" in out.stderr, out.stderr
+        out = cli(topo, "canary", "abort", env=nowhere)
+        assert out.returncode == 0 and "aborted: revision" in out.stdout, out.stderr
+        out = cli(topo, "canary", "status", env=nowhere)
+        assert out.returncode == 2 and "no canary runs" in out.stderr
+    finally:
+        daemon.stop()
+    assert cli(topo, "down").returncode == 0

@@ -375,7 +375,11 @@ class Daemon:
             change = self._proposal("reload", config, text, drop_live)
             result = lifecycle.reload(self.iface, change)
             if config in (None, self.config) and text is None:
+                # The file as it is now is in force: the watch need not apply it again.
                 self.watch.refused, self.watch.revision = None, result.revision
+                self.watch.named(change.config)
+                self.watch.stats, self.watch.pending = self.watch.look(), None
+                self.watch.digest = self.watch.content()
         self.log(f"reloaded {self.iface}: revision {result.revision} in force (control API)")
         return _result(result)
 
