@@ -624,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
     p = command("daemon", cmd_daemon, "run in the foreground (for systemd): adopt or attach, "
-                "serve metrics, reload on SIGHUP; protection outlives the process",
+                "apply changes of the policy file, sweep expiries, serve metrics and the "
+                "control API; protection outlives the process",
                 iface=True, config=True)
     p.add_argument("--mode", choices=["auto", *MODES], default="auto",
                    help="the mode when nothing runs yet (what runs is adopted as it is)")

@@ -483,6 +483,11 @@ class _Handler(BaseHTTPRequestHandler):
         status, data = dispatch(self.server.service, req)
         if status >= 500:
             self.server.service.log(f"api: {self.command} {path}: {data.get('error', '')}".splitlines()[0])
+        elif self.command != "GET" and status == HTTPStatus.OK:
+            # Who changed what, for the log: the peer's uid, the endpoint, the body's names.
+            what = " ".join(f"{k}={v}" for k, v in sorted(body.items()) if k != "policy")
+            self.server.service.log(f"api: {self.command} {path} by uid {req.uid}: done"
+                                    + (f" ({what[:200]})" if what else ""))
         self._answer(status, data)
 
     def _body(self) -> bytes:
