@@ -127,10 +127,16 @@ def raw(path: Path, data: bytes, timeout: float = 5.0) -> tuple[int, dict]:
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(timeout)
     s.connect(str(path))
-    s.sendall(data)
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # answered and closed before all of it was sent: the answer is still there
     out = b""
-    while chunk := s.recv(65536):
-        out += chunk
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
     s.close()
     head, _, body = out.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
