@@ -25,6 +25,7 @@ from shieldwall.kernel.libbpf import Map
 from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.probes import ping
 from shieldwall.ops.api import default_path
+from shieldwall.ops.client import ApiFailure, Client
 from shieldwall.stages.limit import BLOCKS, LimitStage, block_network
 
 from ..helpers import shieldwall, silence_outside
@@ -276,6 +277,17 @@ def test_a_canary_through_the_api(lab, tmp_path):
         assert out.returncode == 0 and "aborted: revision" in out.stdout, out.stderr
         out = cli(topo, "canary", "status", env=nowhere)
         assert out.returncode == 2 and "no canary runs" in out.stderr
+
+        # A policy sent as its text (what a caller who is not root can send).
+        api = Client(default_path(topo.server_if, f"netns-{topo.server_ns}"))
+        answer = api.call("POST", "/reload", {"policy": new.read_text()})
+        assert verdicts(topo, ["198.51.100.20"]) == {"198.51.100.20": "drop"}
+        report = json.loads(cli(topo, "status", "--json").stdout)[0]["revision"]
+        assert (report["revision"], report["source"].endswith("/api-policy.yaml")) == (answer["revision"], True)
+        with pytest.raises(ApiFailure) as refused:
+            api.call("POST", "/reload", {"policy": "version: 1\nrules: [{name: x, match: {dport: 70000}, action: drop}]\n"})
+        assert "dport" in str(refused.value)
+        assert json.loads(cli(topo, "status", "--json").stdout)[0]["revision"]["revision"] == answer["revision"]
     finally:
         daemon.stop()
     assert cli(topo, "down").returncode == 0
