@@ -62,6 +62,10 @@ class ApiError(Exception):
         self.exit = exit
 
 
+class SocketInUse(RuntimeError):
+    """The API's path is a live daemon's socket."""
+
+
 # -- where the socket lives ----------------------------------------------------------------
 
 def api_dir() -> Path:
@@ -155,8 +159,8 @@ class Listener:
             return
         finally:
             probe.close()
-        raise ApiError(HTTPStatus.CONFLICT, f"{self.path}: another daemon answers there "
-                       "(one daemon per interface)")
+        raise SocketInUse(f"{self.path}: another daemon answers there (one daemon per "
+                          "interface); stop it first")
 
     def remove(self) -> None:
         self.socket.close()
