@@ -382,3 +382,26 @@ def test_events_without_a_hub_are_refused(served):
     assert "no hub" in str(failed.value)
     with pytest.raises(ApiFailure):
         client.call("GET", "/events?bogus=1")
+
+
+def test_the_client_reads_the_event_stream(served):
+    service, server, client = served
+    got: list = []
+
+    def read() -> None:
+        for event in client.stream("/events?action=drop"):
+            got.append(event)
+            if len(got) == 2:
+                break
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not service.hub.subs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    service.hub.publish([Event(1.0, "pass", "rule", 3), Event(2.0, "drop", "rule", 3)])
+    service.hub.publish([Event(3.0, "drop", "fastpath_deny", None)])
+    reader.join(timeout=5)
+    assert [e["ts"] for e in got] == [2.0, 3.0]
+    with pytest.raises(ApiFailure) as refused:
+        next(client.stream("/events?colour=red"))
+    assert "unknown parameter 'colour'" in str(refused.value)

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # A change waits for the lock (30 s) and then builds and verifies a generation.
 CALL_SECONDS = 180.0
@@ -69,6 +69,32 @@ class Client:
                 raise ApiFailure(data["error"], int(data.get("exit") or 2))
             raise ApiFailure(f"the daemon answered HTTP {answer.status}")
         return data
+
+
+    def stream(self, target: str, connect_timeout: float = PING_SECONDS) -> Iterator[dict]:
+        """The JSON objects of an NDJSON stream (`GET /events?...`), as they come, until
+        the daemon ends it; the empty lines it sends while idle are skipped."""
+        conn = _Connection(self.path, connect_timeout)
+        try:
+            try:
+                conn.request("GET", target)
+                sock = conn.sock  # the response takes it over (one request per connection)
+                answer = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise ApiFailure(f"the daemon's control API at {self.path} did not answer: {exc}") from None
+            if answer.status != 200:
+                try:
+                    data = json.loads(answer.read())
+                except ValueError:
+                    data = {}
+                raise ApiFailure(data.get("error") or f"the daemon answered HTTP {answer.status}",
+                                 int(data.get("exit") or 2))
+            sock.settimeout(None)  # events come when they come; idle lines keep it alive
+            for line in answer:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
 
 
 def socket_path(iface: str, netns: str | None) -> Path:
