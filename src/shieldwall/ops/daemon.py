@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,8 +42,14 @@ SWEEP_SECONDS = float(os.environ.get("SHIELDWALL_SWEEP_SECONDS") or 5.0)
 REFUSALS = (PolicyError, BpfError, OSError, ValueError, RuntimeError)
 
 
+_said = threading.Lock()
+
+
 def _say(text: str) -> None:
-    print(text, flush=True)
+    # One write per line, under a lock: threads (the API's, the loop) never mix lines.
+    with _said:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def start(iface: str, path: Path, mode: str) -> str:
@@ -217,6 +224,7 @@ class Daemon:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            self.wake.clear()  # before looking: a signal from now on wakes the next wait
             if self.hup.is_set():
                 self.hup.clear()
                 self._task_line(self.check_policy, "SIGHUP", force=True)
@@ -227,7 +235,6 @@ class Daemon:
                     task.last_error = self._task_line(task.run, task.name, previous=task.last_error)
             due = min((t.due for t in self.tasks), default=now + 1.0)
             self.wake.wait(max(0.0, min(due - time.monotonic(), 1.0)))
-            self.wake.clear()
 
     def _task_line(self, run: Callable[..., str | None], name: str, previous: str | None = None,
                    **kw: Any) -> str | None:
