@@ -200,6 +200,13 @@ def test_a_group_may_use_the_api_and_nobody_else(lab, tmp_path):
             return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *which,
                                    "/usr/bin/python3", "-c", ask, str(socket_path)],
                                   capture_output=True, text=True, timeout=30)
+        # A second daemon on the interface is refused before it touches anything.
+        second = subprocess.run(
+            [sys.executable, "-m", "shieldwall", "daemon", "--netns", topo.server_ns, "--iface",
+             topo.server_if, "--config", str(path), "--api"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and second.stdout == "", second
+        assert second.stderr == f"shieldwall: {socket_path}: another daemon answers there (one " \
+            "daemon per interface); stop it first\n"
         member = as_user(GROUP)
         assert member.returncode == 0 and member.stdout.strip() == topo.server_if, member.stderr
         stranger = as_user()

@@ -181,14 +181,21 @@ class Daemon:
 
     # -- running ------------------------------------------------------------------------
     def run(self) -> int:
-        with self.changes:
-            self.log(start(self.iface, self.config, self.mode))
-            self._settle()
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
-        signal.signal(signal.SIGHUP, lambda *_: (self.hup.set(), self.wake.set()))
+        listener = None
+        if self.api is not None:
+            # First: a path that cannot be used (another daemon's, an unsafe directory)
+            # is refused before anything is touched. Connections wait until it serves.
+            from .api import Listener
+            listener = Listener(self.api, self.api_group, default=self.api_default)
+            self.on_stop(listener.remove)
         try:
-            self._serve()
+            with self.changes:
+                self.log(start(self.iface, self.config, self.mode))
+                self._settle()
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: (self.hup.set(), self.wake.set()))
+            self._serve(listener)
             self._loop()
         finally:
             for closer in reversed(self._closers):
@@ -204,7 +211,7 @@ class Daemon:
         self.stopping.set()
         self.wake.set()
 
-    def _serve(self) -> None:
+    def _serve(self, listener: Any = None) -> None:
         if self.metrics:
             from prometheus_client import start_http_server
 
@@ -214,9 +221,9 @@ class Daemon:
             server, _ = start_http_server(port, addr=addr, registry=registry(status_reports(self.iface)))
             self.on_stop(server.shutdown)
             self.log(f"metrics at http://{self.metrics}/metrics")
-        if self.api is not None:
-            from .api import Listener, Server
-            api = Server(self, Listener(self.api, self.api_group, default=self.api_default))
+        if listener is not None:
+            from .api import Server
+            api = Server(self, listener)
             api.start()
             self.on_stop(api.stop)
             mode = "0660, group %d" % self.api_group if self.api_group is not None else "0600"
