@@ -405,3 +405,10 @@ def test_the_client_reads_the_event_stream(served):
     with pytest.raises(ApiFailure) as refused:
         next(client.stream("/events?colour=red"))
     assert "unknown parameter 'colour'" in str(refused.value)
+
+
+def test_groups_by_name_or_number():
+    assert api.parse_group("root") == 0 and api.parse_group("4242") == 4242
+    with pytest.raises(ValueError) as bad:
+        api.parse_group("no-such-group-here")
+    assert "no such group" in str(bad.value)
