@@ -33,6 +33,7 @@ from ..config import Config, configure, load_config
 from ..engine import lifecycle
 from ..kernel.errors import BpfError
 from ..policy.errors import PolicyError
+from .events import EventHub, EventReader
 
 # How often the policy file is looked at (a stat; it is read when that changed, and
 # stayed so for one more look).
@@ -157,7 +158,8 @@ class Daemon:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.hup = threading.Event()
-        self.hub: Any = None               # the event hub (ops/events.py), when there is one
+        self.hub = EventHub()              # the ring's one consumer: readers subscribe here
+        self.events: str | None = None     # why there are no events, when there are none
         self.watch = Watch(config)
         self.sweeps: dict[str, Any] = {"at": None, "live_entries": 0, "blocks": 0}
         self.started = time.time()
@@ -192,6 +194,7 @@ class Daemon:
             with self.changes:
                 self.log(start(self.iface, self.config, self.mode))
                 self._settle()
+            self._read_events()
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
             signal.signal(signal.SIGHUP, lambda *_: (self.hup.set(), self.wake.set()))
@@ -210,6 +213,15 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+
+    def _read_events(self) -> None:
+        """A thread moves the interface's sampled events from its ring into `hub`."""
+        said: list[str] = []
+        reader = EventReader(self.iface, self.hub, lambda text: (said.append(text), self.log(text)))
+        if reader.start():
+            self.on_stop(reader.stop)
+        else:
+            self.events = said[-1] if said else "events: no event ring"
 
     def _serve(self, listener: Any = None) -> None:
         if self.metrics:
@@ -450,11 +462,13 @@ class Daemon:
         return {rule.id: rule.name for rule in config.policy.rules}
 
     def subscribe(self) -> Any:
-        if self.hub is None:
+        if self.events is not None:
             from .api import ApiError
-            raise ApiError(503, "events: this daemon has no event hub (events are off or not "
-                           "supported here)")
+            raise ApiError(503, self.events.removeprefix("events: "))
         return self.hub.subscribe()
+
+    def recent(self) -> list:
+        return self.hub.recent()
 
 
 def _result(result: lifecycle.AttachResult) -> dict:
