@@ -19,6 +19,8 @@ import threading
 import time
 
 import pytest
+from scapy.layers.inet import IP
+from scapy.utils import rdpcap
 
 from shieldwall.engine.transaction import Layout
 from shieldwall.kernel.libbpf import Map
@@ -29,6 +31,8 @@ from shieldwall.ops.client import ApiFailure, Client
 from shieldwall.stages.limit import BLOCKS, LimitStage, block_network
 
 from ..helpers import shieldwall, silence_outside
+from .test_events import FLOOD_SRC, _flooding
+from .test_events import POLICY as EVENTS_POLICY
 from .test_limits import _flood, _policy
 from .test_live_sets import policy, verdicts
 
@@ -295,6 +299,37 @@ def test_a_canary_through_the_api(lab, tmp_path):
             api.call("POST", "/reload", {"policy": "version: 1\nrules: [{name: x, match: {dport: 70000}, action: drop}]\n"})
         assert "dport" in str(refused.value)
         assert json.loads(cli(topo, "status", "--json").stdout)[0]["revision"]["revision"] == answer["revision"]
+    finally:
+        daemon.stop()
+    assert cli(topo, "down").returncode == 0
+
+
+def test_events_come_from_the_daemon_when_it_runs(lab, tmp_path):
+    """The ring has one consumer: with a daemon, `events` and `capture` read its hub
+    through the API (with a bpffs they cannot use, they could not read the ring)."""
+    topo = lab
+    path = tmp_path / "events.yaml"
+    path.write_text(EVENTS_POLICY)
+    daemon = Daemon(topo, path)
+    nowhere = {"SHIELDWALL_BPFFS": str(path)}
+    try:
+        with _flooding(topo):
+            out = cli(topo, "events", "--follow", "--json", "--rule", "spoofed", "--count", "5",
+                      "--seconds", "20", env=nowhere)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(events) == 5 and all(
+            (e["action"], e["rule_name"], e["src"]) == ("drop", "spoofed", FLOOD_SRC) for e in events), events
+        recent = cli(topo, "events", "--json", "--count", "3", env=nowhere)  # the daemon's window
+        assert [json.loads(line)["src"] for line in recent.stdout.splitlines()] == [FLOOD_SRC] * 3
+        out = cli(topo, "events", "--json", "--reason", "fastpath_deny", env=nowhere)
+        assert out.returncode == 0 and out.stdout == ""
+        pcap = tmp_path / "drops.pcap"
+        with _flooding(topo):
+            out = cli(topo, "capture", "--pcap", str(pcap), "--count", "4", "--seconds", "20", env=nowhere)
+        assert out.returncode == 0 and out.stdout.startswith(f"wrote 4 sampled frames to {pcap}"), out
+        frames = rdpcap(str(pcap))
+        assert len(frames) == 4 and all(f[IP].src == FLOOD_SRC for f in frames)
     finally:
         daemon.stop()
     assert cli(topo, "down").returncode == 0

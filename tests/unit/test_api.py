@@ -12,7 +12,6 @@ import socket
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,54 +20,15 @@ from shieldwall.dataplane.lock import LockTimeout
 from shieldwall.dataplane.rootonly import UnsafePath
 from shieldwall.ops import api
 from shieldwall.ops.client import ApiFailure, Client
+from shieldwall.ops.events import Event, EventHub
 from shieldwall.policy.errors import PolicyError
 
 
-@dataclass(frozen=True)
-class Event:
-    """The fields of ops/events.py's Event that the stream and its filters use."""
-
-    ts: float
-    action: str
-    reason: str
-    rule: int | None
-    src: str | None = None
-
-    def as_json(self) -> dict:
-        return {"ts": self.ts, "action": self.action, "reason": self.reason, "rule": self.rule,
-                "src": self.src}
-
-
-class Subscription:
-    def __init__(self, hub: "Hub") -> None:
-        self.hub, self.items, self.closed = hub, [], False
-        self.ready = threading.Condition()
-
-    def get(self, timeout: float) -> list:
-        with self.ready:
-            self.ready.wait_for(lambda: self.items, timeout)
-            out, self.items = self.items, []
-            return out
-
-    def close(self) -> None:
-        self.closed = True
-        self.hub.subs.remove(self)
-
-
-@dataclass
-class Hub:
-    subs: list = field(default_factory=list)
-
-    def subscribe(self) -> Subscription:
-        sub = Subscription(self)
-        self.subs.append(sub)
-        return sub
-
-    def publish(self, events: list) -> None:
-        for sub in list(self.subs):
-            with sub.ready:
-                sub.items += events
-                sub.ready.notify_all()
+def ev(ts: float, action: str, reason: str, rule: int | None, rule_name: str | None = None,
+       src: str = "192.0.2.66") -> Event:
+    return Event(ts=ts, cpu=0, action=action, reason=reason, stage="policy", rule=rule, family=4,
+                 src=src, dst="203.0.113.1", proto=17, sport=4000, dport=53, tcp_flags=0,
+                 frame_len=60, data=b"\x00" * 60, every=1, lost=0, rule_name=rule_name)
 
 
 class Service:
@@ -77,7 +37,7 @@ class Service:
     def __init__(self) -> None:
         self.fail: BaseException | None = None
         self.calls: list = []
-        self.hub = Hub()
+        self.hub = EventHub()
         self.logged: list[str] = []
 
     def log(self, text: str) -> None:
@@ -104,11 +64,11 @@ class Service:
             raise self.fail
         return {"added": len(prefixes)}
 
-    def rule_names(self) -> dict:
-        return {3: "web"}
-
     def subscribe(self):
         return self.hub.subscribe()
+
+    def recent(self):
+        return self.hub.recent()
 
 
 @pytest.fixture()
@@ -196,17 +156,21 @@ def test_a_policy_by_file_is_roots_and_by_text_names_files_beside_the_daemons():
     assert sorted(api.file_names(doc)) == ["a.yaml", "b"]
 
 
-def test_event_filters():
-    events = [Event(1.0, "drop", "rule", 3), Event(2.0, "drop", "fastpath_deny", None),
-              Event(3.0, "pass", "rule", 4)]
-    pick = lambda q: [e.ts for e in events if api.event_filter(q, {3: "web"})(e)]
+def test_event_queries():
+    events = [ev(1.0, "drop", "rule", 3, "web"), ev(2.0, "drop", "fastpath_deny", None),
+              ev(3.0, "pass", "rule", 4, "dns")]
+    pick = lambda q: [e.ts for e in events if api.event_query(q).wanted(e)]
     assert pick({}) == [1.0, 2.0, 3.0]
     assert pick({"reason": "rule"}) == [1.0, 3.0]
     assert pick({"rule": "web"}) == [1.0]
     assert pick({"rule": "4"}) == [3.0]
     assert pick({"action": "drop", "reason": "fastpath_deny"}) == [2.0]
-    with pytest.raises(api.ApiError):
-        api.event_filter({"src": "x"}, {})
+    asked = api.event_query({"seconds": "2.5", "count": "10", "recent": "1"})
+    assert (asked.seconds, asked.count, asked.recent) == (2.5, 10, True)
+    for bad in ({"src": "x"}, {"action": "maybe"}, {"seconds": "-1"}, {"count": "many"},
+                {"seconds": "inf"}):
+        with pytest.raises(api.ApiError):
+            api.event_query(bad)
 
 
 # -- the socket ---------------------------------------------------------------------------
@@ -355,11 +319,11 @@ def test_events_stream_as_ndjson_with_filters(served):
     s.connect(str(server.listener.path))
     s.sendall(b"GET /events?reason=rule HTTP/1.0\r\n\r\n")
     deadline = time.monotonic() + 5
-    while not service.hub.subs and time.monotonic() < deadline:
+    while not service.hub._subs and time.monotonic() < deadline:
         time.sleep(0.01)
-    service.hub.publish([Event(1.0, "drop", "rule", 3, "192.0.2.66"),
-                         Event(2.0, "drop", "fastpath_deny", None, "198.51.100.1"),
-                         Event(3.0, "pass", "rule", 3, "192.0.2.2")])
+    service.hub.publish([ev(1.0, "drop", "rule", 3, src="192.0.2.66"),
+                         ev(2.0, "drop", "fastpath_deny", None, src="198.51.100.1"),
+                         ev(3.0, "pass", "rule", 3, src="192.0.2.2")])
     got = b""
     while got.count(b"\n{") < 2 or not got.endswith(b"\n"):
         got += s.recv(65536)
@@ -369,9 +333,9 @@ def test_events_stream_as_ndjson_with_filters(served):
     assert [e["ts"] for e in lines] == [1.0, 3.0]
     s.close()
     deadline = time.monotonic() + 10
-    while service.hub.subs and time.monotonic() < deadline:
+    while service.hub._subs and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not service.hub.subs  # a client gone: its subscription is closed
+    assert not service.hub._subs  # a client gone: its subscription is closed
 
 
 def test_events_without_a_hub_are_refused(served):
@@ -396,10 +360,10 @@ def test_the_client_reads_the_event_stream(served):
     reader = threading.Thread(target=read)
     reader.start()
     deadline = time.monotonic() + 5
-    while not service.hub.subs and time.monotonic() < deadline:
+    while not service.hub._subs and time.monotonic() < deadline:
         time.sleep(0.01)
-    service.hub.publish([Event(1.0, "pass", "rule", 3), Event(2.0, "drop", "rule", 3)])
-    service.hub.publish([Event(3.0, "drop", "fastpath_deny", None)])
+    service.hub.publish([ev(1.0, "pass", "rule", 3), ev(2.0, "drop", "rule", 3)])
+    service.hub.publish([ev(3.0, "drop", "fastpath_deny", None)])
     reader.join(timeout=5)
     assert [e["ts"] for e in got] == [2.0, 3.0]
     with pytest.raises(ApiFailure) as refused:
@@ -412,3 +376,22 @@ def test_groups_by_name_or_number():
     with pytest.raises(ValueError) as bad:
         api.parse_group("no-such-group-here")
     assert "no such group" in str(bad.value)
+
+
+def test_events_end_after_a_count_or_seconds_or_at_once_with_the_recent_ones(served):
+    service, server, client = served
+    service.hub.publish([ev(float(i), "drop", "rule", 3) for i in range(5)])
+    assert [e["ts"] for e in client.stream("/events?recent=1&count=2")] == [3.0, 4.0]
+    assert [e["ts"] for e in client.stream("/events?recent=1&reason=fastpath_deny")] == []
+    started = time.monotonic()
+    assert list(client.stream("/events?seconds=0.5")) == []
+    assert 0.4 < time.monotonic() - started < 3
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(client.stream("/events?count=2")))
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not service.hub._subs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    service.hub.publish([ev(float(i), "drop", "rule", 3) for i in range(10, 15)])
+    reader.join(timeout=5)
+    assert [e["ts"] for e in got] == [10.0, 11.0]

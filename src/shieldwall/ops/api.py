@@ -393,27 +393,40 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def event_filter(query: dict[str, str], rule_names: dict[int, str]) -> Callable[[Any], bool]:
-    """Which events a stream carries: `reason` (an abi reason name), `rule` (its name or
-    id), `action` (drop or pass); unknown parameters are refused."""
-    unknown = set(query) - {"reason", "rule", "action"}
+@dataclass(frozen=True)
+class EventQuery:
+    """What a reader of `GET /events` asks: a filter (ops/events.py Filter: reason, rule
+    by name or id, action), and when the stream ends: after `seconds`, after `count`
+    events, or at once with `recent` (the daemon's window of recent events)."""
+
+    wanted: Any
+    seconds: float | None = None
+    count: int | None = None
+    recent: bool = False
+
+
+def event_query(query: dict[str, str]) -> EventQuery:
+    from .events import Filter
+    unknown = set(query) - {"reason", "rule", "action", "seconds", "count", "recent"}
     if unknown:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"events: unknown parameter {sorted(unknown)[0]!r} "
-                       "(reason, rule, action)")
-    reason, rule, action = query.get("reason"), query.get("rule"), query.get("action")
+                       "(reason, rule, action, seconds, count, recent)")
+    if query.get("action") not in (None, "drop", "pass"):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "events: action is drop or pass")
 
-    def wanted(event: Any) -> bool:
-        if reason is not None and event.reason != reason:
-            return False
-        if action is not None and event.action != action:
-            return False
-        if rule is not None:
-            if event.rule is None:
-                return False
-            if rule != str(event.rule) and rule != rule_names.get(event.rule):
-                return False
-        return True
-    return wanted
+    def number(name: str, kind: type) -> Any:
+        if name not in query:
+            return None
+        try:
+            value = kind(query[name])
+        except ValueError:
+            value = -1
+        if not 0 < value < float("inf"):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"events: {name} is a positive number")
+        return value
+    return EventQuery(Filter(query.get("reason"), query.get("rule"), query.get("action")),
+                      number("seconds", float), number("count", int),
+                      query.get("recent", "0") not in ("0", "", "false"))
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -531,8 +544,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _events(self, req: Request) -> None:
         service = self.server.service
         try:
-            wanted = event_filter(req.query, service.rule_names() if "rule" in req.query else {})
-            subscription = service.subscribe()
+            asked = event_query(req.query)
+            subscription = None if asked.recent else service.subscribe()
+            recent = service.recent() if asked.recent else []
         except Exception as exc:
             self._answer(*error(exc))
             return
@@ -541,19 +555,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.flush()
-            quiet_since = time.monotonic()
+            if subscription is None:
+                found = [e for e in recent if asked.wanted(e)]
+                found = found[-asked.count:] if asked.count else found
+                self.wfile.write("".join(json.dumps(e.as_json()) + "\n" for e in found).encode())
+                return
+            given, quiet_since = 0, time.monotonic()
+            deadline = time.monotonic() + asked.seconds if asked.seconds else None
             while not self.server.closing.is_set():
-                lines = [json.dumps(e.as_json()) + "\n" for e in subscription.get(1.0) if wanted(e)]
-                if not lines and time.monotonic() - quiet_since < KEEPALIVE_SECONDS:
-                    continue
-                self.wfile.write(("".join(lines) or "\n").encode())
-                self.wfile.flush()
-                quiet_since = time.monotonic()
+                wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                found = [e for e in subscription.get(wait) if asked.wanted(e)]
+                if asked.count is not None:
+                    found = found[:asked.count - given]
+                given += len(found)
+                if found or time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                    self.wfile.write("".join(json.dumps(e.as_json()) + "\n" for e in found).encode()
+                                     or b"\n")
+                    self.wfile.flush()
+                    quiet_since = time.monotonic()
+                if asked.count is not None and given >= asked.count:
+                    break
         except OSError:
             pass  # the client left
         finally:
-            subscription.close()
+            if subscription is not None:
+                subscription.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are not logged; failures are, by the service

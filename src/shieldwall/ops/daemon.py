@@ -455,19 +455,17 @@ class Daemon:
             back, recovered = canary.abort(self.iface)
         return {"revision": back, "recovered": recovered}
 
-    def rule_names(self) -> dict[int, str]:
-        config = lifecycle.current_config(self.iface)
-        if config is None or config.policy is None:
-            return {}
-        return {rule.id: rule.name for rule in config.policy.rules}
-
-    def subscribe(self) -> Any:
+    def _has_events(self) -> None:
         if self.events is not None:
             from .api import ApiError
             raise ApiError(503, self.events.removeprefix("events: "))
+
+    def subscribe(self) -> Any:
+        self._has_events()
         return self.hub.subscribe()
 
     def recent(self) -> list:
+        self._has_events()
         return self.hub.recent()
 
 
