@@ -395,3 +395,28 @@ def test_events_end_after_a_count_or_seconds_or_at_once_with_the_recent_ones(ser
     service.hub.publish([ev(float(i), "drop", "rule", 3) for i in range(10, 15)])
     reader.join(timeout=5)
     assert [e["ts"] for e in got] == [10.0, 11.0]
+
+
+def test_the_command_line_trusts_only_roots_socket_in_roots_directory(tmp_path, monkeypatch):
+    from shieldwall.ops.client import find
+    os.chmod(tmp_path, 0o700)
+    monkeypatch.setenv("SHIELDWALL_API", str(tmp_path / "api.sock"))
+    assert find("sw0") is None  # nothing there: directly
+    server = api.Server(Service(), api.Listener(tmp_path / "api.sock", default=False))
+    server.start()
+    try:
+        assert find("sw0") is not None
+        assert find("sw1") is None  # a daemon of another interface
+        monkeypatch.setenv("SHIELDWALL_DIRECT", "1")
+        assert find("sw0") is None
+        monkeypatch.delenv("SHIELDWALL_DIRECT")
+        os.chmod(tmp_path, 0o777)  # anyone could have swapped it
+        assert find("sw0") is None
+        os.chmod(tmp_path, 0o700)
+        os.chown(tmp_path / "api.sock", 65534, -1, follow_symlinks=False)
+        assert find("sw0") is None
+    finally:
+        server.stop()
+    (tmp_path / "link.sock").symlink_to(tmp_path / "api.sock")
+    monkeypatch.setenv("SHIELDWALL_API", str(tmp_path / "link.sock"))
+    assert find("sw0") is None

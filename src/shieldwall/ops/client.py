@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -111,10 +112,7 @@ def find(iface: str | None, netns: str | None = None) -> Client | None:
     if not iface or os.environ.get("SHIELDWALL_DIRECT", "") not in ("", "0"):
         return None
     path = socket_path(iface, netns)
-    try:
-        if not path.is_socket():
-            return None
-    except OSError:
+    if not _trusted(path):
         return None
     client = Client(path)
     try:
@@ -124,3 +122,16 @@ def find(iface: str | None, netns: str | None = None) -> Client | None:
     if not isinstance(answer, dict) or answer.get("iface") != iface:
         return None
     return client
+
+
+def _trusted(path: Path) -> bool:
+    """Whether path is a socket root made in a directory only root can change: what
+    answers there is a daemon root started, not something another user put in its way
+    (its changes would be believed, and its lies printed)."""
+    from ..dataplane.rootonly import UnsafePath, check_dir, trusted_owner
+    try:
+        st = os.lstat(path)
+        check_dir(path.parent)
+    except (OSError, UnsafePath):
+        return False
+    return stat.S_ISSOCK(st.st_mode) and trusted_owner(st.st_uid)
