@@ -333,3 +333,26 @@ def test_events_come_from_the_daemon_when_it_runs(lab, tmp_path):
     finally:
         daemon.stop()
     assert cli(topo, "down").returncode == 0
+
+
+def test_a_set_file_the_policy_names_is_watched_too(lab, tmp_path):
+    topo = lab
+    (tmp_path / "bad-sources.txt").write_text("198.51.100.0/28\n")
+    path = tmp_path / "files.yaml"
+    path.write_text("version: 1\ndefault_action: pass\n"
+                    "sets:\n  bad: {type: prefix, files: [bad-sources.txt]}\n"
+                    "rules:\n  - {name: bad, match: {src: '@bad'}, action: drop}\n")
+    daemon = Daemon(topo, path)
+    try:
+        revision = json.loads(cli(topo, "status", "--json").stdout)[0]["revision"]["revision"]
+        assert verdicts(topo, ["198.51.100.20"]) == {"198.51.100.20": "pass"}
+        (tmp_path / "bad-sources.txt").write_text("198.51.100.0/27\n")
+        daemon.wait_for(f"reloaded {topo.server_if}: revision {revision + 1} in force")
+        assert verdicts(topo, ["198.51.100.20"]) == {"198.51.100.20": "drop"}
+        status = Client(default_path(topo.server_if, f"netns-{topo.server_ns}")).call("GET", "/status")
+        watch = status["daemon"]["watch"]
+        assert watch["files"] == [str(tmp_path / "bad-sources.txt")] and watch["state"] == "in force"
+        assert watch["revision"] == revision + 1
+    finally:
+        daemon.stop()
+    assert cli(topo, "down").returncode == 0
