@@ -248,6 +248,12 @@ def test_requests_over_the_socket(served):
         client.call("POST", "/sets/add", {"set": "b", "prefixes": ["192.0.2.9"]})
     assert str(failed.value) == "the lock is broken" and failed.value.exit == 2
     assert any("the lock is broken" in line for line in service.logged)  # a 5xx is logged
+    service.fail = None
+    client.call("POST", "/sets/add", {"set": "b\nforged: line", "prefixes": ["192.0.2.9"]})
+    assert service.logged[-1] == ('api: POST /sets/add by uid 0: done {"prefixes": ["192.0.2.9"], '
+                                  '"set": "b\\nforged: line"}')
+    status, data = raw(server.listener.path, b"GET http://[::1/x HTTP/1.0\r\n\r\n")
+    assert status == 400 and "error" in data
 
 
 def test_bad_requests_get_json_errors(served):

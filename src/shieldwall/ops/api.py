@@ -489,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             path, query = parse_target(self.path)
             body = parse_body(self._body())
-        except ApiError as exc:
+        except Exception as exc:  # whatever the request is, the answer is JSON
             self._answer(*error(exc))
             return
         self._deadline.cancel()  # the request is whole; a change may take its time
@@ -502,9 +502,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.service.log(f"api: {self.command} {path}: {data.get('error', '')}".splitlines()[0])
         elif self.command != "GET" and status == HTTPStatus.OK:
             # Who changed what, for the log: the peer's uid, the endpoint, the body's names.
-            what = " ".join(f"{k}={v}" for k, v in sorted(body.items()) if k != "policy")
+            # As JSON: whatever a caller puts in its body stays on one line of the log.
+            what = json.dumps({k: v for k, v in sorted(body.items()) if k != "policy"})
             self.server.service.log(f"api: {self.command} {path} by uid {req.uid}: done"
-                                    + (f" ({what[:200]})" if what else ""))
+                                    + (f" {what[:200]}" if what != "{}" else ""))
         self._answer(status, data)
 
     def _body(self) -> bytes:
