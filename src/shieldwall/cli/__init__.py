@@ -409,58 +409,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
-    api = _api(args)
+    cmd, api = args.canary_cmd, _api(args)
     if api is not None:
-        return _canary_api(args, api)
-    from ..engine import canary
-    with _netns(args):
-        if args.canary_cmd == "start":
-            arm, label = canary.arm_of(args.share, args.src)
-            args.allow_empty = False
-            result = canary.start(args.iface, _proposal(args, "canary"), arm, label)
-            _recovered(result.recovered)
-            print(f"canary on {args.iface}: {result.why}")
-            _notes(result)
-        elif args.canary_cmd == "promote":
-            result = canary.promote(args.iface)
-            _recovered(result.recovered)
-            print(f"canary on {args.iface} promoted: revision {result.revision} in force for all traffic")
-        elif args.canary_cmd == "abort":
-            back, recovered = canary.abort(args.iface)
-            _recovered(recovered)
-            print(f"canary on {args.iface} aborted: revision {back} in force for all traffic")
+        body = ({**_policy_body(args.config), "share": args.share, "src": args.src}
+                if cmd == "start" else {})
+        answer = api.call("GET", "/canary") if cmd == "status" else api.call("POST", f"/canary/{cmd}", body)
+        result = answer if cmd == "status" else _as_result(answer)
+    else:
+        with _netns(args):
+            result = _canary_direct(args)
+    if cmd == "status":
+        if args.json:
+            print(json.dumps(result, indent=1))
         else:
-            report = canary.status(args.iface)
-            if args.json:
-                print(json.dumps(report, indent=1))
-            else:
-                _print_canary(report)
-    return 0
-
-
-def _canary_api(args: argparse.Namespace, api: Any) -> int:
-    """cmd_canary through the daemon; the same lines."""
-    if args.canary_cmd == "start":
-        body = {**_policy_body(args.config), "share": args.share, "src": args.src}
-        result = _as_result(api.call("POST", "/canary/start", body))
-        _recovered(result.recovered)
+            _print_canary(result)
+        return 0
+    _recovered(result.recovered)
+    if cmd == "start":
         print(f"canary on {args.iface}: {result.why}")
         _notes(result)
-    elif args.canary_cmd == "promote":
-        result = _as_result(api.call("POST", "/canary/promote", {}))
-        _recovered(result.recovered)
+    elif cmd == "promote":
         print(f"canary on {args.iface} promoted: revision {result.revision} in force for all traffic")
-    elif args.canary_cmd == "abort":
-        result = _as_result(api.call("POST", "/canary/abort", {}))
-        _recovered(result.recovered)
-        print(f"canary on {args.iface} aborted: revision {result.revision} in force for all traffic")
     else:
-        report = api.call("GET", "/canary")
-        if args.json:
-            print(json.dumps(report, indent=1))
-        else:
-            _print_canary(report)
+        print(f"canary on {args.iface} aborted: revision {result.revision} in force for all traffic")
     return 0
+
+
+def _canary_direct(args: argparse.Namespace) -> Any:
+    from types import SimpleNamespace
+
+    from ..engine import canary
+    if args.canary_cmd == "start":
+        arm, label = canary.arm_of(args.share, args.src)
+        args.allow_empty = False
+        return canary.start(args.iface, _proposal(args, "canary"), arm, label)
+    if args.canary_cmd == "promote":
+        return canary.promote(args.iface)
+    if args.canary_cmd == "abort":
+        back, recovered = canary.abort(args.iface)
+        return SimpleNamespace(revision=back, recovered=recovered)
+    return canary.status(args.iface)
 
 
 def _print_canary(report: dict) -> None:
