@@ -11,17 +11,22 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP
 from scapy.utils import rdpcap
 
+import shieldwall as shieldwall_package
 from shieldwall.engine.transaction import Layout
 from shieldwall.kernel.libbpf import Map
 from shieldwall.kernel.netns import enter_netns
@@ -186,6 +191,19 @@ def test_the_cli_through_the_daemons_api(lab, tmp_path):
     assert cli(topo, "down").returncode == 0
 
 
+def cli_as_user(topo, groups: list[int], *args: str) -> subprocess.CompletedProcess:
+    """The command line as an unprivileged user (nobody) in these groups, run by a
+    Python that user can read (the system's, with this tree's packages on its path)."""
+    which = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    site = Path(shieldwall_package.__file__).parent.parent
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{sysconfig.get_paths()['purelib']}",
+           **{k: v for k, v in os.environ.items() if k.startswith("SHIELDWALL_")}}
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *which,
+                           "/usr/bin/python3", "-m", "shieldwall", *args, "--netns", topo.server_ns,
+                           "--iface", topo.server_if], capture_output=True, text=True, timeout=60,
+                          env=env, cwd="/")
+
+
 def test_a_group_may_use_the_api_and_nobody_else(lab, tmp_path):
     topo = lab
     path = policy(tmp_path)
@@ -215,6 +233,25 @@ def test_a_group_may_use_the_api_and_nobody_else(lab, tmp_path):
         assert member.returncode == 0 and member.stdout.strip() == topo.server_if, member.stderr
         stranger = as_user()
         assert stranger.returncode != 0 and "PermissionError" in stranger.stderr
+
+        # The command line of a group member who is not root: through the daemon.
+        status = cli_as_user(topo, [GROUP], "status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)[0]["attached"], status.stderr
+        out = cli_as_user(topo, [GROUP], "set", "add", "blocklist", topo.attacker_v4, "--ttl", "1h")
+        assert out.returncode == 0 and "1 added" in out.stdout, out.stderr
+        assert not ping(topo, src=topo.attacker_v4)
+        shared = Path(tempfile.mkdtemp())  # a policy file the member can read
+        try:
+            os.chmod(shared, 0o755)
+            (shared / "p.yaml").write_text(path.read_text().replace("198.51.100.0/28", "198.51.100.0/27"))
+            out = cli_as_user(topo, [GROUP], "reload", "--config", str(shared / "p.yaml"))
+            assert out.returncode == 0 and "in force" in out.stdout, out.stderr
+        finally:
+            shutil.rmtree(shared)
+        assert verdicts(topo, ["198.51.100.20"]) == {"198.51.100.20": "drop"}
+        # Without the group, the command works directly, which needs root.
+        out = cli_as_user(topo, [], "status", "--json")
+        assert out.returncode == 2 and "needs root" in out.stderr and "Traceback" not in out.stderr
     finally:
         daemon.stop()
     daemon = Daemon(topo, path)  # without --api-group: root's again
