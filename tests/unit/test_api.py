@@ -423,3 +423,38 @@ def test_the_command_line_trusts_only_roots_socket_in_roots_directory(tmp_path, 
     (tmp_path / "link.sock").symlink_to(tmp_path / "api.sock")
     monkeypatch.setenv("SHIELDWALL_API", str(tmp_path / "link.sock"))
     assert find("sw0") is None
+
+
+def test_event_streams_leave_room_for_requests(tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "MAX_STREAMS", 2)
+    os.chmod(tmp_path, 0o700)
+    server = api.Server(Service(), api.Listener(tmp_path / "api.sock", default=False))
+    server.start()
+    client = Client(tmp_path / "api.sock")
+    try:
+        held = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(tmp_path / "api.sock"))
+            s.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+            assert s.recv(12) == b"HTTP/1.0 200"
+            held.append(s)
+        with pytest.raises(ApiFailure) as refused:
+            next(client.stream("/events"))
+        assert "2 event streams are open already" in str(refused.value)
+        assert client.call("GET", "/ping")["iface"] == "sw0"
+        assert list(client.stream("/events?recent=1")) == []  # the recent window is no stream
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                next(client.stream("/events?seconds=0.2"), None)
+                break
+            except ApiFailure:
+                time.sleep(0.2)  # the closed one is found out at its next write
+        else:
+            raise AssertionError("a stream's slot was never given back")
+        for s in held:
+            s.close()
+    finally:
+        server.stop()

@@ -47,6 +47,8 @@ MAX_BODY = 4 << 20
 REQUEST_SECONDS = 15.0
 READ_SECONDS = 5.0
 MAX_CONNECTIONS = 64
+# Event streams last; fewer of them than connections, so requests always find room.
+MAX_STREAMS = 16
 # An idle event stream gets an empty line this often: a client that went away is found
 # out (and its thread ends) even when no event comes.
 KEEPALIVE_SECONDS = 5.0
@@ -546,6 +548,20 @@ class _Handler(BaseHTTPRequestHandler):
         service = self.server.service
         try:
             asked = event_query(req.query)
+            if not asked.recent and not self.server.streams.acquire(blocking=False):
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"{MAX_STREAMS} event streams are "
+                               "open already; try again when one ends")
+        except Exception as exc:
+            self._answer(*error(exc))
+            return
+        try:
+            self._stream_events(service, asked)
+        finally:
+            if not asked.recent:
+                self.server.streams.release()
+
+    def _stream_events(self, service: Any, asked: EventQuery) -> None:
+        try:
             subscription = None if asked.recent else service.subscribe()
             recent = service.recent() if asked.recent else []
         except Exception as exc:
@@ -603,6 +619,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.service = service
         self.closing = threading.Event()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
