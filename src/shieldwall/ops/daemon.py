@@ -38,8 +38,22 @@ from .events import EventHub, EventReader
 # How often the policy file is looked at (a stat; it is read when that changed, and
 # stayed so for one more look).
 WATCH_SECONDS = 1.0
-# How often expired live set entries and blocks are swept.
-SWEEP_SECONDS = float(os.environ.get("SHIELDWALL_SWEEP_SECONDS") or 5.0)
+# How often expired live set entries and blocks are swept ($SHIELDWALL_SWEEP_SECONDS
+# for another period: a test's).
+SWEEP_SECONDS = 5.0
+
+
+def sweep_seconds() -> float:
+    text = os.environ.get("SHIELDWALL_SWEEP_SECONDS")
+    if not text:
+        return SWEEP_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"SHIELDWALL_SWEEP_SECONDS={text[:40]!r}: expected a number of seconds above 0")
+    return seconds
 REFUSALS = (PolicyError, BpfError, OSError, ValueError, RuntimeError)
 
 
@@ -67,14 +81,6 @@ def start(iface: str, path: Path, mode: str) -> str:
                 f"went in as revision {result.revision} (one swap, state kept)")
     result = lifecycle.up(iface, change, mode=mode)
     return f"attached {iface} in {result.mode} mode, revision {result.revision}: {result.why}"
-
-
-def reload(iface: str, path: Path) -> str:
-    try:
-        result = lifecycle.reload(iface, lifecycle.proposal(load_config(path), path, "reload"))
-    except REFUSALS as exc:
-        return f"reload refused, the policy in force stays: {exc}"
-    return f"reloaded {iface}: revision {result.revision} in force"
 
 
 # -- periodic tasks ----------------------------------------------------------------------
@@ -165,7 +171,7 @@ class Daemon:
         self.started = time.time()
         self._closers: list[Callable[[], None]] = []
         self.every(WATCH_SECONDS, "watch", self.check_policy)
-        self.every(SWEEP_SECONDS, "expiries", self.sweep)
+        self.every(sweep_seconds(), "expiries", self.sweep)
 
     def log(self, text: str) -> None:
         _say(text)
