@@ -390,6 +390,7 @@ def test_a_set_file_the_policy_names_is_watched_too(lab, tmp_path):
         watch = status["daemon"]["watch"]
         assert watch["files"] == [str(tmp_path / "bad-sources.txt")] and watch["state"] == "in force"
         assert watch["revision"] == revision + 1
+        assert status["daemon"]["events"]["reading"] and status["daemon"]["expiries"]["at"]
     finally:
         daemon.stop()
     assert cli(topo, "down").returncode == 0

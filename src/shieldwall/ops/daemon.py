@@ -369,6 +369,8 @@ class Daemon:
         return {"pid": os.getpid(), "iface": self.iface, "config": str(self.config),
                 "started": self.started, "api": str(self.api) if self.api else None,
                 "watch": self.watch.report(), "expiries": dict(self.sweeps),
+                "events": {"reading": self.events is None, "problem": self.events,
+                           "published": self.hub.published},
                 "tasks": {t.name: {"every": t.every, "problem": t.last_error} for t in self.tasks}}
 
     def status(self) -> dict:
