@@ -250,3 +250,30 @@ def test_top_full_screen_ends_cleanly(lab, tmp_path, ending):
         os.close(master)
         os.close(slave)
         assert shieldwall("down", *where).returncode == 0
+
+
+def test_top_reads_drop_events_from_the_daemon(lab, tmp_path):
+    """With a daemon serving the interface, the ring is the daemon's: top takes the
+    sampled drops from the daemon's /events stream, and the flood's source tops them."""
+    from .test_api import Daemon
+    from .test_events import FLOOD_SRC, _flooding
+    from .test_events import POLICY as EVENTS_POLICY
+
+    topo = lab
+    path = tmp_path / "policy.yaml"
+    path.write_text(EVENTS_POLICY)
+    daemon = Daemon(topo, path)
+    try:
+        with _flooding(topo):
+            time.sleep(0.5)
+            out = shieldwall("top", "--once", "--netns", topo.server_ns, "--iface", topo.server_if)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        lines = out.stdout.splitlines()
+        sources = lines.index("top dropped sources (sampled, from the daemon):")
+        assert lines[sources + 1].split()[0] == FLOOD_SRC, out.stdout
+        assert lines[sources + 1].split()[-1] == "rule", out.stdout
+        assert lines[lines.index("top rules:") + 1].split()[0] == "spoofed", out.stdout
+        assert "no drop events" not in out.stdout
+    finally:
+        daemon.stop()
+        assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
