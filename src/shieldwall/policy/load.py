@@ -5,8 +5,9 @@ references and capacity overruns are all errors. It goes on after a problem so t
 run reports as many as it can, then raises a single PolicyError with all of them; no
 Policy exists for an invalid file, so nothing of it can reach the kernel.
 
-The document's own keys are `version`, `sets` and `pipeline`; every other key belongs
-to a stage, which validates its section (shieldwall.stages).
+The document's own keys are `version`, `sets`, `pipeline` and `mitigation` (the
+daemon's, policy/mitigation.py); every other key belongs to a stage, which validates
+its section (shieldwall.stages).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..stages import policy_keys, stages
+from . import mitigation
 from .errors import Invalid, PolicyError, quote
 from .files import NotReadable, read_bounded
 from .model import Capacity, Pipeline, Policy
@@ -25,7 +27,7 @@ from .validator import Validator
 from .values import parse_verdict
 
 SUPPORTED_VERSION = 1
-_OWN_KEYS = ("version", "sets", "pipeline")
+_OWN_KEYS = ("version", "sets", "pipeline", "mitigation")
 
 
 def load_policy(path: str | Path, capacity: Capacity = Capacity()) -> Policy:
@@ -91,6 +93,9 @@ def parse_policy(
         sections[stage.name] = stage.section(_own_part(doc, stage.keys, owners), v)
     for stage in stages().values():
         sections[stage.name] = stage.link(sections[stage.name], sections, v)
+    # The daemon's, not a stage's: it reads the rules and sets the stages made.
+    sections["mitigation"] = (mitigation.read(doc["mitigation"], doc, sections, v)
+                              if "mitigation" in doc else None)
     pipeline = _pipeline(doc.get("pipeline", {}), v)
     if pipeline is not None and pipeline.stages is not None:
         _check_chain(pipeline.stages, sections, v)
