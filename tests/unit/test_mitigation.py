@@ -1,0 +1,341 @@
+"""Automatic mitigation without a kernel: detection from sampled events built here
+(bounded memory under never-repeating sources, samples scaled back), and the
+decisions (block, renew rather than re-add, release after the source stays below the
+lower threshold, bounds, spared prefixes, monitor mode, an entry reverted by hand)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import Counter
+
+from hypothesis import given, settings, strategies as st
+
+from shieldwall.ops.detect import BASELINES, DESTINATIONS, MIN_SAMPLES, Detector, SpaceSaving
+try:
+    from shieldwall.ops.events import Event
+except ImportError:  # TEMPORARY until the events land on main
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Event:  # type: ignore[no-redef]
+        ts: float
+        cpu: int
+        action: str
+        reason: str
+        stage: str
+        rule: int | None
+        family: int
+        src: str | None
+        dst: str | None
+        proto: int
+        sport: int
+        dport: int
+        tcp_flags: int
+        frame_len: int
+        data: bytes
+        every: int
+        lost: int
+from shieldwall.ops.mitigate import Mitigator
+from shieldwall.policy.mitigation import Mitigation
+
+SERVER = "192.0.2.10"
+HEAVY = "203.0.113.7"
+
+
+def event(src: str, action: str = "pass", every: int = 1, lost: int = 0, dst: str = SERVER,
+          proto: int = 17, ts: float = 0.0, rule: int | None = None) -> Event:
+    return Event(ts=ts, cpu=0, action=action, reason="default" if action == "pass" else "rule",
+                 stage="policy", rule=rule, family=6 if ":" in src else 4, src=src, dst=dst,
+                 proto=proto, sport=1234, dport=53, tcp_flags=0, frame_len=64, data=b"",
+                 every=every, lost=lost)
+
+
+def settings_(**kw) -> Mitigation:
+    base = dict(mode="enforce", set="auto_block", kind="block", rules=(1,), heavy_pps=1000,
+                heavy_share=0.2, release_pps=200, ttl=10.0, max_entries=100,
+                max_per_minute=50, anomaly_warmup=1e9)
+    base.update(kw)
+    return Mitigation(**base)
+
+
+class Lab:
+    """A mitigator with a set of its own: what apply wrote, what a person took off."""
+
+    def __init__(self, **kw) -> None:
+        self.lines: list[dict] = []
+        self.entries: dict[str, float | None] = {}
+        self.applied: list[list] = []
+        self.own = ["192.0.2.10"]
+        self.m = Mitigator("sw0", settings_(**kw), self.lines.append, self.apply,
+                           lambda: dict(self.entries), lambda: self.own, now=0.0)
+
+    def apply(self, changes) -> None:
+        self.applied.append(changes)
+        for op, prefix, expires in changes:
+            if op == "add":
+                self.entries[prefix] = expires
+            else:
+                self.entries.pop(prefix, None)
+
+    def window(self, now: float, rates: dict[str, int], seconds: float = 0.5, every: int = 1) -> None:
+        """Traffic of `seconds` at `rates` pps per source, sampled 1 in `every`,
+        then the window closes at `now` (after an empty one, if the last closed
+        earlier: the daemon closes one every WINDOW seconds)."""
+        if self.m.detector.window_start < now - seconds:
+            self.m.close(now - seconds)
+        events = []
+        for src, pps in rates.items():
+            n = int(pps * seconds / every)
+            events += [event(src, every=every) for _ in range(n)]
+        random.Random(now).shuffle(events)
+        self.m.feed(events)
+        self.m.close(now)
+
+    def actions(self, name: str | None = None) -> list[dict]:
+        return [line for line in self.lines if name is None or line["mitigation"] == name]
+
+
+# -- the heavy-hitter summary ------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 50)), min_size=1, max_size=2000),
+       st.integers(4, 64))
+def test_space_saving_bounds_hold_and_memory_stays_bounded(stream, k):
+    summary = SpaceSaving(k)
+    truth: Counter = Counter()
+    for key, weight in stream:
+        summary.add(key, weight)
+        truth[key] += weight
+    assert len(summary) <= k and len(summary.heap) <= k
+    assert summary.total == sum(truth.values())
+    for key in summary.counts:
+        assert summary.lower(key) <= truth[key] <= summary.count(key)
+    for key, weight in truth.items():
+        if weight > summary.total / k:
+            assert key in summary.counts, (key, weight, summary.total / k)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 1000))
+def test_detector_memory_is_bounded_under_never_repeating_sources(seed, every):
+    rng = random.Random(seed)
+    detector = Detector(sources=256, anomaly_min_pps=1, warmup=0)
+    for window in range(4):
+        events = [event(str(ipaddress.IPv6Address((0x20010db8 << 96) | rng.getrandbits(80))),
+                        every=every, lost=rng.randrange(5),
+                        dst=str(ipaddress.IPv4Address(rng.getrandbits(32))), proto=rng.randrange(256))
+                  for _ in range(3000)]
+        detector.feed(events)
+        assert len(detector.sources) <= 256 and len(detector.dsts) <= DESTINATIONS
+        found = detector.close(window + 1.0)
+        assert len(detector.baselines) <= BASELINES
+        # No spoofed source is ever seen often enough to be called hot.
+        assert all(src.samples < MIN_SAMPLES for src in found.sources.values())
+
+
+def test_samples_scale_back_with_every_and_lost():
+    detector = Detector()
+    # 40 events of 1 in 100, each after 4 refused candidates: 40 * 100 * 5 = 20,000
+    # packets in 0.5 s, all from one source.
+    detector.feed([event(HEAVY, every=100, lost=4) for _ in range(40)])
+    window = detector.close(0.5)
+    src = window.sources[f"{HEAVY}/32"]
+    assert src.pps == 40_000 and src.share == 1.0 and src.samples == 40
+
+
+def test_prefix_lengths_group_sources():
+    detector = Detector(prefix4=24, prefix6=64)
+    detector.feed([event("198.51.100.7"), event("198.51.100.9"), event("2001:db8:1:2::5"),
+                   event("2001:db8:1:2:ffff::1")])
+    window = detector.close(1.0)
+    assert set(window.sources) == {"198.51.100.0/24", "2001:db8:1:2::/64"}
+    assert all(src.samples == 2 for src in window.sources.values())
+
+
+def test_drops_count_only_for_held_sources():
+    detector = Detector()
+    detector.held.add(f"{HEAVY}/32")
+    detector.feed([event(HEAVY, action="drop") for _ in range(10)]
+                  + [event("198.51.100.1", action="drop") for _ in range(10)])
+    window = detector.close(1.0)
+    assert set(window.sources) == {f"{HEAVY}/32"}
+
+
+# -- decisions ---------------------------------------------------------------------------
+
+def test_a_heavy_hitter_is_blocked_in_its_first_window():
+    lab = Lab()
+    lab.window(0.5, {HEAVY: 20_000, "198.51.100.1": 100, "198.51.100.2": 100}, every=10)
+    [block] = lab.actions("block")
+    assert block["prefix"] == f"{HEAVY}/32" and block["set"] == "auto_block"
+    assert block["pps"] >= 19_000 and block["mode"] == "enforce"
+    assert lab.applied == [[("add", f"{HEAVY}/32", 10.5)]]
+    assert lab.m.counts["block"] == 1
+
+
+def test_share_and_samples_guard_against_small_or_rare_sources():
+    lab = Lab()
+    # Over heavy.pps, but a small share of the traffic: not hot.
+    lab.window(0.5, {HEAVY: 1_500, **{f"198.51.100.{i}": 800 for i in range(1, 11)}})
+    # One event that stands for many (a budget's lost candidates): too few samples.
+    lab.m.feed([event("198.51.100.99", every=1, lost=100_000)])
+    lab.m.close(1.0)
+    assert not lab.actions("block") and not lab.applied
+
+
+def test_hysteresis_renews_while_hot_and_releases_after_it_cools():
+    lab = Lab()
+    prefix = f"{HEAVY}/32"
+    lab.window(0.5, {HEAVY: 5_000})
+    assert len(lab.actions("block")) == 1
+    now = 0.5
+    # Above release.pps (200) but below heavy.pps (1000): kept, by renewals only.
+    for _ in range(40):
+        now += 0.5
+        lab.window(now, {HEAVY: 500, "198.51.100.1": 10})
+    assert len(lab.actions("block")) == 1
+    renewals = lab.actions("renew")
+    assert renewals and all(r["prefix"] == prefix for r in renewals)
+    assert all(c[0][0] == "add" for c in lab.applied) and len(lab.applied) == 1 + len(renewals)
+    # Renewed only when less than half its TTL is left, not every window.
+    assert len(renewals) <= 40 * 0.5 / 5 + 1
+    last = lab.m.held[prefix].expires
+    # Below release.pps: not renewed; released once the entry runs out.
+    while now < last - 0.5:
+        now += 0.5
+        lab.window(now, {HEAVY: 100})
+        assert not lab.actions("release")
+    now = last
+    lab.window(now, {HEAVY: 100})
+    [release] = lab.actions("release")
+    assert release["prefix"] == prefix and prefix not in lab.m.held
+    # Hot again: a new block.
+    lab.window(now + 0.5, {HEAVY: 5_000})
+    assert len(lab.actions("block")) == 2
+
+
+def test_drop_samples_of_a_held_source_keep_it_held():
+    lab = Lab()
+    lab.window(0.5, {HEAVY: 5_000})
+    now = 0.5
+    for _ in range(30):
+        now += 0.5
+        lab.m.feed([event(HEAVY, action="drop", rule=1) for _ in range(300)])
+        lab.m.close(now)
+    assert lab.actions("renew") and not lab.actions("release")
+
+
+def test_bounds_max_entries_and_max_per_minute():
+    lab = Lab(max_entries=3, heavy_share=0.01)
+    sources = {f"198.51.100.{i}": 5_000 for i in range(1, 6)}
+    lab.window(0.5, sources)
+    assert len(lab.actions("block")) == 3
+    refused = lab.actions("refused")
+    assert len(refused) == 2 and {r["bound"] for r in refused} == {"max_entries"}
+    # Said once per TTL, not every window.
+    lab.window(1.0, sources)
+    assert len(lab.actions("refused")) == 2
+
+    lab = Lab(max_per_minute=2, heavy_share=0.01, ttl=5.0)
+    now = 0.0
+    for i in range(1, 5):
+        now += 6.0  # each block has expired before the next
+        lab.window(now, {f"198.51.100.{i}": 5_000})
+    assert len(lab.actions("block")) == 2
+    assert [r["bound"] for r in lab.actions("refused")] == ["max_per_minute"] * 2
+    lab.window(now + 60, {"198.51.100.9": 5_000})
+    assert len(lab.actions("block")) == 3
+
+
+def test_never_own_and_allowed_sources_are_never_blocked():
+    never = (ipaddress.ip_network("198.51.100.0/25"),)
+    allowed = (ipaddress.ip_network("2001:db8::7/128"),)
+    lab = Lab(never=never, allowed=allowed, heavy_share=0.01, prefix6=64)
+    lab.window(0.5, {"198.51.100.5": 5_000, "192.0.2.10": 5_000, "2001:db8::9": 5_000,
+                     HEAVY: 5_000})
+    assert [b["prefix"] for b in lab.actions("block")] == [f"{HEAVY}/32"]
+    bounds = {r["prefix"]: r["bound"] for r in lab.actions("refused")}
+    # The /64 holds an allowed address: blocking it would block that one too.
+    assert bounds == {"198.51.100.5/32": "never", "192.0.2.10/32": "own",
+                      "2001:db8::/64": "never"}
+
+
+def test_monitor_mode_reports_and_changes_nothing():
+    lab = Lab(mode="monitor")
+    lab.window(0.5, {HEAVY: 5_000})
+    now = 0.5
+    for _ in range(12):
+        now += 0.5
+        lab.window(now, {HEAVY: 5_000})
+    for _ in range(30):
+        now += 0.5
+        lab.window(now, {})
+    names = [line["mitigation"] for line in lab.lines]
+    assert names[0] == "would-block" and "would-renew" in names and names[-1] == "would-release"
+    assert not {"block", "renew", "release"} & set(names)
+    assert lab.applied == [] and lab.entries == {}
+    assert all(line["mode"] == "monitor" for line in lab.lines)
+
+
+def test_an_entry_taken_off_by_hand_is_not_added_again_for_a_ttl():
+    lab = Lab()
+    prefix = f"{HEAVY}/32"
+    lab.window(0.5, {HEAVY: 5_000})
+    del lab.entries[prefix]  # shieldwall set del
+    lab.window(1.0, {HEAVY: 5_000})
+    [reverted] = lab.actions("reverted")
+    assert reverted["prefix"] == prefix and prefix not in lab.m.held
+    assert [r["bound"] for r in lab.actions("refused")] == ["reverted"]
+    lab.window(12.0, {HEAVY: 5_000})
+    assert len(lab.actions("block")) == 2 and lab.entries[prefix] == 22.0
+
+
+def test_expiring_entries_left_by_an_earlier_daemon_are_taken_over():
+    lines: list[dict] = []
+    entries = {f"{HEAVY}/32": 5.0, "198.51.100.1/32": None}
+    m = Mitigator("sw0", settings_(), lines.append, lambda changes: None, lambda: entries,
+                  tuple, now=1.0)
+    assert set(m.held) == {f"{HEAVY}/32"}  # an entry without a TTL is someone else's
+
+
+def test_a_failed_change_is_logged_and_not_held():
+    lines: list[dict] = []
+
+    def broken(changes):
+        raise OSError("no such interface")
+    m = Mitigator("sw0", settings_(), lines.append, broken, dict, tuple, now=0.0)
+    m.feed([event(HEAVY) for _ in range(3000)])
+    m.close(0.5)
+    assert [line["mitigation"] for line in lines] == ["block", "failed"]
+    assert "no such interface" in lines[1]["problem"] and not m.held
+
+
+def test_anomaly_after_warmup_lowers_the_source_threshold():
+    lab = Lab(anomaly_warmup=5.0, anomaly_factor=4.0, anomaly_min_pps=1000, anomaly_pps=300,
+              heavy_pps=100_000, heavy_share=0.2)
+    now = 0.0
+    # Learning: 400 pps to the server from 40 sources.
+    normal = {f"198.51.100.{i}": 10 for i in range(1, 41)}
+    for _ in range(20):
+        now += 0.5
+        lab.window(now, normal)
+    assert not lab.actions("anomaly")
+    # A flood of 3,000 pps from one source: far over the baseline, under heavy.pps.
+    now += 0.5
+    lab.window(now, {**normal, HEAVY: 3_000})
+    [anomaly] = [a for a in lab.actions("anomaly") if a["kind"] == "dst"]
+    assert anomaly["key"] == SERVER and anomaly["baseline"] < 1000
+    [block] = lab.actions("block")
+    assert block["prefix"] == f"{HEAVY}/32" and f"dst={SERVER}" in block["anomalies"]
+    for _ in range(4):
+        now += 0.5
+        lab.window(now, normal)
+    assert any(a["kind"] == "dst" for a in lab.actions("anomaly-end"))
+
+
+def test_no_anomaly_during_warmup():
+    lab = Lab(anomaly_warmup=60.0, anomaly_min_pps=10)
+    lab.window(0.5, {f"198.51.100.{i}": 100 for i in range(1, 20)})
+    lab.window(1.0, {f"198.51.100.{i}": 10_000 for i in range(1, 20)})
+    assert not lab.actions("anomaly")
