@@ -339,3 +339,32 @@ def test_no_anomaly_during_warmup():
     lab.window(0.5, {f"198.51.100.{i}": 100 for i in range(1, 20)})
     lab.window(1.0, {f"198.51.100.{i}": 10_000 for i in range(1, 20)})
     assert not lab.actions("anomaly")
+
+
+def test_counters_feed_a_traffic_baseline_and_only_passed_traffic_lowers_the_bar():
+    lab = Lab(anomaly_warmup=5.0, anomaly_factor=4.0, anomaly_min_pps=1000, anomaly_pps=300,
+              heavy_pps=100_000, heavy_share=0.2)
+    # 2,000 pps from 40 sources: a source of 3,000 more is not an anomaly of the
+    # destination or the protocol (5,000 < 4 x 2,000).
+    normal = {f"198.51.100.{i}": 50 for i in range(1, 41)}
+    now, passed, dropped = 0.0, 0, 0
+    for _ in range(20):
+        now += 0.5
+        passed, dropped = passed + 1000, dropped + 100
+        lab.m.counters(now, {"pass": passed, "drop": dropped})
+        lab.window(now, normal)
+    # Drops jump: reported, but the bar for sources stays where it was.
+    now += 0.5
+    dropped += 1_000_000
+    lab.m.counters(now, {"pass": passed, "drop": dropped})
+    lab.window(now, {**normal, HEAVY: 3_000})
+    assert [(a["kind"], a["key"]) for a in lab.actions("anomaly")] == [("traffic", "drop")]
+    assert not lab.actions("block")
+    # Passes jump too: now a source of 3,000 pps is enough.
+    now += 0.5
+    passed += 100_000
+    lab.m.counters(now, {"pass": passed, "drop": dropped + 1_000_000})
+    lab.window(now, {**normal, HEAVY: 3_000})
+    assert ("traffic", "pass") in [(a["kind"], a["key"]) for a in lab.actions("anomaly")]
+    [block] = lab.actions("block")
+    assert block["anomalies"] == ["traffic=pass"]

@@ -21,7 +21,9 @@ over a threshold.
 
 **Anomalies.** Per destination (a Space-Saving summary too) and per protocol, the
 window's rate against an EWMA baseline learned while there is no anomaly; nothing is
-judged before the warm-up has passed.
+judged before the warm-up has passed. The data plane's per-CPU counters (what `status`
+reads) add the exact rate of passed and dropped packets (kind `traffic`), judged the
+same way.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Anomaly:
-    kind: str       # dst, proto
+    kind: str       # dst, proto, traffic
     key: str
     pps: float
     baseline: float
@@ -164,6 +166,8 @@ class Detector:
         self.baselines: dict[tuple[str, str], Baseline] = {}
         self.anomalous: set[tuple[str, str]] = set()
         self.events_seen = 0
+        self.traffic: dict[tuple[str, str], float] = {}
+        self._totals: tuple[float, dict[str, int]] | None = None
         self._fresh()
 
     def _fresh(self) -> None:
@@ -206,6 +210,18 @@ class Detector:
                 self.dsts.add(event.dst, weight)
             self.protos[event.proto] = self.protos.get(event.proto, 0.0) + weight
 
+    def counters(self, now: float, totals: dict[str, int]) -> None:
+        """The data plane's packet counts so far, by action (pass, drop): their rates
+        since the previous call stand until the next one."""
+        if self._totals is not None:
+            then, before = self._totals
+            seconds = now - then
+            if seconds > 0:
+                for action, count in totals.items():
+                    if action in before and count >= before[action]:
+                        self.traffic[("traffic", action)] = (count - before[action]) / seconds
+        self._totals = (now, dict(totals))
+
     def close(self, now: float, top: int = 64) -> Window:
         """The window that ends now: its heaviest sources (and every held one it saw),
         anomalies; the baselines learn from it; a new window starts."""
@@ -219,6 +235,7 @@ class Detector:
                                             lower / total if total else 0.0, self.sources.hits[prefix])
         rates = {("dst", str(d)): self.dsts.lower(d) / seconds for d in self.dsts.counts}
         rates.update({("proto", str(p)): w / seconds for p, w in self.protos.items()})
+        rates.update(self.traffic)
         window.anomalies = self._judge(rates, seconds, now)
         self.window_start = now
         self._fresh()

@@ -38,6 +38,8 @@ from .detect import MIN_SAMPLES, Detector, Window
 
 # Seconds per detection window: a flood is judged at most this long after it starts.
 WINDOW = 0.5
+# Seconds between two reads of the data plane's counters (a `status` read).
+COUNTERS = 2.0
 # A held entry is renewed once less than this share of its TTL is left.
 RENEW_AT = 0.5
 # Refusals and reverts remembered per prefix (a refusal is said once per TTL).
@@ -126,6 +128,9 @@ class Mitigator:
     def feed(self, events: Iterable) -> None:
         self.detector.feed(events)
 
+    def counters(self, now: float, totals: dict[str, int]) -> None:
+        self.detector.counters(now, totals)
+
     def close(self, now: float) -> Window:
         """Ends the detection window and acts on it."""
         window = self.detector.close(now)
@@ -136,8 +141,10 @@ class Mitigator:
         s = self.settings
         self._anomalies(window, now)
         self._reverted(now)
-        threshold = s.under_anomaly_pps if window.anomalies else s.heavy_pps
-        threshold = min(threshold, s.heavy_pps)
+        # What reaches the host running far above normal makes the bar for a source
+        # lower; a rise of what is dropped anyway does not.
+        pressing = [a for a in window.anomalies if (a.kind, a.key) != ("traffic", "drop")]
+        threshold = min(s.under_anomaly_pps, s.heavy_pps) if pressing else s.heavy_pps
         changes: list[tuple[str, str, float | None]] = []
         for prefix, held in list(self.held.items()):
             if held.expires <= now:
@@ -163,7 +170,7 @@ class Mitigator:
             changes.append(("add", src.prefix, now + s.ttl))
             self._say("block", src.prefix, pps=round(src.pps), share=round(src.share, 3),
                       samples=src.samples, ttl=s.ttl,
-                      anomalies=[f"{a.kind}={a.key}" for a in window.anomalies] or None)
+                      anomalies=[f"{a.kind}={a.key}" for a in pressing] or None)
         if changes and s.enforce and self.apply is not None:
             try:
                 self.apply(changes)
@@ -337,7 +344,7 @@ class MitigationCollector(Collector):
             for action, n in m.counts.items():
                 actions.add_metric([iface, action], n)
             held.add_metric([iface, m.settings.set, m.settings.mode], len(m.held))
-            for kind in ("dst", "proto"):
+            for kind in ("dst", "proto", "traffic"):
                 anomalies.add_metric([iface, kind], sum(1 for k in m.anomalies if k[0] == kind))
             seen.add_metric([iface], m.detector.events_seen)
         return iter((actions, held, anomalies, seen))
@@ -349,10 +356,12 @@ class MitigationTask:
 
     def __init__(self, iface: str, settings: Mitigation | None, subscribe: Callable,
                  log: Callable[[dict], None] = log_line, enforce_apply: Apply | None = None,
-                 present: Present | None = None, own: Callable[[], Iterable] = host_addresses) -> None:
+                 present: Present | None = None, own: Callable[[], Iterable] = host_addresses,
+                 totals: Callable[[], dict[str, int]] | None = None) -> None:
         self.iface = iface
         self.subscribe = subscribe
         self.log = log
+        self.totals = totals if totals is not None else status_totals(iface)
         self._apply, self._present, self.own = enforce_apply, present, own
         self.mitigator: Mitigator | None = None
         self.update(settings)
@@ -375,7 +384,13 @@ class MitigationTask:
         sub = self.subscribe()
         try:
             deadline = time.monotonic() + WINDOW
+            counted = 0.0
             while not stop.is_set():
+                if self.mitigator is not None and time.monotonic() - counted >= COUNTERS:
+                    counted = time.monotonic()
+                    found = self._totals()
+                    if found is not None:
+                        self.mitigator.counters(time.time(), found)
                 events = sub.get(max(0.0, deadline - time.monotonic()))
                 m = self.mitigator
                 if m is not None and events:
@@ -388,6 +403,28 @@ class MitigationTask:
                         m.close(time.time())
         finally:
             sub.close()
+
+
+    def _totals(self) -> dict[str, int] | None:
+        try:
+            return self.totals()
+        except Exception:  # noqa: BLE001 - counters are a help to detection, not a need
+            return None
+
+
+def status_totals(iface: str) -> Callable[[], dict[str, int] | None]:
+    """Packets by action so far, from the per-CPU counters `status` reads."""
+    def read() -> dict[str, int] | None:
+        from ..engine import lifecycle
+        report = lifecycle.status(iface)[0]
+        if not report.get("attached"):
+            return None
+        out: dict[str, int] = {}
+        for c in report.get("counters", []):
+            if c.get("action") in ("pass", "drop"):
+                out[c["action"]] = out.get(c["action"], 0) + int(c.get("packets", 0))
+        return out
+    return read
 
 
 def _cached(read: Callable[[], Iterable], seconds: float) -> Callable[[], list]:
