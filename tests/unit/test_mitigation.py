@@ -368,3 +368,21 @@ def test_counters_feed_a_traffic_baseline_and_only_passed_traffic_lowers_the_bar
     assert ("traffic", "pass") in [(a["kind"], a["key"]) for a in lab.actions("anomaly")]
     [block] = lab.actions("block")
     assert block["anomalies"] == ["traffic=pass"]
+
+
+def test_a_flood_that_empties_the_budget_is_measured_by_the_counters():
+    """The budget's second opens with its events sent at once, none carrying `lost`
+    yet: the samples say who, the counters how much."""
+    lab = Lab(heavy_pps=20_000)
+    lab.m.counters(0.0, {"pass": 0, "drop": 0})
+    lab.m.feed([event(HEAVY) for _ in range(1000)] + [event("198.51.100.1") for _ in range(20)])
+    lab.m.counters(0.5, {"pass": 50_000, "drop": 0})
+    window = lab.m.close(0.5)
+    assert window.sources[f"{HEAVY}/32"].pps > 45_000
+    [block] = lab.actions("block")
+    assert block["prefix"] == f"{HEAVY}/32"
+    # Without counters, the same samples are 2,000 pps: not enough.
+    lab = Lab(heavy_pps=20_000)
+    lab.m.feed([event(HEAVY) for _ in range(1000)] + [event("198.51.100.1") for _ in range(20)])
+    lab.m.close(0.5)
+    assert not lab.actions("block")

@@ -19,6 +19,12 @@ counter's `count - error` is a lower bound on the source's true weight. Decision
 block use that lower bound, so churn of spoofed sources cannot push a small source
 over a threshold.
 
+A budget's second starts with its events sent at once, and the candidates it refuses
+next are only counted by the event that opens the next second: in the first window of
+a flood the samples show who floods, not how much. So, where the data plane's counters
+were read during the window, a source's rate is also its share of the passed samples
+times the counters' exact rate of passed packets (the larger of the two is taken).
+
 **Anomalies.** Per destination (a Space-Saving summary too) and per protocol, the
 window's rate against an EWMA baseline learned while there is no anomaly; nothing is
 judged before the warm-up has passed. The data plane's per-CPU counters (what `status`
@@ -175,6 +181,7 @@ class Detector:
         self.dsts = SpaceSaving(DESTINATIONS)
         self.protos: dict[int, float] = {}
         self.events = 0
+        self.passed = 0.0
 
     def key(self, src: str) -> str | None:
         """The prefix a source is counted (and blocked) under. Events carry addresses
@@ -205,6 +212,8 @@ class Detector:
             if event.action != "pass" and prefix not in self.held:
                 continue
             self.events += 1
+            if event.action == "pass":
+                self.passed += weight
             self.sources.add(prefix, weight)
             if event.dst is not None:
                 self.dsts.add(event.dst, weight)
@@ -229,10 +238,15 @@ class Detector:
         total = self.sources.total
         window = Window(self.window_start, now, self.events, total / seconds)
         names = set(self.sources.top(top)) | (self.held & set(self.sources.counts))
+        passing = self._pass_rate(now, seconds)
         for prefix in names:
-            lower = self.sources.lower(prefix)
-            window.sources[prefix] = Source(prefix, lower / seconds, self.sources.count(prefix) / seconds,
-                                            lower / total if total else 0.0, self.sources.hits[prefix])
+            lower, upper = self.sources.lower(prefix), self.sources.count(prefix)
+            pps, most = lower / seconds, upper / seconds
+            if passing is not None and self.passed and prefix not in self.held:
+                pps = max(pps, lower / self.passed * passing)
+                most = max(most, upper / self.passed * passing)
+            window.sources[prefix] = Source(prefix, pps, most, lower / total if total else 0.0,
+                                            self.sources.hits[prefix])
         rates = {("dst", str(d)): self.dsts.lower(d) / seconds for d in self.dsts.counts}
         rates.update({("proto", str(p)): w / seconds for p, w in self.protos.items()})
         rates.update(self.traffic)
@@ -240,6 +254,14 @@ class Detector:
         self.window_start = now
         self._fresh()
         return window
+
+    def _pass_rate(self, now: float, seconds: float) -> float | None:
+        """The counters' rate of passed packets, when read during this window or the
+        one before: exact where the samples' budget ran out early in its second (its
+        first events carry no `lost` yet)."""
+        if self._totals is None or self._totals[0] < now - 2 * seconds:
+            return None
+        return self.traffic.get(("traffic", "pass"))
 
     def _judge(self, rates: dict[tuple[str, str], float], seconds: float, now: float) -> list[Anomaly]:
         alpha = 1.0 - math.exp(-seconds / BASELINE_SECONDS)

@@ -38,8 +38,6 @@ from .detect import MIN_SAMPLES, Detector, Window
 
 # Seconds per detection window: a flood is judged at most this long after it starts.
 WINDOW = 0.5
-# Seconds between two reads of the data plane's counters (a `status` read).
-COUNTERS = 2.0
 # A held entry is renewed once less than this share of its TTL is left.
 RENEW_AT = 0.5
 # Refusals and reverts remembered per prefix (a refusal is said once per TTL).
@@ -384,26 +382,22 @@ class MitigationTask:
         sub = self.subscribe()
         try:
             deadline = time.monotonic() + WINDOW
-            counted = 0.0
             while not stop.is_set():
-                if self.mitigator is not None and time.monotonic() - counted >= COUNTERS:
-                    counted = time.monotonic()
-                    found = self._totals()
-                    if found is not None:
-                        self.mitigator.counters(time.time(), found)
                 events = sub.get(max(0.0, deadline - time.monotonic()))
                 m = self.mitigator
                 if m is not None and events:
                     m.feed(events)
-                if time.monotonic() >= deadline:
-                    deadline += WINDOW
-                    if time.monotonic() > deadline:
-                        deadline = time.monotonic() + WINDOW
-                    if m is not None:
-                        m.close(time.time())
+                if time.monotonic() < deadline:
+                    continue
+                # A late window (a slow change) is not caught up: the next is a whole one.
+                deadline = max(deadline + WINDOW, time.monotonic() + WINDOW / 2)
+                if m is not None:
+                    found = self._totals()
+                    if found is not None:
+                        m.counters(time.time(), found)
+                    m.close(time.time())
         finally:
             sub.close()
-
 
     def _totals(self) -> dict[str, int] | None:
         try:
