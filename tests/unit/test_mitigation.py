@@ -386,3 +386,100 @@ def test_a_flood_that_empties_the_budget_is_measured_by_the_counters():
     lab.m.feed([event(HEAVY) for _ in range(1000)] + [event("198.51.100.1") for _ in range(20)])
     lab.m.close(0.5)
     assert not lab.actions("block")
+
+
+# -- the policy's section ----------------------------------------------------------------
+
+POLICY = """\
+version: 1
+default_action: pass
+sets:
+  auto_block: {type: prefix}
+  throttled: {type: prefix}
+  admins: {type: prefix, entries: [192.0.2.0/28]}
+events: {passes: 100}
+fastpath: {allow: ['@admins']}
+limits:
+  slow: {pps: 100}
+rules:
+  - {name: auto, match: {src: '@auto_block'}, action: drop}
+  - {name: slow, match: {src: '@throttled'}, action: {limit: slow}}
+  - {name: ssh, match: {src: [203.0.113.9], dport: 22}, action: pass}
+"""
+
+
+def problems(text: str) -> list[str]:
+    from shieldwall.policy.errors import PolicyError
+    from shieldwall.policy.load import parse_policy_text
+    try:
+        parse_policy_text(text, "p.yaml", ".")
+    except PolicyError as err:
+        return [str(issue) for issue in err.issues]
+    return []
+
+
+def test_the_section_read_with_its_defaults_and_what_it_spares():
+    from shieldwall.policy.load import parse_policy_text
+    policy = parse_policy_text(POLICY + "mitigation: {mode: enforce, block_set: auto_block, "
+                               "never: [198.51.100.0/24], heavy: {pps: 20k}, ttl: 90s}\n",
+                               "p.yaml", ".")
+    m = policy.mitigation
+    assert (m.mode, m.set, m.kind, m.rules, m.heavy_pps, m.ttl) == ("enforce", "auto_block", "block", (1,), 20_000, 90.0)
+    assert m.release == 5_000 and m.under_anomaly_pps == 5_000 and m.max_entries == 1_000
+    spared = m.spared()
+    assert ipaddress.ip_address("198.51.100.9") in spared       # never
+    assert ipaddress.ip_address("192.0.2.3") in spared          # fastpath.allow
+    assert ipaddress.ip_address("203.0.113.9") in spared        # a pass rule's src
+    assert ipaddress.ip_address("203.0.113.7") not in spared
+    limited = parse_policy_text(POLICY + "mitigation: {mode: monitor, limit_set: throttled}\n",
+                                "p.yaml", ".").mitigation
+    assert (limited.kind, limited.rules, limited.enforce) == ("limit", (2,), False)
+    assert parse_policy_text(POLICY, "p.yaml", ".").mitigation is None
+
+
+def test_problems_name_their_field():
+    found = problems(POLICY + "mitigation: {mode: x, block_set: nope, heavy: {pps: 0, share: 2}, "
+                     "ttl: 9y, max_entries: -1, never: [1.2.3.4/8], prefix6: 200, bogus: 1}\n")
+    fields = [line.split(": ")[1] for line in found]
+    assert fields == ["mitigation", "mitigation.mode", "mitigation.block_set", "mitigation.heavy.pps",
+                      "mitigation.heavy.share", "mitigation.ttl", "mitigation.max_entries",
+                      "mitigation.prefix6", "mitigation.never[0]"], found
+    assert "unknown key 'bogus'" in found[0] and "unknown set 'nope'" in found[2]
+
+
+def test_a_set_no_rule_of_the_kind_reads_is_refused():
+    [found] = problems(POLICY + "mitigation: {mode: enforce, block_set: admins}\n")
+    assert "mitigation.block_set: set 'admins' is read by no drop rule" in found
+    [found] = problems(POLICY + "mitigation: {mode: enforce, limit_set: auto_block}\n")
+    assert "mitigation.limit_set: set 'auto_block' is read by no limit rule" in found
+    [found] = problems(POLICY + "mitigation: {mode: enforce, block_set: auto_block, limit_set: throttled}\n")
+    assert "one of the two" in found
+    [found] = problems(POLICY + "mitigation: {mode: enforce}\n")
+    assert found.startswith("p.yaml: mitigation: name the set")
+    # A negated item beside the set: not every member of the set would be dropped.
+    negated = POLICY.replace("src: '@auto_block'}", "src: ['@auto_block', '!198.51.100.1']}")
+    assert "read by no drop rule" in problems(negated + "mitigation: {mode: enforce, block_set: auto_block}\n")[0]
+    # The fastpath's deny list reads it: fine.
+    denied = POLICY.replace("fastpath: {allow: ['@admins']}",
+                            "fastpath: {allow: ['@admins'], deny: ['@throttled']}")
+    assert not problems(denied + "mitigation: {mode: enforce, block_set: throttled}\n")
+
+
+def test_mitigation_without_pass_samples_is_refused():
+    for events in ("events: {passes: 100}\n", "events: {drops: 1}\n", "events: off\n",
+                   "events: {rate: 0, passes: 10}\n"):
+        text = POLICY.replace("events: {passes: 100}\n", events)
+        found = problems(text + "mitigation: {mode: monitor, block_set: auto_block}\n")
+        if events.startswith("events: {passes"):
+            assert not found
+        else:
+            assert len(found) == 1 and "events: {passes: N}" in found[0], (events, found)
+    no_events = POLICY.replace("events: {passes: 100}\n", "")
+    assert "needs samples of passed packets" in problems(
+        no_events + "mitigation: {mode: monitor, block_set: auto_block}\n")[0]
+
+
+def test_release_above_heavy_is_refused():
+    [found] = problems(POLICY + "mitigation: {mode: enforce, block_set: auto_block, "
+                       "heavy: {pps: 1000}, release: {pps: 5000}}\n")
+    assert found.startswith("p.yaml: mitigation.release.pps: 5000 is above heavy.pps (1000)")
