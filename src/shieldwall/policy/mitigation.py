@@ -218,7 +218,7 @@ def _sampling(doc: dict, v: Validator) -> None:
     events = doc.get("events")
     passes = events.get("passes", 0) if isinstance(events, dict) else 0
     rate = events.get("rate", 1) if isinstance(events, dict) else 1
-    if type(passes) is not int or passes <= 0 or rate == 0:
+    if type(passes) is not int or passes <= 0 or rate in (0, "0", False, "off"):
         v.report("mitigation", "needs samples of passed packets, where a new flood shows: "
                  "set events: {passes: N} (1 in N passed packets; 100 is a fair start)")
 
