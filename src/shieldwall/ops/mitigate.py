@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -349,44 +350,63 @@ class MitigationCollector(Collector):
 
 
 class MitigationTask:
-    """The daemon's periodic task: reads its subscription of the event hub, closes a
-    detection window every WINDOW seconds and acts. `settings` None: it only drains."""
+    """The daemon's mitigation: a thread that reads a subscription of the event hub,
+    closes a detection window every WINDOW seconds and acts. `settings` None (no
+    `mitigation:` section): it holds no subscription and does nothing. `follow`, asked
+    every window, gives a new section after a reload (None: nothing changed); `lock`
+    is held around every change of the set (the daemon's: one change at a time)."""
 
     def __init__(self, iface: str, settings: Mitigation | None, subscribe: Callable,
                  log: Callable[[dict], None] = log_line, enforce_apply: Apply | None = None,
                  present: Present | None = None, own: Callable[[], Iterable] = host_addresses,
-                 totals: Callable[[], dict[str, int]] | None = None) -> None:
+                 totals: Callable[[], dict[str, int] | None] | None = None,
+                 follow: Callable[[], tuple[Mitigation | None] | None] | None = None,
+                 lock=None) -> None:
         self.iface = iface
         self.subscribe = subscribe
         self.log = log
         self.totals = totals if totals is not None else status_totals(iface)
-        self._apply, self._present, self.own = enforce_apply, present, own
+        self.follow = follow
+        self.lock = lock
+        self._apply, self._present, self.own = enforce_apply, present, _cached(own, 60.0)
         self.mitigator: Mitigator | None = None
         self.update(settings)
 
     def update(self, settings: Mitigation | None) -> None:
         if settings is None:
+            if self.mitigator is not None:
+                self.log({"mitigation": "stop", "iface": self.iface, "ts": round(time.time(), 3)})
             self.mitigator = None
         elif self.mitigator is None or self.mitigator.settings.set != settings.set:
             apply = self._apply or live_apply(self.iface, settings.set)
+            if self.lock is not None:
+                apply = _locked(apply, self.lock)
             present = self._present or live_present(self.iface, settings.set)
-            own = _cached(self.own, 60.0)
-            self.mitigator = Mitigator(self.iface, settings, self.log, apply, present, own)
+            self.mitigator = Mitigator(self.iface, settings, self.log, apply, present, self.own)
             self.log({"mitigation": "start", "iface": self.iface, "mode": settings.mode,
-                      "set": settings.set, "ts": round(time.time(), 3)})
+                      "set": settings.set, "held": len(self.mitigator.held),
+                      "ts": round(time.time(), 3)})
         else:
             self.mitigator.update(settings)
 
     def run(self, stop) -> None:
         """Until `stop` (a threading.Event) is set."""
-        sub = self.subscribe()
+        sub = None
+        deadline = time.monotonic() + WINDOW
         try:
-            deadline = time.monotonic() + WINDOW
             while not stop.is_set():
-                events = sub.get(max(0.0, deadline - time.monotonic()))
                 m = self.mitigator
-                if m is not None and events:
-                    m.feed(events)
+                if m is not None and sub is None:
+                    sub = self.subscribe()
+                elif m is None and sub is not None:
+                    sub.close()
+                    sub = None
+                if sub is not None:
+                    events = sub.get(max(0.0, deadline - time.monotonic()))
+                    if m is not None and events:
+                        m.feed(events)
+                else:
+                    stop.wait(max(0.0, deadline - time.monotonic()))
                 if time.monotonic() < deadline:
                     continue
                 # A late window (a slow change) is not caught up: the next is a whole one.
@@ -396,8 +416,23 @@ class MitigationTask:
                     if found is not None:
                         m.counters(time.time(), found)
                     m.close(time.time())
+                self._follow()
         finally:
-            sub.close()
+            if sub is not None:
+                sub.close()
+
+    def _follow(self) -> None:
+        if self.follow is None:
+            return
+        try:
+            changed = self.follow()
+        except Exception as exc:  # noqa: BLE001 - a policy that cannot be read changes nothing
+            self.log({"mitigation": "failed", "iface": self.iface,
+                      "problem": f"reading the policy's mitigation section: {exc}",
+                      "ts": round(time.time(), 3)})
+            return
+        if changed is not None:
+            self.update(changed[0])
 
     def _totals(self) -> dict[str, int] | None:
         try:
@@ -432,12 +467,53 @@ def _cached(read: Callable[[], Iterable], seconds: float) -> Callable[[], list]:
     return get
 
 
-def mitigation_task(daemon) -> MitigationTask:
-    """The task for a daemon: its interface, its policy's section, its hub. The daemon
-    calls `task.update(policy.mitigation)` after a reload and runs `task.run(stop)`
-    in a thread of its own; `daemon.registry`, when there is one, gets the metrics."""
-    policy = getattr(daemon, "policy", None)
-    task = MitigationTask(daemon.iface, getattr(policy, "mitigation", None), daemon.hub.subscribe)
+def _locked(apply: Apply, lock) -> Apply:
+    def locked(changes: list[tuple[str, str, float | None]]) -> None:
+        with lock:
+            apply(changes)
+    return locked
+
+
+def settings_of(config) -> Mitigation | None:
+    """The `mitigation:` section of a policy file (None: it has none)."""
+    from ..config import load_config
+    return getattr(load_config(config).policy, "mitigation", None)
+
+
+def mitigation_task(daemon) -> MitigationTask | None:
+    """Automatic mitigation in a daemon (ops/daemon.py), in a thread of its own until
+    the daemon stops. It reads the daemon's `iface`, `config` (the policy file),
+    `hub` (the event hub), `changes` (the lock every change is made under), `stopping`,
+    `watch.revision` (to follow reloads), `log`, `on_stop` and, when there is one,
+    `registry` (the metrics). None when the daemon has no events (nft mode)."""
+    settings = settings_of(daemon.config)
+    hub = getattr(daemon, "hub", None)
+    if hub is None:
+        if settings is not None:
+            daemon.log(json.dumps({"mitigation": "off", "iface": daemon.iface,
+                                   "problem": "no sampled events here (nft mode has none): "
+                                              "automatic mitigation does nothing"}))
+        return None
+    watch = getattr(daemon, "watch", None)
+    seen = [getattr(watch, "revision", None)]
+
+    def follow() -> tuple[Mitigation | None] | None:
+        revision = getattr(watch, "revision", None)
+        if revision == seen[0] or getattr(watch, "refused", None):
+            return None
+        seen[0] = revision
+        return (settings_of(daemon.config),)
+
+    task = MitigationTask(daemon.iface, settings, hub.subscribe,
+                          log=lambda line: daemon.log(json.dumps(line)),
+                          follow=follow if watch is not None else None,
+                          lock=getattr(daemon, "changes", None))
+    stop = getattr(daemon, "stopping", None) or threading.Event()
+    thread = threading.Thread(target=task.run, args=(stop,), name="mitigation", daemon=True)
+    thread.start()
+    on_stop = getattr(daemon, "on_stop", None)
+    if on_stop is not None:
+        on_stop(lambda: (stop.set(), thread.join(timeout=2 * WINDOW + 5)))
     registry = getattr(daemon, "registry", None)
     if registry is not None:
         registry.register(MitigationCollector(task))
