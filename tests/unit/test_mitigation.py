@@ -483,3 +483,42 @@ def test_release_above_heavy_is_refused():
     [found] = problems(POLICY + "mitigation: {mode: enforce, block_set: auto_block, "
                        "heavy: {pps: 1000}, release: {pps: 5000}}\n")
     assert found.startswith("p.yaml: mitigation.release.pps: 5000 is above heavy.pps (1000)")
+
+
+# -- the task, on a hub ------------------------------------------------------------------
+
+def test_the_task_reads_the_hub_and_follows_reloads():
+    import threading
+    import time
+
+    from shieldwall.ops.events import EventHub
+    from shieldwall.ops.mitigate import WINDOW, MitigationTask
+
+    hub = EventHub()
+    lines: list[dict] = []
+    applied: list = []
+    lock = threading.Lock()
+    following: list = []
+    task = MitigationTask("sw0", settings_(), hub.subscribe, log=lines.append,
+                          enforce_apply=applied.append, present=dict, own=tuple,
+                          totals=lambda: None, follow=lambda: following.pop() if following else None,
+                          lock=lock)
+    stop = threading.Event()
+    thread = threading.Thread(target=task.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not applied and time.monotonic() < deadline:
+            hub.publish([event(HEAVY) for _ in range(500)])
+            time.sleep(0.05)
+        assert applied and applied[0][0][:2] == ("add", f"{HEAVY}/32")
+        assert [line["mitigation"] for line in lines[:2]] == ["start", "block"]
+        # A reload without the section: the task lets go of the hub.
+        following.append((None,))
+        time.sleep(3 * WINDOW)
+        assert task.mitigator is None and lines[-1]["mitigation"] == "stop"
+        assert not hub._subs
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
