@@ -336,5 +336,7 @@ def _summary(policy: Policy) -> Summary:
         rules=len(policy.rules),
         rules_by_action=by_action,
         sets=sets,
-        stages={n: s.summary(policy.sections[n]) for n, s in stages().items()},
+        stages={**{n: s.summary(policy.sections[n]) for n, s in stages().items()},
+                **({"mitigation": policy.mitigation.summary()}
+                   if policy.sections.get("mitigation") else {})},
     )

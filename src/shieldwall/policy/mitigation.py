@@ -40,6 +40,7 @@ class Mitigation:
     set: str = ""                 # the set entries go to
     kind: str = "block"           # block (a drop rule reads the set) or limit
     rules: tuple[int, ...] = ()   # ids of the rules that read the set
+    rule_names: tuple[str, ...] = ()
     heavy_pps: int = 10_000
     heavy_share: float = 0.1
     release_pps: int = 0          # 0: heavy_pps / 4
@@ -68,6 +69,16 @@ class Mitigation:
     @property
     def under_anomaly_pps(self) -> int:
         return self.anomaly_pps or max(1, self.heavy_pps // 4)
+
+    def summary(self) -> list[str]:
+        """Its lines in `check`."""
+        what = "blocks" if self.kind == "block" else "limits"
+        verb = "reports what it would do" if self.mode == "monitor" else "acts"
+        return [f"mitigation: {self.mode} ({verb}): {what} sources of at least "
+                f"{self.heavy_pps:,} pps and {self.heavy_share:.0%} of the traffic through set "
+                f"{self.set} (read by {', '.join(self.rule_names) or 'fastpath.deny'}), for "
+                f"{self.ttl:g} s renewed while at least {self.release:,} pps; at most "
+                f"{self.max_entries:,} entries, {self.max_per_minute:,} new a minute"]
 
     def spared(self) -> PrefixTable:
         """Every prefix it must never block (the host's own addresses come at run time)."""
@@ -196,7 +207,8 @@ def _target(spec: dict, sections: dict[str, Any], v: Validator) -> dict[str, Any
     ruleset = sections.get("policy")
     rules = ruleset.rules if isinstance(ruleset, RuleSet) else ()
     if key == "block_set":
-        readers = tuple(r.id for r in rules if _reads(r, name) and r.action.name == "drop")
+        found = [r for r in rules if _reads(r, name) and r.action.name == "drop"]
+        readers = tuple(r.id for r in found)
         fastpath = sections.get("fastpath")
         denied = fastpath is not None and any(isinstance(x, PrefixSet) and x.name == name
                                               for x in getattr(fastpath, "deny", ()))
@@ -204,13 +216,16 @@ def _target(spec: dict, sections: dict[str, Any], v: Validator) -> dict[str, Any
             v.report(at, f"set {quote(name)} is read by no drop rule (match: {{src: '@{name}'}}, "
                      "action: drop) nor by fastpath.deny: its entries would block nothing")
             return {}
-        return {"set": name, "kind": "block", "rules": readers}
-    readers = tuple(r.id for r in rules if _reads(r, name) and r.action.limit is not None)
+        return {"set": name, "kind": "block", "rules": readers,
+                "rule_names": tuple(r.name for r in found)}
+    found = [r for r in rules if _reads(r, name) and r.action.limit is not None]
+    readers = tuple(r.id for r in found)
     if not readers:
         v.report(at, f"set {quote(name)} is read by no limit rule (match: {{src: '@{name}'}}, "
                  "action: {limit: NAME}): its entries would limit nothing")
         return {}
-    return {"set": name, "kind": "limit", "rules": readers}
+    return {"set": name, "kind": "limit", "rules": readers,
+            "rule_names": tuple(r.name for r in found)}
 
 
 def _sampling(doc: dict, v: Validator) -> None:
