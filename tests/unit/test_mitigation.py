@@ -9,6 +9,7 @@ import ipaddress
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from shieldwall.ops.detect import BASELINES, DESTINATIONS, MIN_SAMPLES, Detector, SpaceSaving
@@ -82,12 +83,12 @@ class Lab:
         """Traffic of `seconds` at `rates` pps per source, sampled 1 in `every`,
         then the window closes at `now` (after an empty one, if the last closed
         earlier: the daemon closes one every WINDOW seconds)."""
-        if self.m.detector.window_start < now - seconds:
-            self.m.close(now - seconds)
+        while self.m.detector.window_start < now - seconds - 1e-9:
+            self.m.close(min(self.m.detector.window_start + seconds, now - seconds))
         events = []
         for src, pps in rates.items():
             n = int(pps * seconds / every)
-            events += [event(src, every=every) for _ in range(n)]
+            events += [event(src, every=every, ts=now) for _ in range(n)]
         random.Random(now).shuffle(events)
         self.m.feed(events)
         self.m.close(now)
@@ -137,11 +138,30 @@ def test_detector_memory_is_bounded_under_never_repeating_sources(seed, every):
 def test_samples_scale_back_with_every_and_lost():
     detector = Detector()
     # 40 events of 1 in 100, each after 4 refused candidates: 40 * 100 * 5 = 20,000
-    # packets in 0.5 s, all from one source.
-    detector.feed([event(HEAVY, every=100, lost=4) for _ in range(40)])
+    # packets, and the CPU's event before them (100): 20,100 in 0.5 s, all from one
+    # source.
+    detector.feed([event(HEAVY, every=100, ts=0.0)])
+    detector.feed([event(HEAVY, every=100, lost=4, ts=0.01 * i) for i in range(40)])
     window = detector.close(0.5)
     src = window.sources[f"{HEAVY}/32"]
-    assert src.pps == 40_000 and src.share == 1.0 and src.samples == 40
+    assert src.pps == 40_200 and src.share == 1.0 and src.samples == 41
+
+
+def test_refusals_left_by_a_flood_long_gone_weigh_nothing():
+    """A flood that stopped mid-second leaves its refusals on the budget; the CPU's next
+    sample, much later, carries them."""
+    detector = Detector()
+    detector.feed([event(HEAVY, ts=1.0)])
+    detector.close(1.5)
+    detector.feed([event(HEAVY, lost=90_000, ts=60.0 + i) for i in range(10)])
+    window = detector.close(70.0)
+    # The first sample of the ten weighs 1; the next ones come a second apart: fresh.
+    # (Sources are judged over two windows: 0 to 70 s here.)
+    assert window.sources[f"{HEAVY}/32"].upper == pytest.approx((2 + 9 * 90_001) / 70)
+    # The first event a reader sees has no known previous one: its lost are not counted.
+    detector = Detector()
+    detector.feed([event(HEAVY, lost=90_000, ts=5.0)])
+    assert detector.close(0.5).sources[f"{HEAVY}/32"].upper == 2.0
 
 
 def test_prefix_lengths_group_sources():

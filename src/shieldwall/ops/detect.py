@@ -12,6 +12,11 @@ same traffic, uniformly, so the event's weight is `every * (1 + lost)`. Summed p
 the weights estimate packets. The lost candidates of a budget's second are attributed
 to whichever event comes next: unbiased on average, but one event can weigh a lot, so
 a source is only called hot once it has `MIN_SAMPLES` events of its own in the window.
+A budget refuses only within the second of its previous event, so `lost` on an event
+more than STALE seconds after its CPU's previous one of its kind (or the first one
+seen) is old traffic, long gone: such an event weighs `every` alone. (A flood that
+stops mid-second leaves its refusals on the budget until the CPU's next sample, which
+may be a lone packet minutes later.)
 
 **Heavy hitters.** A Space-Saving summary (Metwally et al.) of `SOURCES` counters per
 window: a source whose weight is over total/SOURCES is certainly in it, and each
@@ -22,8 +27,8 @@ over a threshold.
 A budget's second starts with its events sent at once, and the candidates it refuses
 next are only counted by the event that opens the next second: in the first window of
 a flood the samples show who floods, not how much. So, where the data plane's counters
-were read during the window, a source's rate is also its share of the passed samples
-times the counters' exact rate of passed packets (the larger of the two is taken).
+were read during the window, the rate of a source that passes is its share of the
+window's passed weight times the counters' exact rate of passed packets.
 
 **Anomalies.** Per destination (a Space-Saving summary too) and per protocol, the
 window's rate against an EWMA baseline learned while there is no anomaly; nothing is
@@ -47,6 +52,11 @@ DESTINATIONS = 256
 BASELINES = 1024
 # Events of its own a source needs in a window before it can be called hot.
 MIN_SAMPLES = 8
+# Seconds after which an event's `lost` is old traffic (a budget's second, and slack
+# for the reader).
+STALE = 2.0
+# CPUs (and kinds) whose last event time is kept.
+CPUS = 4096
 # Seconds over which a baseline forgets (the EWMA's time constant).
 BASELINE_SECONDS = 30.0
 
@@ -137,6 +147,16 @@ class Anomaly:
 
 
 @dataclass
+class Previous:
+    """What the window before the current one held of sources."""
+
+    start: float
+    sources: SpaceSaving
+    passed: float
+    top: list
+
+
+@dataclass
 class Window:
     """What one window showed: its heavy sources, and anomalies in force."""
 
@@ -173,6 +193,8 @@ class Detector:
         self.anomalous: set[tuple[str, str]] = set()
         self.events_seen = 0
         self.traffic: dict[tuple[str, str], float] = {}
+        self.last: dict[tuple[int, str], float] = {}   # (cpu, action) -> its last event
+        self.previous: Previous | None = None
         self._totals: tuple[float, dict[str, int]] | None = None
         self._fresh()
 
@@ -205,7 +227,13 @@ class Detector:
             self.events_seen += 1
             if event.src is None:
                 continue
-            weight = float(max(1, event.every) * (1 + max(0, event.lost)))
+            every = max(1, event.every)
+            lane = (event.cpu, event.action)
+            previous = self.last.get(lane)
+            if len(self.last) < CPUS or lane in self.last:
+                self.last[lane] = event.ts
+            fresh = previous is not None and event.ts - previous <= STALE
+            weight = float(every * (1 + max(0, event.lost))) if fresh else float(every)
             prefix = self.key(event.src)
             if prefix is None:
                 continue
@@ -232,21 +260,31 @@ class Detector:
         self._totals = (now, dict(totals))
 
     def close(self, now: float, top: int = 64) -> Window:
-        """The window that ends now: its heaviest sources (and every held one it saw),
-        anomalies; the baselines learn from it; a new window starts."""
+        """The window that ends now: its heaviest sources (and every held one it saw)
+        over it and the window before, anomalies over it alone; the baselines learn
+        from it; a new window starts."""
         seconds = max(now - self.window_start, 1e-3)
-        total = self.sources.total
-        window = Window(self.window_start, now, self.events, total / seconds)
+        # Sources are judged over two windows, a budget's second: its burst of samples
+        # may fall in one window and the counters' full rate in the next.
+        prev = self.previous
+        span = max(now - (prev.start if prev else self.window_start), 1e-3)
+        total = self.sources.total + (prev.sources.total if prev else 0.0)
+        passed = self.passed + (prev.passed if prev else 0.0)
+        window = Window(self.window_start, now, self.events, self.sources.total / seconds)
         names = set(self.sources.top(top)) | (self.held & set(self.sources.counts))
+        if prev:
+            names |= set(prev.top) | (self.held & set(prev.sources.counts))
         passing = self._pass_rate(now, seconds)
         for prefix in names:
-            lower, upper = self.sources.lower(prefix), self.sources.count(prefix)
-            pps, most = lower / seconds, upper / seconds
-            if passing is not None and self.passed and prefix not in self.held:
-                pps = max(pps, lower / self.passed * passing)
-                most = max(most, upper / self.passed * passing)
-            window.sources[prefix] = Source(prefix, pps, most, lower / total if total else 0.0,
-                                            self.sources.hits[prefix])
+            lower = self.sources.lower(prefix) + (prev.sources.lower(prefix) if prev else 0.0)
+            upper = self.sources.count(prefix) + (prev.sources.count(prefix) if prev else 0.0)
+            hits = self.sources.hits.get(prefix, 0) + (prev.sources.hits.get(prefix, 0) if prev else 0)
+            pps, most = lower / span, upper / span
+            if passing is not None and passed and prefix not in self.held:
+                pps, most = lower / passed * passing, upper / passed * passing
+            window.sources[prefix] = Source(prefix, pps, most, lower / total if total else 0.0, hits)
+        self.previous = Previous(self.window_start, self.sources, self.passed,
+                                 self.sources.top(top))
         rates = {("dst", str(d)): self.dsts.lower(d) / seconds for d in self.dsts.counts}
         rates.update({("proto", str(p)): w / seconds for p, w in self.protos.items()})
         rates.update(self.traffic)

@@ -398,6 +398,7 @@ class MitigationTask:
                 m = self.mitigator
                 if m is not None and sub is None:
                     sub = self.subscribe()
+                    self._count(m)  # the first window's rate needs a count before it
                 elif m is None and sub is not None:
                     sub.close()
                     sub = None
@@ -412,9 +413,7 @@ class MitigationTask:
                 # A late window (a slow change) is not caught up: the next is a whole one.
                 deadline = max(deadline + WINDOW, time.monotonic() + WINDOW / 2)
                 if m is not None:
-                    found = self._totals()
-                    if found is not None:
-                        m.counters(time.time(), found)
+                    self._count(m)
                     m.close(time.time())
                 self._follow()
         finally:
@@ -434,11 +433,13 @@ class MitigationTask:
         if changed is not None:
             self.update(changed[0])
 
-    def _totals(self) -> dict[str, int] | None:
+    def _count(self, m: Mitigator) -> None:
         try:
-            return self.totals()
+            found = self.totals()
         except Exception:  # noqa: BLE001 - counters are a help to detection, not a need
-            return None
+            return
+        if found is not None:
+            m.counters(time.time(), found)
 
 
 def status_totals(iface: str) -> Callable[[], dict[str, int] | None]:
