@@ -188,3 +188,31 @@ def test_a_new_flood_is_blocked_within_two_seconds_and_released_after_it(lab, tm
     print(f"\nflood start to first drop by the block rule: {latency:.3f} s; "
           f"released {release[0]['ts'] - times['end']:.2f} s after the flood")
     assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_monitor_mode_reports_the_flood_and_blocks_nothing(lab, tmp_path):
+    topo = lab
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("mode: enforce", "mode: monitor"))
+    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
+                  / Raw(bytes(18)))
+    daemon = Daemon(topo, policy)
+    try:
+        daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
+        base = rule_packets(topo, "auto-block")
+        with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+            gen.fixed(frame)
+            start = time.time()
+            sent = gen.send_for(2.0, FLOOD_PPS).sent
+        would = daemon.wait(lambda: daemon.actions("would-block"), 2.0, "a would-block line")
+        assert would[0]["prefix"] == f"{SOURCE}/32" and would[0]["mode"] == "monitor"
+        assert would[0]["ts"] - start <= GOAL, (would, start)
+        assert rule_packets(topo, "auto-block") == base  # nothing dropped
+        assert live_entries(topo) == []
+        assert not daemon.actions("block") and not daemon.actions("failed")
+        assert sent > FLOOD_PPS  # the flood ran
+    finally:
+        err = daemon.stop()
+    assert "Traceback" not in err, err
+    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0

@@ -344,7 +344,7 @@ class MitigationCollector(Collector):
                 actions.add_metric([iface, action], n)
             held.add_metric([iface, m.settings.set, m.settings.mode], len(m.held))
             for kind in ("dst", "proto", "traffic"):
-                anomalies.add_metric([iface, kind], sum(1 for k in m.anomalies if k[0] == kind))
+                anomalies.add_metric([iface, kind], sum(1 for k in list(m.anomalies) if k[0] == kind))
             seen.add_metric([iface], m.detector.events_seen)
         return iter((actions, held, anomalies, seen))
 
