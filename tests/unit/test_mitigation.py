@@ -542,3 +542,23 @@ def test_the_task_reads_the_hub_and_follows_reloads():
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_metrics_count_every_action():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shieldwall.ops.mitigate import MitigationCollector, MitigationTask
+
+    task = MitigationTask("sw0", settings_(), subscribe=lambda: None, log=lambda line: None,
+                          enforce_apply=lambda changes: None, present=dict, own=tuple,
+                          totals=lambda: None)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MitigationCollector(task))
+    task.mitigator.feed([event(HEAVY, ts=0.1) for _ in range(3000)])
+    task.mitigator.close(0.5)
+    text = generate_latest(registry).decode()
+    assert 'shieldwall_mitigation_actions_total{action="block",iface="sw0"} 1.0' in text
+    assert 'shieldwall_mitigation_actions_total{action="refused",iface="sw0"} 0.0' in text
+    assert 'shieldwall_mitigation_entries{iface="sw0",mode="enforce",set="auto_block"} 1.0' in text
+    assert 'shieldwall_mitigation_events_total{iface="sw0"} 3000.0' in text
+    assert 'shieldwall_mitigation_anomalies{iface="sw0",kind="dst"} 0.0' in text
