@@ -28,10 +28,10 @@ int sw_root(SW_CTX *ctx)
 		sw_canary_hand_off(ctx);
 	if (reason == SW_R_NON_IP) {
 		pkt->frame_len = sw_ctx_len(ctx);
-		return sw_finish(pkt, SW_ACT_PASS, reason, SW_MOD_ROOT, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_PASS, reason, SW_MOD_ROOT, SW_RULE_NONE);
 	}
 	if (reason)
-		return sw_finish(pkt, SW_ACT_DROP, reason, SW_MOD_ROOT, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, reason, SW_MOD_ROOT, SW_RULE_NONE);
 	if (!sw_in_canary(pkt))
 		sw_canary_hand_off(ctx);
 	if (sw_consts.src_classes) {

@@ -175,8 +175,56 @@ struct sw_consts {
 	__u8 canary_addr[16];
 	__u8 canary_mask[16];
 	__u32 limit_slot;	/* the limit stage's slot: the rules hand it what a rule passed */
-	__u32 pad0;
+	__u32 ev_rate;		/* events a second per CPU, each of drops and passes; 0: none */
+	__u32 ev_drop_every;	/* 1 in this many dropped packets may become an event */
+	__u32 ev_pass_every;	/* 1 in this many passed packets may; 0: none */
 };
+
+/*
+ * Sampled packet events (lib/events.h, docs/operations.md "Events"): 1 in ev_*_every
+ * verdicts is a candidate, and at most ev_rate candidates a second on each CPU, for
+ * drops and passes each, go into the ring: a flood cannot flood the reader. Each
+ * carries the decision, the parse and the frame's first bytes.
+ */
+#define SW_EVENT_SNAP 128
+#define SW_EVENT_RING_BYTES 1048576
+#define SW_EVENT_WINDOW_NS 1000000000
+
+struct sw_event {
+	__u64 ts_ns;		/* bpf_ktime_get_ns() */
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 frame_len;
+	__u32 rule;
+	__u32 cpu;
+	__u32 lost;		/* candidates of this kind this CPU's budget refused since its last event */
+	__u32 every;		/* the 1-in-N this event was sampled with */
+	__u16 sport;
+	__u16 dport;
+	__u16 reason;
+	__u16 module;
+	__u16 cap_len;		/* bytes of the frame in data */
+	__u16 vlan_id;
+	__u8 action;
+	__u8 family;
+	__u8 l4_proto;
+	__u8 tcp_flags;
+	__u8 pad0[4];
+	__u8 data[SW_EVENT_SNAP];
+};
+
+/* One CPU's sampling state for one kind (drops or passes). */
+struct sw_event_budget {
+	__u64 window_ns;	/* the clock at the start of this second's window */
+	__u32 used;		/* events sent in this window */
+	__u32 skip;		/* verdicts since the last candidate */
+	__u32 lost;		/* candidates refused since the last event */
+	__u32 ring_full;	/* of those and earlier ones: refused because the ring was full */
+	__u64 sent;		/* events in the ring, all time */
+	__u64 refused;		/* candidates refused before the last event, all time */
+};
+#define SW_EV_DROPS 0
+#define SW_EV_PASSES 1
 
 /* A canary's root runs its own policy for part of the traffic and hands the rest to the
  * root it is tried against (docs/updates.md). */
@@ -189,7 +237,9 @@ struct sw_config {
 	__u32 chain_len;
 	__u32 missed_action;
 	__u32 end_action;
-	__u32 pad0;
+	__u32 ev_rate;
+	__u32 ev_drop_every;
+	__u32 ev_pass_every;
 };
 
 /*

@@ -8,6 +8,7 @@
 #define SW_MAPS_H
 
 #include "common.h"
+#include "clock.h"
 
 /* The parse result and the decision of the packet being processed on this CPU. */
 struct {
@@ -41,6 +42,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } sw_stages SEC(".maps");
+
+/* Sampled events (lib/events.h): the ring is kept across reloads, so a reader follows
+ * one ring whatever runs; the budgets and the clock are each generation's own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SW_EVENT_RING_BYTES);
+} sw_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);	/* SW_EV_DROPS, SW_EV_PASSES */
+	__type(key, __u32);
+	__type(value, struct sw_event_budget);
+} sw_ev_budget SEC(".maps");
+
+SW_CLOCK_MAP(sw_ev_clock);
 
 /* Set by the loader for this program's place in this pipeline (struct sw_consts). */
 const volatile struct sw_consts sw_consts SEC(".rodata.sw") = {

@@ -5,6 +5,7 @@
 
 #include "maps.h"
 #include "table.h"
+#include "events.h"
 
 static __always_inline struct sw_pkt *sw_scratch_pkt(void)
 {
@@ -26,22 +27,23 @@ static __always_inline void sw_count(__u32 action, __u32 reason, __u32 bytes)
 }
 
 /* Every verdict goes through here: recorded in the scratch (offline verdicts read it
- * back) and counted, so no decision is ever silent. */
-static __always_inline int sw_finish(struct sw_pkt *pkt, __u32 action, __u32 reason,
-				     __u32 module, __u32 rule)
+ * back), counted and perhaps sampled, so no decision is ever silent. */
+static __always_inline int sw_finish(SW_CTX *ctx, struct sw_pkt *pkt, __u32 action,
+				     __u32 reason, __u32 module, __u32 rule)
 {
 	pkt->action = action;
 	pkt->reason = reason;
 	pkt->module = module;
 	pkt->rule = rule;
 	sw_count(action, reason, pkt->frame_len);
+	sw_event_sample(ctx, pkt);
 	return sw_ctx_verdict(action);
 }
 
 /* The configured failure outcome, for a stage that is missing or cannot do its job. */
-static __always_inline int sw_missed(struct sw_pkt *pkt)
+static __always_inline int sw_missed(SW_CTX *ctx, struct sw_pkt *pkt)
 {
-	return sw_finish(pkt, sw_consts.missed_action, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
+	return sw_finish(ctx, pkt, sw_consts.missed_action, SW_R_MISSED_STAGE, SW_MOD_ROOT, SW_RULE_NONE);
 }
 
 /* Runs the next stage of the chain. Returns only if there is none: the end of the
@@ -50,9 +52,9 @@ static __always_inline int sw_missed(struct sw_pkt *pkt)
 static __always_inline int sw_next(SW_CTX *ctx, struct sw_pkt *pkt)
 {
 	if (sw_consts.next_slot == SW_SLOT_END)
-		return sw_finish(pkt, sw_consts.end_action, SW_R_END_OF_CHAIN, SW_MOD_ROOT, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, sw_consts.end_action, SW_R_END_OF_CHAIN, SW_MOD_ROOT, SW_RULE_NONE);
 	bpf_tail_call(ctx, &sw_stages, sw_consts.next_slot);
-	return sw_missed(pkt);
+	return sw_missed(ctx, pkt);
 }
 
 /* Entry of every stage: the scratch always exists once the root ran, but the verifier

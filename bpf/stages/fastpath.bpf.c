@@ -15,9 +15,9 @@ int sw_stage_fastpath(SW_CTX *ctx)
 	__u32 action = tab ? sw_tab_at(tab, pkt->src_class) : SW_FP_NONE;
 
 	if (action == SW_ACT_DROP)
-		return sw_finish(pkt, action, SW_R_BLOCKLISTED, SW_MOD_FASTPATH, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, action, SW_R_BLOCKLISTED, SW_MOD_FASTPATH, SW_RULE_NONE);
 	if (action == SW_ACT_PASS)
-		return sw_finish(pkt, action, SW_R_ALLOWLISTED, SW_MOD_FASTPATH, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, action, SW_R_ALLOWLISTED, SW_MOD_FASTPATH, SW_RULE_NONE);
 	return sw_next(ctx, pkt);
 }
 

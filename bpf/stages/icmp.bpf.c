@@ -175,11 +175,11 @@ int sw_stage_icmp(SW_CTX *ctx)
 	slot = ((v6 ? 256 : 0) + pkt->icmp_type) & (SW_ICMP_SLOTS - 1);
 	stat = bpf_map_lookup_elem(&sw_icmp_stats, &slot);
 	if (!stat)
-		return sw_missed(pkt);
+		return sw_missed(ctx, pkt);
 	if (sw_icmp.unrelated != SW_PROT_OFF && sw_icmp_is_error(pkt) && !sw_icmp_related(ctx, pkt)) {
 		stat->unrelated++;
 		if (sw_icmp.unrelated == SW_PROT_DROP)
-			return sw_finish(pkt, SW_ACT_DROP, SW_R_ICMP_UNRELATED, SW_MOD_ICMP, SW_RULE_NONE);
+			return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_ICMP_UNRELATED, SW_MOD_ICMP, SW_RULE_NONE);
 	}
 	index = sw_icmp.slot[slot & (SW_ICMP_SLOTS - 1)];	/* bounded again after a spill */
 	if (index && index <= SW_ICMP_LIMITS) {
@@ -188,10 +188,10 @@ int sw_stage_icmp(SW_CTX *ctx)
 		struct sw_icmp_bucket *b = bpf_map_lookup_elem(&sw_icmp_buckets, &slot);
 
 		if (!b)
-			return sw_missed(pkt);
+			return sw_missed(ctx, pkt);
 		if (!sw_gcra_take(&b->tat, sw_clock_now(&sw_icmp_clock), cost, tol)) {
 			stat->limited++;
-			return sw_finish(pkt, SW_ACT_DROP, SW_R_ICMP_LIMITED, SW_MOD_ICMP, SW_RULE_NONE);
+			return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_ICMP_LIMITED, SW_MOD_ICMP, SW_RULE_NONE);
 		}
 	}
 	stat->passed++;

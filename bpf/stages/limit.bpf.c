@@ -230,12 +230,12 @@ static __always_inline void sw_lim_block(const struct sw_pkt *pkt, const volatil
 }
 
 /* Within the limit (or none): the rule's own pass, as if the policy stage had finished. */
-static __always_inline int sw_lim_pass(struct sw_pkt *pkt)
+static __always_inline int sw_lim_pass(SW_CTX *ctx, struct sw_pkt *pkt)
 {
-	return sw_finish(pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
+	return sw_finish(ctx, pkt, SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, pkt->rule);
 }
 
-static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
+static __always_inline int sw_lim_apply(SW_CTX *ctx, struct sw_pkt *pkt, __u32 index)
 {
 	const volatile struct sw_lim_def *d = &sw_lim.def[index];
 	struct sw_lim_stat *stat = bpf_map_lookup_elem(&sw_lim_stats, &index);
@@ -246,14 +246,14 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 	int fits;
 
 	if (!stat)
-		return sw_missed(pkt);
+		return sw_missed(ctx, pkt);
 	sw_lim_key_of(&key, pkt, d);
 	if (gate > 1) {
 		__u32 seen = sw_lim_sketch_count(&key, now, gate);
 
 		if (seen < gate) {
 			stat->passed++;
-			return sw_lim_pass(pkt);
+			return sw_lim_pass(ctx, pkt);
 		}
 		/* The key just reached the gate: it pays for its packets of this window. */
 		if (seen == gate)
@@ -267,7 +267,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 		bpf_map_update_elem(&sw_lim_buckets, &key, &fresh, BPF_NOEXIST);
 		b = bpf_map_lookup_elem(&sw_lim_buckets, &key);
 		if (!b)
-			return sw_missed(pkt);
+			return sw_missed(ctx, pkt);
 	}
 	fits = !d->pkt_ns || sw_gcra_take(&b->tat_pkt, now, charge * d->pkt_ns, d->pkt_tol);
 	if (fits && d->byte_ns16) {
@@ -281,7 +281,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 	}
 	if (fits) {
 		stat->passed++;
-		return sw_lim_pass(pkt);
+		return sw_lim_pass(ctx, pkt);
 	}
 	b->dropped++;	/* a diagnostic: two CPUs may lose a count, never worth an atomic */
 	stat->limited++;
@@ -289,7 +289,7 @@ static __always_inline int sw_lim_apply(struct sw_pkt *pkt, __u32 index)
 		sw_lim_block(pkt, d, now);
 		stat->blocks++;
 	}
-	return sw_finish(pkt, SW_ACT_DROP, SW_R_RATE_LIMITED, SW_MOD_LIMIT, pkt->rule);
+	return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_RATE_LIMITED, SW_MOD_LIMIT, pkt->rule);
 }
 
 SEC(SW_PROG_SEC)
@@ -301,14 +301,14 @@ int sw_stage_limit(SW_CTX *ctx)
 
 	if (pkt->rule == SW_RULE_NONE) {
 		if ((sw_lim.nblock4 || sw_lim.nblock6) && sw_lim_blocked(pkt))
-			return sw_finish(pkt, SW_ACT_DROP, SW_R_BLOCKED, SW_MOD_LIMIT, SW_RULE_NONE);
+			return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_BLOCKED, SW_MOD_LIMIT, SW_RULE_NONE);
 		return sw_next(ctx, pkt);
 	}
 	tab = sw_table(&sw_lim_tab);
 	index = tab ? sw_tab_at(tab, pkt->rule) : 0;
 	if (!index || index > sw_lim.nlimits || index > SW_LIM_MAX)
-		return sw_lim_pass(pkt);
-	return sw_lim_apply(pkt, index - 1);
+		return sw_lim_pass(ctx, pkt);
+	return sw_lim_apply(ctx, pkt, index - 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -300,16 +300,16 @@ static __always_inline int sw_pol_decided(SW_CTX *ctx, struct sw_pkt *pkt, __u32
 		sw_pol_hit(0, pkt->frame_len, now, 0);
 		action = sw_pol.default_action;
 		if (action == SW_ACT_DROP && sw_pol_is_nd(pkt))
-			return sw_finish(pkt, SW_ACT_PASS, SW_R_ND_PROTECTED, SW_MOD_POLICY, SW_RULE_NONE);
-		return sw_finish(pkt, action, SW_R_DEFAULT, SW_MOD_POLICY, SW_RULE_NONE);
+			return sw_finish(ctx, pkt, SW_ACT_PASS, SW_R_ND_PROTECTED, SW_MOD_POLICY, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, action, SW_R_DEFAULT, SW_MOD_POLICY, SW_RULE_NONE);
 	}
 	sw_pol_hit(best, pkt->frame_len, now, 0);
 	if (!drops && sw_consts.limit_slot != SW_SLOT_END) {
 		pkt->rule = best;
 		bpf_tail_call(ctx, &sw_stages, sw_consts.limit_slot);
-		return sw_missed(pkt);
+		return sw_missed(ctx, pkt);
 	}
-	return sw_finish(pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, best);
+	return sw_finish(ctx, pkt, drops ? SW_ACT_DROP : SW_ACT_PASS, SW_R_RULE, SW_MOD_POLICY, best);
 }
 
 static __always_inline int sw_pol_chains(SW_CTX *ctx, struct sw_pkt *pkt, const __u32 *tab);
@@ -348,7 +348,7 @@ int sw_stage_policy(SW_CTX *ctx)
 	}
 	tab = sw_table(&sw_pol_tab);
 	if (!tab)
-		return sw_missed(pkt);
+		return sw_missed(ctx, pkt);
 	return sw_pol_chains(ctx, pkt, tab);
 }
 

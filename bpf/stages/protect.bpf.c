@@ -80,7 +80,7 @@ int sw_stage_protect(SW_CTX *ctx)
 		if (seen)
 			*seen += 1;
 		if (sw_prot.mode[i] == SW_PROT_DROP)
-			return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_TCP_FLAGS + i, SW_MOD_PROTECT,
+			return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_BAD_TCP_FLAGS + i, SW_MOD_PROTECT,
 					 SW_RULE_NONE);
 	}
 	return sw_next(ctx, pkt);

@@ -258,7 +258,7 @@ int sw_stage_reflection(SW_CTX *ctx)
 			return sw_next(ctx, pkt);
 		}
 		stat->frags_dropped++;
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_REFLECTION_FRAGMENT, SW_MOD_REFLECTION,
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_REFLECTION_FRAGMENT, SW_MOD_REFLECTION,
 				 SW_RULE_NONE);
 	}
 	if (sw_refl_answers(ctx, pkt, now)) {
@@ -277,7 +277,7 @@ int sw_stage_reflection(SW_CTX *ctx)
 	}
 	if (!sw_refl.pkt_ns) {
 		stat->dropped++;
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_REFLECTION, SW_MOD_REFLECTION, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_REFLECTION, SW_MOD_REFLECTION, SW_RULE_NONE);
 	}
 	if (sw_refl_within_limit(pkt, now)) {
 		stat->passed_limit++;
@@ -285,7 +285,7 @@ int sw_stage_reflection(SW_CTX *ctx)
 		return sw_next(ctx, pkt);
 	}
 	stat->limited++;
-	return sw_finish(pkt, SW_ACT_DROP, SW_R_REFLECTOR_LIMITED, SW_MOD_REFLECTION, SW_RULE_NONE);
+	return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_REFLECTOR_LIMITED, SW_MOD_REFLECTION, SW_RULE_NONE);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -535,7 +535,7 @@ static __noinline int sw_syn_answer(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_s
 	__u8 flags = SW_TCP_SYN | SW_TCP_ACK;
 
 	if (!sw_syn_load(ctx, pkt, &h))
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
 	if (sw_syn.mode == SW_SYN_MODE_COOKIE) {
 		__s64 cookie;
 
@@ -546,7 +546,7 @@ static __noinline int sw_syn_answer(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_s
 			cookie = bpf_tcp_raw_gen_syncookie_ipv6((struct ipv6hdr *)h.ip, (struct tcphdr *)h.tcp,
 								sw_syn_tcp_len(h.tcp_len));
 		if (cookie < 0)
-			return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
+			return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
 		sw_syn_parse_opts(&h, &o);
 		if ((h.tcp[13] & (SW_TCP_ECE | SW_TCP_CWR)) == (SW_TCP_ECE | SW_TCP_CWR) && o.has_ts)
 			flags |= SW_TCP_ECE;
@@ -567,9 +567,9 @@ static __noinline int sw_syn_answer(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_s
 	}
 	tcp_len = sw_syn_make_synack(&h, &o, seq, ack, flags);
 	if (sw_syn_send(ctx, pkt, &h, tcp_len))
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_SYN_UNANSWERABLE, SW_MOD_SYN, SW_RULE_NONE);
 	sw_ctx_send_back(ctx);
-	return sw_finish(pkt, SW_ACT_TX, reason, SW_MOD_SYN, SW_RULE_NONE);
+	return sw_finish(ctx, pkt, SW_ACT_TX, reason, SW_MOD_SYN, SW_RULE_NONE);
 }
 
 static __noinline int sw_syn_other(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_syn_state *st)
@@ -581,17 +581,17 @@ static __noinline int sw_syn_other(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_sy
 	if (sw_syn.mode == SW_SYN_MODE_AUTH && !(flags & SW_TCP_RST))
 		return sw_next(ctx, pkt);
 	if (!sw_syn_load(ctx, pkt, &h))
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 	if (sw_syn_has_socket(ctx, pkt, &h))
 		return sw_next(ctx, pkt);
 	if (sw_syn.mode == SW_SYN_MODE_COOKIE) {
 		if ((flags & (SW_TCP_SYN | SW_TCP_RST | SW_TCP_FIN | SW_TCP_ACK)) == SW_TCP_ACK && sw_syn_cookie_ok(&h))
 			return sw_next(ctx, pkt);
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 	}
 	if (sw_syn_check_rst(ctx, pkt, st))
-		return sw_finish(pkt, SW_ACT_DROP, SW_R_SYN_AUTHENTICATED, SW_MOD_SYN, SW_RULE_NONE);
-	return sw_finish(pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
+		return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_SYN_AUTHENTICATED, SW_MOD_SYN, SW_RULE_NONE);
+	return sw_finish(ctx, pkt, SW_ACT_DROP, SW_R_BAD_COOKIE, SW_MOD_SYN, SW_RULE_NONE);
 }
 
 SEC(SW_PROG_SEC)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from .dataplane.pipeline import PipelineConfig
+from .dataplane.pipeline import EventsConfig, PipelineConfig
 from .policy.load import load_policy
 from .policy.model import Policy
 from .policy.reference import chain
@@ -39,8 +39,10 @@ def configure(policy: Policy) -> PipelineConfig:
     names = chain(policy)
     registry = stages()
     images = {name: registry[name].image(policy.sections[name]) for name in names}
+    events = policy.events
     return PipelineConfig(chain=names, missed_action=policy.pipeline.on_missing_stage,
-                          images=MappingProxyType(images))
+                          images=MappingProxyType(images),
+                          events=EventsConfig(events.rate, events.drops, events.passes))
 
 
 def load_config(path: Path) -> Config:

@@ -11,6 +11,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 LINKTYPE_ETHERNET = 1
 # Names for the link types people are likely to capture by mistake (e.g. `tcpdump -i any`).
@@ -91,13 +92,30 @@ def write_pcap(
 ) -> None:
     """Write frames as a little-endian microsecond pcap, uncut, all with timestamp 0."""
     with open(path, "wb") as out:
-        header = (PCAP_MAGIC_USEC, 2, 4, 0, 0, MAX_CAPLEN, linktype)
-        out.write(struct.pack("<" + PCAP_HEADER.format, *header))
+        writer = PcapWriter(out, linktype, MAX_CAPLEN, nanoseconds=False)
         for index, frame in enumerate(frames):
             if len(frame) > MAX_CAPLEN:
                 raise ValueError(f"frame {index} is {len(frame)} bytes, more than {MAX_CAPLEN}")
-            out.write(struct.pack("<" + PCAP_RECORD.format, 0, 0, len(frame), len(frame)))
-            out.write(frame)
+            writer.write(frame)
+
+
+class PcapWriter:
+    """Frames appended to a little-endian pcap stream as they come: each with its time
+    and, when the capture kept only its first bytes, its length on the wire."""
+
+    def __init__(self, out: BinaryIO, linktype: int = LINKTYPE_ETHERNET,
+                 snaplen: int = MAX_CAPLEN, nanoseconds: bool = True) -> None:
+        self.out = out
+        self.scale = 10**9 if nanoseconds else 10**6
+        magic = PCAP_MAGIC_NSEC if nanoseconds else PCAP_MAGIC_USEC
+        out.write(struct.pack("<" + PCAP_HEADER.format, magic, 2, 4, 0, 0, snaplen, linktype))
+
+    def write(self, data: bytes, timestamp: float = 0.0, orig_len: int | None = None) -> None:
+        whole = round(timestamp * self.scale)
+        sec, frac = divmod(whole, self.scale)
+        length = max(orig_len if orig_len is not None else len(data), len(data))
+        self.out.write(struct.pack("<" + PCAP_RECORD.format, sec, frac, len(data), length))
+        self.out.write(data)
 
 
 class _Source:

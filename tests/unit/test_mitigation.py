@@ -13,30 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shieldwall.ops.detect import BASELINES, DESTINATIONS, MIN_SAMPLES, Detector, SpaceSaving
-try:
-    from shieldwall.ops.events import Event
-except ImportError:  # TEMPORARY until the events land on main
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Event:  # type: ignore[no-redef]
-        ts: float
-        cpu: int
-        action: str
-        reason: str
-        stage: str
-        rule: int | None
-        family: int
-        src: str | None
-        dst: str | None
-        proto: int
-        sport: int
-        dport: int
-        tcp_flags: int
-        frame_len: int
-        data: bytes
-        every: int
-        lost: int
+from shieldwall.ops.events import Event
 from shieldwall.ops.mitigate import Mitigator
 from shieldwall.policy.mitigation import Mitigation
 

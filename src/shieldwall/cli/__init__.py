@@ -344,6 +344,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_modes(config, Path(args.pcap) if args.pcap else None,
                            adversarial=args.adversarial, packets=args.packets,
                            rounds=min(args.rounds, 3))
+    elif args.events:
+        from .eventbench import run_events_bench
+        report = run_events_bench(packets=args.packets, rounds=args.rounds)
     elif args.scaling:
         from .scaling import run_scaling
         report = run_scaling(packets=args.packets, rounds=args.rounds)
@@ -409,6 +412,18 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     from .blocks import run
     with _netns(args):
         return run(args)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .events import run_events
+    with _netns(args):
+        return run_events(args)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .events import run_capture
+    with _netns(args):
+        return run_capture(args)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -513,6 +528,25 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "del":
             a.add_argument("prefixes", nargs="*", metavar="PREFIX")
             a.add_argument("--all", action="store_true", help="every block in force")
+    p = command("events", cmd_events, "sampled packet events: what was dropped, why, and its headers",
+                iface=True)
+    p.add_argument("--follow", "-f", action="store_true", help="show events as they come")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("--reason", metavar="R", help="only this reason (docs/reasons.md)")
+    p.add_argument("--rule", metavar="NAME", help="only this rule (its name or id)")
+    p.add_argument("--action", choices=("drop", "pass"), help="only drops, or only sampled passes")
+    p.add_argument("--seconds", type=_positive(float, "seconds"), metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=_positive(int, "events"), metavar="N", help="stop after N events")
+    p = command("capture", cmd_capture, "sampled dropped frames (their first bytes) into a pcap",
+                iface=True)
+    p.add_argument("--pcap", required=True, metavar="FILE", help="the capture file to write")
+    p.add_argument("--reason", metavar="R", help="only this reason")
+    p.add_argument("--rule", metavar="NAME", help="only this rule (its name or id)")
+    p.add_argument("--action", choices=("drop", "pass"), default="drop",
+                   help="dropped frames (default), or sampled passed ones")
+    p.add_argument("--seconds", type=_positive(float, "seconds"), default=10.0, metavar="S",
+                   help="how long to capture (default 10)")
+    p.add_argument("--count", type=_positive(int, "frames"), metavar="N", help="stop after N frames")
     p = command("canary", cmd_canary, "try a new policy on a share of the traffic: start, status, promote, abort")
     actions = p.add_subparsers(dest="canary_cmd", required=True)
     for name, help in (("start", "run NEW.yaml for a share of flows or for a source prefix"),
@@ -598,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", action="store_true",
                    help="the policy attached in each mode (native, generic, tc, nft) under the "
                         "same flood: each mode's Mpps next to bare XDP_DROP")
+    p.add_argument("--events", action="store_true",
+                   help="what sampled events cost: the default flood with events off, on, "
+                        "with passes sampled, and with the largest budget, next to bare XDP_DROP")
     p.add_argument("--scenarios", action="store_true",
                    help="every attack scenario without protection, with shieldwall and with peers, "
                         "while a real client uses the server")

@@ -45,6 +45,9 @@ SHARED_MAPS: dict[str, tuple[str, str]] = {
     "sw_counters": ("__u32", "struct sw_counter"),
     "sw_config": ("__u32", "struct sw_config"),
     "sw_stages": ("__u32", "__u32"),
+    "sw_events": ("__u32", "struct sw_event"),       # a ring buffer (lib/events.h)
+    "sw_ev_budget": ("__u32", "struct sw_event_budget"),
+    "sw_ev_clock": ("__u32", "__u64[3]"),             # a timer clock (lib/clock.h)
 }
 # The root's own: the source trie every stage's source prefixes are merged into.
 ROOT_MAPS: dict[str, tuple[str, str]] = {
@@ -58,8 +61,9 @@ HOOKS = ("xdp", "tc")
 TC_VERDICTS = {0: "pass", 2: "drop", 7: "tx"}  # TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT
 _TC_RETURNS = {name: code for code, name in TC_VERDICTS.items()}  # aborted: as drop
 
-# Kept across reloads; everything else is rebuilt from the configuration.
-ROOT_STATE = ("sw_counters",)
+# Kept across reloads; everything else is rebuilt from the configuration. The event
+# ring is one for the interface's life, so its reader never has to follow a reload.
+ROOT_STATE = ("sw_counters", "sw_events", "sw_ev_budget")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,20 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Sampled events (lib/events.h): at most `rate` a second per CPU, each of drops and
+    passes, from 1 in `drops` dropped and 1 in `passes` passed packets (0: none)."""
+
+    rate: int = 0
+    drops: int = 1
+    passes: int = 0
+
+    def consts(self) -> dict:
+        return {"ev_rate": self.rate, "ev_drop_every": max(self.drops, 1),
+                "ev_pass_every": self.passes}
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """What the pipeline does: the chain, its failure outcome, and each chain stage's
     image (Stage.image() of its policy section)."""
@@ -92,6 +110,7 @@ class PipelineConfig:
     images: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     canary: "Arm | None" = None          # a canary's root: which packets it decides
     hook: str = "xdp"                    # xdp, or tc: the same programs built for TC ingress
+    events: EventsConfig = EventsConfig()  # off unless a policy asks (config.configure)
 
     def __post_init__(self) -> None:
         known = stages()
@@ -185,7 +204,7 @@ class Pipeline:
                 _fill(pipeline.maps, builds[s.name])
             pipeline.maps["sw_config"].update(0, {
                 "chain_len": len(chain), "missed_action": abi.ACTION_CODES[config.missed_action],
-                "end_action": abi.SW_ACT_PASS})
+                "end_action": abi.SW_ACT_PASS, **config.events.consts()})
             # Slots last: a stage is reachable only once its maps are filled.
             for slot, s in enumerate(chain):
                 pipeline.maps["sw_stages"].set_fd(slot, objects[s.name].program(s.program).fd)
@@ -331,6 +350,7 @@ def _consts(config: PipelineConfig, next_position: int, sources: Sources | None 
     canary = config.canary.consts() if config.canary is not None and next_position == 0 else {}
     return pack("struct sw_consts", {
         **canary,
+        **config.events.consts(),
         "next_slot": next_position if next_position < len(config.chain) else abi.SW_SLOT_END,
         "missed_action": abi.ACTION_CODES[config.missed_action],
         "end_action": abi.SW_ACT_PASS,
@@ -379,6 +399,19 @@ def _fill(maps: dict[str, Map], build: StageBuild) -> None:
         maps[name].update_batch(keys, values)
     if build.table:
         maps[build.table[0]].update_raw(0, build.table[1])
+
+
+def read_events(config: Any, budget: Map) -> dict:
+    """The sampling a pipeline runs (its sw_config) and what its CPUs sent and refused,
+    by kind, summed over CPUs."""
+    out: dict = {"rate": config.ev_rate, "drops": config.ev_drop_every,
+                 "passes": config.ev_pass_every}
+    for kind, name in ((abi.SW_EV_DROPS, "drops"), (abi.SW_EV_PASSES, "passes")):
+        cells = budget.lookup(kind) or []
+        out[f"{name}_sent"] = sum(c.sent for c in cells)
+        out[f"{name}_refused"] = sum(c.refused + c.lost for c in cells)
+        out[f"{name}_ring_full"] = sum(c.ring_full for c in cells)
+    return out
 
 
 def read_counters(m: Map) -> dict[tuple[str, str], tuple[int, int]]:

@@ -4,29 +4,35 @@ kernel version that brought each feature it uses."""
 
 from __future__ import annotations
 
-# Helpers every XDP program calls (lib/pipeline.h, lib/clock.h): the chain itself.
-_CHAIN = ("bpf_map_lookup_elem", "bpf_tail_call", "bpf_ktime_get_coarse_ns")
+# Helpers every program calls (lib/pipeline.h, lib/clock.h, lib/events.h): the chain
+# itself, its clock, and the sampled events every verdict may become.
 _TIMER = ("bpf_timer_init", "bpf_timer_set_callback", "bpf_timer_start")
+_EVENTS = ("bpf_ringbuf_reserve", "bpf_ringbuf_submit", "bpf_ktime_get_ns",
+           "bpf_get_smp_processor_id")
+_CHAIN = ("bpf_map_lookup_elem", "bpf_tail_call", "bpf_ktime_get_coarse_ns") + _TIMER + _EVENTS
 _SOCKETS = ("bpf_skc_lookup_tcp", "bpf_sk_lookup_udp", "bpf_sk_release")
 _COOKIES = ("bpf_tcp_raw_gen_syncookie_ipv4", "bpf_tcp_raw_gen_syncookie_ipv6",
             "bpf_tcp_raw_check_syncookie_ipv4", "bpf_tcp_raw_check_syncookie_ipv6")
 
+# Map types every program declares (lib/maps.h).
+_MAPS = ("array", "hash", "percpu_array", "prog_array", "ringbuf")
+
 # program -> (helpers, map types); "root" is the parser every packet enters.
 PROGRAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "root": (_CHAIN, ("array", "hash", "percpu_array", "prog_array")),
-    "fastpath": (_CHAIN, ("array", "hash", "percpu_array", "prog_array")),
-    "protect": (_CHAIN, ("array", "hash", "percpu_array", "prog_array")),
-    "policy": (_CHAIN + ("bpf_loop",) + _TIMER, ("array", "hash", "percpu_array", "prog_array")),
-    "limit": (_CHAIN + ("bpf_map_update_elem", "bpf_map_delete_elem") + _TIMER,
-              ("array", "hash", "lru_hash", "percpu_array", "prog_array")),
-    "conntrack": (_CHAIN + ("bpf_map_update_elem",) + _TIMER,
-                  ("array", "hash", "lru_hash", "percpu_array", "prog_array")),
-    "reflection": (_CHAIN + ("bpf_map_update_elem", "bpf_skb_load_bytes") + _TIMER,
-                   ("array", "hash", "lru_hash", "percpu_array", "prog_array")),
-    "icmp": (_CHAIN + _SOCKETS + _TIMER, ("array", "hash", "percpu_array", "prog_array")),
+    "root": (_CHAIN, _MAPS),
+    "fastpath": (_CHAIN, _MAPS),
+    "protect": (_CHAIN, _MAPS),
+    "policy": (_CHAIN + ("bpf_loop",), _MAPS),
+    "limit": (_CHAIN + ("bpf_map_update_elem", "bpf_map_delete_elem"),
+              _MAPS + ("lru_hash",)),
+    "conntrack": (_CHAIN + ("bpf_map_update_elem",),
+                  _MAPS + ("lru_hash",)),
+    "reflection": (_CHAIN + ("bpf_map_update_elem", "bpf_skb_load_bytes"),
+                   _MAPS + ("lru_hash",)),
+    "icmp": (_CHAIN + _SOCKETS, _MAPS),
     "syn": (_CHAIN + ("bpf_map_update_elem", "bpf_get_prandom_u32", "bpf_loop")
-            + _SOCKETS + _COOKIES + _TIMER,
-            ("array", "hash", "lru_hash", "percpu_array", "prog_array")),
+            + _SOCKETS + _COOKIES,
+            _MAPS + ("lru_hash",)),
 }
 
 # The context layer (lib/ctx.h): what every program may call through it, by the hook it
@@ -65,7 +71,8 @@ def helpers_for(prog_type: str) -> list[str]:
 # helper -> the kernel release that brought it (include/uapi/linux/bpf.h history).
 HELPER_SINCE: dict[str, tuple[int, int]] = {
     "bpf_map_lookup_elem": (3, 18), "bpf_map_update_elem": (3, 18), "bpf_map_delete_elem": (3, 18),
-    "bpf_get_prandom_u32": (4, 1), "bpf_tail_call": (4, 2), "bpf_skb_load_bytes": (4, 5),
+    "bpf_get_prandom_u32": (4, 1), "bpf_ktime_get_ns": (4, 1), "bpf_get_smp_processor_id": (4, 1),
+    "bpf_ringbuf_reserve": (5, 8), "bpf_ringbuf_submit": (5, 8), "bpf_tail_call": (4, 2), "bpf_skb_load_bytes": (4, 5),
     "bpf_xdp_adjust_tail": (4, 18), "bpf_redirect": (4, 4), "bpf_skb_change_tail": (4, 9),
     "bpf_skb_pull_data": (4, 9), "bpf_csum_level": (5, 8), "bpf_sk_lookup_udp": (4, 20), "bpf_sk_release": (4, 20),
     "bpf_skc_lookup_tcp": (5, 2), "bpf_ktime_get_coarse_ns": (5, 11),

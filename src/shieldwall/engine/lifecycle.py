@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import abi, modes
 from ..config import Config, configure, default_config
 from ..dataplane import bpffs
-from ..dataplane.pipeline import SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters
+from ..dataplane.pipeline import SHARED_MAPS, Arm, Pipeline, pinned_maps, read_counters, read_events
 from ..kernel import libbpf, xdp
 from ..kernel.errors import BpfError
 from ..kernel.ethtool import driver_name
@@ -574,6 +574,7 @@ def _status_of(iface: str) -> dict:
         report["chain"] = _chain(layout, live, maps)
         cfg = maps["sw_config"].lookup(0)
         report["on_missing_stage"] = abi.action_name(cfg.missed_action)
+        report["events"] = read_events(cfg, maps["sw_ev_budget"])
         counts = read_counters(maps["sw_counters"])
         if control is not None:  # the canary's own counters, and the shared ones of the rest
             counts = _added(counts, _shared_counters(layout))

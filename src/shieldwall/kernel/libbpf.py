@@ -535,7 +535,10 @@ class RingBuffer:
                                                    ffi.NULL), "opening ring buffer")
 
     def poll(self, timeout_ms: int = 100) -> int:
-        return _check(lib.ring_buffer__poll(self._rb, timeout_ms), "polling ring buffer")
+        ret = lib.ring_buffer__poll(self._rb, timeout_ms)
+        if ret == -errno.EINTR:  # a signal (the daemon's SIGHUP): nothing read, not a fault
+            return 0
+        return _check(ret, "polling ring buffer")
 
     def consume(self) -> int:
         return _check(lib.ring_buffer__consume(self._rb), "consuming ring buffer")

@@ -20,6 +20,7 @@ from ..config import load_config
 from ..engine import lifecycle
 from ..kernel.errors import BpfError
 from ..policy.errors import PolicyError
+from .events import EventHub, EventReader
 
 
 def _say(text: str) -> None:
@@ -52,17 +53,29 @@ def reload(iface: str, path: Path) -> str:
 
 def run(iface: str, path: Path, mode: str = "auto", metrics: str | None = None) -> int:
     _say(start(iface, path, mode))
+    hub = EventHub()  # the ring's one consumer: readers subscribe here
+    reader = EventReader(iface, hub, _say)
+    reading = reader.start()
     stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: (hup.set(), stop.set()))
     server = None
+    # -- automatic mitigation (ops/mitigate.py): a thread of its own on the hub
+    from .mitigate import daemon_view, mitigation_task
+    view = daemon_view(iface, path, hub if reading else None, _say)
+    mitigation = mitigation_task(view)
+    # --
     if metrics:
         from prometheus_client import start_http_server
         from .metrics import status_reports
         from .serve import parse_listen, registry
         addr, port = parse_listen(metrics)
-        server, _ = start_http_server(port, addr=addr, registry=registry(status_reports(iface)))
+        served = registry(status_reports(iface))
+        if mitigation is not None:
+            from .mitigate import MitigationCollector
+            served.register(MitigationCollector(mitigation))
+        server, _ = start_http_server(port, addr=addr, registry=served)
         _say(f"metrics at http://{metrics}/metrics")
     try:
         while True:
@@ -71,8 +84,13 @@ def run(iface: str, path: Path, mode: str = "auto", metrics: str | None = None) 
                 break
             hup.clear()
             stop.clear()
-            _say(reload(iface, path))
+            line = reload(iface, path)
+            _say(line)
+            if mitigation is not None and line.startswith("reloaded"):
+                view.reloaded()
     finally:
+        view.stop()
+        reader.stop()
         if server is not None:
             server.shutdown()
     _say(f"stopping; {iface} stays protected (shieldwall down --iface {iface} removes it)")

@@ -519,3 +519,35 @@ def mitigation_task(daemon) -> MitigationTask | None:
     if registry is not None:
         registry.register(MitigationCollector(task))
     return task
+
+
+class DaemonView:
+    """What mitigation_task reads of a daemon, for one that is a function (ops/daemon.run):
+    `reloaded()` after a reload went in, `stop()` when it ends."""
+
+    def __init__(self, iface: str, config, hub, log: Callable[[str], None]) -> None:
+        self.iface, self.config, self.hub, self.log = iface, config, hub, log
+        self.stopping = threading.Event()
+        self.watch = _Watch()
+        self._closers: list[Callable[[], None]] = []
+
+    def on_stop(self, closer: Callable[[], None]) -> None:
+        self._closers.append(closer)
+
+    def reloaded(self) -> None:
+        self.watch.revision += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for closer in self._closers:
+            closer()
+
+
+@dataclass
+class _Watch:
+    revision: int = 0
+    refused: str | None = None
+
+
+def daemon_view(iface: str, config, hub, log: Callable[[str], None]) -> DaemonView:
+    return DaemonView(iface, config, hub, log)

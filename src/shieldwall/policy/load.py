@@ -5,9 +5,9 @@ references and capacity overruns are all errors. It goes on after a problem so t
 run reports as many as it can, then raises a single PolicyError with all of them; no
 Policy exists for an invalid file, so nothing of it can reach the kernel.
 
-The document's own keys are `version`, `sets`, `pipeline` and `mitigation` (the
-daemon's, policy/mitigation.py); every other key belongs to a stage, which validates
-its section (shieldwall.stages).
+The document's own keys are `version`, `sets`, `pipeline`, `events` and `mitigation`
+(the daemon's, policy/mitigation.py); every other key belongs to a stage, which
+validates its section (shieldwall.stages).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from ..stages import policy_keys, stages
 from . import mitigation
 from .errors import Invalid, PolicyError, quote
 from .files import NotReadable, read_bounded
-from .model import Capacity, Pipeline, Policy
+from .model import Capacity, Events, Pipeline, Policy
 from .validator import Validator
-from .values import parse_verdict
+from .values import describe, parse_rate, parse_verdict
 
 SUPPORTED_VERSION = 1
-_OWN_KEYS = ("version", "sets", "pipeline", "mitigation")
+_OWN_KEYS = ("version", "sets", "pipeline", "events", "mitigation")
 
 
 def load_policy(path: str | Path, capacity: Capacity = Capacity()) -> Policy:
@@ -93,10 +93,12 @@ def parse_policy(
         sections[stage.name] = stage.section(_own_part(doc, stage.keys, owners), v)
     for stage in stages().values():
         sections[stage.name] = stage.link(sections[stage.name], sections, v)
-    # The daemon's, not a stage's: it reads the rules and sets the stages made.
-    sections["mitigation"] = (mitigation.read(doc["mitigation"], doc, sections, v)
-                              if "mitigation" in doc else None)
     pipeline = _pipeline(doc.get("pipeline", {}), v)
+    events = _events(doc.get("events", {}), v)
+    # The daemon's, not a stage's: it reads the rules and sets the stages made, and
+    # the sampling of events.
+    sections["mitigation"] = (mitigation.read(doc["mitigation"], events, sections, v)
+                              if "mitigation" in doc else None)
     if pipeline is not None and pipeline.stages is not None:
         _check_chain(pipeline.stages, sections, v)
     if v.issues:
@@ -106,6 +108,7 @@ def parse_policy(
         version=SUPPORTED_VERSION,
         sets=MappingProxyType(dict(v.sets)),  # type: ignore[arg-type]
         pipeline=pipeline,  # type: ignore[arg-type]
+        events=events,  # type: ignore[arg-type]
         sections=MappingProxyType(sections),
     )
 
@@ -137,6 +140,39 @@ def _pipeline(value: Any, v: Validator) -> Pipeline | None:
         verdict = v.check("pipeline.on_missing_stage", parse_verdict, spec["on_missing_stage"])
     chain = _stages(spec["stages"], v) if "stages" in spec else None
     return Pipeline(verdict, chain) if verdict else None  # type: ignore[arg-type]
+
+
+# Events a second per CPU: beyond this the ring, not the budget, would be the limit.
+MAX_EVENT_RATE = 100_000
+MAX_EVERY = 1 << 30
+
+
+def _events(value: Any, v: Validator) -> Events | None:
+    """`events: off`, or `{rate, drops, passes}` (docs/policy.md, "Events")."""
+    if value in (False, "off"):
+        return Events(rate=0)
+    spec = v.mapping(value, "events", ("rate", "drops", "passes"))
+    if spec is None:
+        return None
+    rate = spec.get("rate", Events.rate)
+    if rate not in (0, "0", False, "off"):
+        rate = v.check("events.rate", parse_rate, rate, "a rate of events a second per CPU",
+                       MAX_EVENT_RATE)
+    else:
+        rate = 0
+    drops = v.check("events.drops", _one_in, spec.get("drops", Events.drops), 1)
+    passes = v.check("events.passes", _one_in, spec.get("passes", Events.passes), 0)
+    if rate is None or drops is None or passes is None:
+        return None
+    return Events(rate, drops, passes)
+
+
+def _one_in(value: Any, least: int) -> int:
+    """N of "1 in N packets", from `least` (0: none)."""
+    if type(value) is not int or not least <= value <= MAX_EVERY:
+        raise Invalid(f"expected a whole number from {least} to {MAX_EVERY:,} (1 in N packets), "
+                      f"got {quote(value) if isinstance(value, str) else describe(value)}")
+    return value
 
 
 def _stages(value: Any, v: Validator) -> tuple[str, ...] | None:

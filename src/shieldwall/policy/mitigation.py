@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Invalid, quote
-from .model import AddrValue, PrefixSet, PrefixTable, RuleSet, expand
+from .model import AddrValue, Events, PrefixSet, PrefixTable, RuleSet, expand
 from .validator import Validator
 from .values import describe, parse_duration, parse_rate
 
@@ -123,7 +123,7 @@ def _reads(rule, name: str) -> bool:
                                    for value in src.plain) and not src.negated
 
 
-def read(value: Any, doc: dict, sections: dict[str, Any], v: Validator) -> Mitigation | None:
+def read(value: Any, events: Events | None, sections: dict[str, Any], v: Validator) -> Mitigation | None:
     """The section, validated; problems go to v with their paths (`mitigation.heavy.pps`)."""
     spec = v.mapping(value, "mitigation", _KEYS)
     if spec is None:
@@ -181,7 +181,7 @@ def read(value: Any, doc: dict, sections: dict[str, Any], v: Validator) -> Mitig
         v.report("mitigation.release.pps", f"{out['release_pps']} is above heavy.pps "
                  f"({out.get('heavy_pps', Mitigation.heavy_pps)}): a block would be released while "
                  "its source is still hot")
-    _sampling(doc, v)
+    _sampling(events, v)
     out["allowed"] = _allowed(sections)
     if len(v.issues) > errors:
         return None
@@ -228,12 +228,10 @@ def _target(spec: dict, sections: dict[str, Any], v: Validator) -> dict[str, Any
             "rule_names": tuple(r.name for r in found)}
 
 
-def _sampling(doc: dict, v: Validator) -> None:
-    """A new flood passes until it is blocked, so only pass samples show it."""
-    events = doc.get("events")
-    passes = events.get("passes", 0) if isinstance(events, dict) else 0
-    rate = events.get("rate", 1) if isinstance(events, dict) else 1
-    if type(passes) is not int or passes <= 0 or rate in (0, "0", False, "off"):
+def _sampling(events: Events | None, v: Validator) -> None:
+    """A new flood passes until it is blocked, so only pass samples show it. (None: the
+    events section is invalid, and said so.)"""
+    if events is not None and (not events.rate or not events.passes):
         v.report("mitigation", "needs samples of passed packets, where a new flood shows: "
                  "set events: {passes: N} (1 in N passed packets; 100 is a fair start)")
 

@@ -359,6 +359,17 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class Events:
+    """Sampled packet events (docs/operations.md, "Events"): at most `rate` a second per
+    CPU, each of drops and passes (0: none), from 1 in `drops` dropped packets and 1 in
+    `passes` passed ones (0: passes are not sampled)."""
+
+    rate: int = 1000
+    drops: int = 1
+    passes: int = 0
+
+
+@dataclass(frozen=True)
 class Segment:
     """A named part of the rules that owns some destinations: its rules come from a file
     of their own, match only packets to those destinations, and a reload applies each
@@ -393,6 +404,7 @@ class Policy:
     version: int
     sets: Mapping[str, PrefixSet] = field(default_factory=lambda: MappingProxyType({}))
     pipeline: Pipeline = Pipeline()
+    events: Events = Events()
     sections: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
