@@ -2,15 +2,20 @@
 the lab's server is dropped by the block set's rule within 2 s of its start, a client
 at another address keeps being answered, and once the flood stops the entry runs out:
 it is gone and the source's packets pass again. Measured with the data plane's own
-counters, not with the daemon's word."""
+counters, not with the daemon's word; every action is also in the daemon's metrics. In
+monitor mode the same flood is reported within 2 s and nothing is dropped, until a
+SIGHUP brings the section in enforce mode."""
 
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -58,10 +63,10 @@ rules:
 class Daemon:
     """The daemon in the lab's server namespace; its log lines, read as they come."""
 
-    def __init__(self, topo, policy) -> None:
+    def __init__(self, topo, policy, *more: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shieldwall", "daemon", "--netns", topo.server_ns,
-             "--iface", topo.server_if, "--config", str(policy), "--mode", "native"],
+             "--iface", topo.server_if, "--config", str(policy), "--mode", "native", *more],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[tuple[float, str]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -94,10 +99,23 @@ class Daemon:
                              + (self.proc.stderr.read() if self.proc.poll() is not None else ""))
 
     def stop(self) -> str:
-        self.proc.send_signal(15)
+        self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=10)
         self.reader.join(timeout=5)
         return err
+
+
+def free_port(netns: str) -> int:
+    with enter_netns(netns):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+def fetch(netns: str, url: str) -> str:
+    with enter_netns(netns):  # the socket is made inside the server's namespace
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.read().decode()
 
 
 def rule_packets(topo, name: str) -> int:
@@ -126,8 +144,9 @@ def test_a_new_flood_is_blocked_within_two_seconds_and_released_after_it(lab, tm
     frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
                   / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
                   / Raw(bytes(18)))
+    port = free_port(topo.server_ns)
     with start_udp_echo(topo, UDP_PORT, lifetime=120):
-        daemon = Daemon(topo, policy)
+        daemon = Daemon(topo, policy, "--metrics", f"127.0.0.1:{port}")
         try:
             daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
             assert udp_roundtrip(topo, UDP_PORT, src=topo.client_v4)
@@ -182,6 +201,14 @@ def test_a_new_flood_is_blocked_within_two_seconds_and_released_after_it(lab, tm
             # Nothing else was ever blocked; nothing went wrong.
             assert [a["prefix"] for a in daemon.actions("block")] == [f"{SOURCE}/32"]
             assert not daemon.actions("failed") and not daemon.actions("refused")
+            # Every action is a metric too.
+            scrape = fetch(topo.server_ns, f"http://127.0.0.1:{port}/metrics")
+            for action in ("block", "renew", "release"):
+                count = len(daemon.actions(action))
+                assert (f'shieldwall_mitigation_actions_total{{action="{action}",'
+                        f'iface="{topo.server_if}"}} {count}.0') in scrape, (action, count)
+            assert (f'shieldwall_mitigation_entries{{iface="{topo.server_if}",mode="enforce",'
+                    'set="auto_block"} 0.0') in scrape
         finally:
             err = daemon.stop()
     assert "Traceback" not in err, err
@@ -190,7 +217,7 @@ def test_a_new_flood_is_blocked_within_two_seconds_and_released_after_it(lab, tm
     assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
 
 
-def test_monitor_mode_reports_the_flood_and_blocks_nothing(lab, tmp_path):
+def test_monitor_mode_reports_the_flood_and_blocks_nothing_until_a_reload_enforces(lab, tmp_path):
     topo = lab
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("mode: enforce", "mode: monitor"))
@@ -212,6 +239,18 @@ def test_monitor_mode_reports_the_flood_and_blocks_nothing(lab, tmp_path):
         assert live_entries(topo) == []
         assert not daemon.actions("block") and not daemon.actions("failed")
         assert sent > FLOOD_PPS  # the flood ran
+
+        # SIGHUP with the section in enforce mode: the daemon takes it, and blocks.
+        policy.write_text(POLICY)
+        daemon.proc.send_signal(signal.SIGHUP)
+        [update] = daemon.wait(lambda: daemon.actions("update"), 10, "the reloaded section")
+        assert update["mode"] == "enforce"
+        with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+            gen.fixed(frame)
+            gen.send_for(2.0, FLOOD_PPS)
+        [block] = daemon.wait(lambda: daemon.actions("block"), 2.0, "a block after the reload")
+        assert block["prefix"] == f"{SOURCE}/32"
+        assert rule_packets(topo, "auto-block") > base
     finally:
         err = daemon.stop()
     assert "Traceback" not in err, err

@@ -388,6 +388,9 @@ class MitigationTask:
                       "ts": round(time.time(), 3)})
         else:
             self.mitigator.update(settings)
+            self.log({"mitigation": "update", "iface": self.iface, "mode": settings.mode,
+                      "set": settings.set, "held": len(self.mitigator.held),
+                      "ts": round(time.time(), 3)})
 
     def run(self, stop) -> None:
         """Until `stop` (a threading.Event) is set."""
