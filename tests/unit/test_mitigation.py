@@ -539,3 +539,46 @@ def test_metrics_count_every_action():
     assert 'shieldwall_mitigation_entries{iface="sw0",mode="enforce",set="auto_block"} 1.0' in text
     assert 'shieldwall_mitigation_events_total{iface="sw0"} 3000.0' in text
     assert 'shieldwall_mitigation_anomalies{iface="sw0",kind="dst"} 0.0' in text
+
+
+def test_mitigation_task_on_a_daemon_follows_its_reloads(tmp_path):
+    """What mitigation_task reads of a daemon object (ops/daemon.py's Daemon): its
+    policy file, hub, lock, stop, log, and the revision its watch put in force."""
+    import json
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from shieldwall.ops.events import EventHub
+    from shieldwall.ops.mitigate import WINDOW, mitigation_task
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY + "mitigation: {mode: monitor, block_set: auto_block}\n")
+    lines: list[str] = []
+    closers: list = []
+    daemon = SimpleNamespace(iface="sw-nowhere0", config=path, hub=EventHub(),
+                             changes=threading.Lock(), stopping=threading.Event(),
+                             watch=SimpleNamespace(revision=1, refused=None), log=lines.append,
+                             on_stop=closers.append)
+    task = mitigation_task(daemon)
+    try:
+        assert json.loads(lines[0])["mitigation"] == "start" and task.mitigator.settings.mode == "monitor"
+        path.write_text(POLICY + "mitigation: {mode: enforce, block_set: auto_block}\n")
+        daemon.watch.revision = 2
+        deadline = time.monotonic() + 5
+        while task.mitigator.settings.mode != "enforce" and time.monotonic() < deadline:
+            time.sleep(WINDOW / 5)
+        assert json.loads(lines[-1])["mitigation"] == "update"
+        path.write_text(POLICY)
+        daemon.watch.revision = 3
+        while task.mitigator is not None and time.monotonic() < deadline:
+            time.sleep(WINDOW / 5)
+        assert json.loads(lines[-1])["mitigation"] == "stop"
+    finally:
+        for closer in closers:
+            closer()
+    assert daemon.stopping.is_set()
+    # Without a hub (nft mode) it says so and does nothing.
+    path.write_text(POLICY + "mitigation: {mode: monitor, block_set: auto_block}\n")
+    daemon.hub = None
+    assert mitigation_task(daemon) is None and json.loads(lines[-1])["mitigation"] == "off"
