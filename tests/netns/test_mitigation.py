@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -30,6 +28,7 @@ from shieldwall.lab.servers import start_udp_echo
 from shieldwall.lab.trafgen import TrafficGenerator
 
 from ..helpers import shieldwall
+from .test_metrics import _free_port as free_port, _get as fetch
 
 pytestmark = pytest.mark.netns
 
@@ -103,19 +102,6 @@ class Daemon:
         _, err = self.proc.communicate(timeout=10)
         self.reader.join(timeout=5)
         return err
-
-
-def free_port(netns: str) -> int:
-    with enter_netns(netns):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-
-def fetch(netns: str, url: str) -> str:
-    with enter_netns(netns):  # the socket is made inside the server's namespace
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.read().decode()
 
 
 def rule_packets(topo, name: str) -> int:
