@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 
 def shieldwall(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -67,3 +70,18 @@ def checksums_right(frame) -> bool:
     fresh = Ether(bytes(fresh))
     return all(getattr(frame[layer], fields[layer]) == getattr(fresh[layer], fields[layer])
                for layer in layers)
+
+
+@contextmanager
+def attached(topo, policy_text: str, mode: str, where_to: Path) -> Iterator[tuple[str, ...]]:
+    """shieldwall up on the lab's server end with this policy, down afterwards; yields the
+    arguments that name the interface."""
+    policy = where_to / "policy.yaml"
+    policy.write_text(policy_text)
+    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
+    up = shieldwall("up", "--mode", mode, *where, "--config", str(policy))
+    assert up.returncode == 0, up.stderr
+    try:
+        yield where
+    finally:
+        assert shieldwall("down", *where).returncode == 0

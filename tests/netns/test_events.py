@@ -20,7 +20,7 @@ from scapy.utils import rdpcap
 from shieldwall.lab.trafgen import TrafficGenerator
 from shieldwall.pcapio import read_frames
 
-from ..helpers import server_status, shieldwall
+from ..helpers import attached, server_status, shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -66,11 +66,7 @@ def _run(*args: str) -> subprocess.Popen:
 @pytest.mark.parametrize("mode", ["native", "tc"])
 def test_events_of_a_flood_are_sampled_within_the_budget(lab, tmp_path, mode):
     topo = lab
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
-    assert shieldwall("up", "--mode", mode, *where, "--config", str(policy)).returncode == 0
-    try:
+    with attached(topo, POLICY, mode, tmp_path) as where:
         seconds = 3.0
         reader = _run("events", *where, "--follow", "--json", "--rule", "spoofed",
                       "--seconds", str(seconds))
@@ -94,17 +90,11 @@ def test_events_of_a_flood_are_sampled_within_the_budget(lab, tmp_path, mode):
         # A filter that matches nothing shows nothing, and says so without --json.
         quiet = shieldwall("events", *where, "--reason", "blocked")
         assert quiet.returncode == 0 and "no events waiting" in quiet.stdout, quiet.stderr
-    finally:
-        assert shieldwall("down", *where).returncode == 0
 
 
 def test_capture_writes_the_sampled_frames_as_a_pcap(lab, tmp_path):
     topo = lab
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
-    assert shieldwall("up", "--mode", "native", *where, "--config", str(policy)).returncode == 0
-    try:
+    with attached(topo, POLICY, "native", tmp_path) as where:
         pcap = tmp_path / "drops.pcap"
         capture = _run("capture", *where, "--pcap", str(pcap), "--reason", "rule", "--seconds", "2")
         with _flooding(topo):
@@ -115,19 +105,10 @@ def test_capture_writes_the_sampled_frames_as_a_pcap(lab, tmp_path):
         assert 0 < len(packets) == written == len(read_frames(pcap))
         assert {(p[IP].src, p[UDP].dport) for p in packets} == {(FLOOD_SRC, 53)}
         assert all(p.wirelen == len(p) for p in packets)  # small frames: kept whole
-    finally:
-        assert shieldwall("down", *where).returncode == 0
 
 
 def test_events_in_nft_mode_say_there_are_none(lab, tmp_path):
-    topo = lab
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
-    assert shieldwall("up", "--mode", "nft", *where, "--config", str(policy)).returncode == 0
-    try:
+    with attached(lab, POLICY, "nft", tmp_path) as where:
         out = shieldwall("events", *where)
         assert out.returncode == 2 and "nft mode has no events" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
-    finally:
-        assert shieldwall("down", *where).returncode == 0

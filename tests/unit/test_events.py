@@ -110,3 +110,14 @@ def test_pcap_writer_keeps_time_and_wire_length(tmp_path):
     buf = io.BytesIO()
     PcapWriter(buf).write(b"ab")
     assert len(buf.getvalue()) == 24 + 16 + 2
+
+
+def test_status_line_of_events():
+    from shieldwall.cli import _events_line
+    base = {"rate": 1000, "drops": 1, "passes": 0, "drops_sent": 5, "drops_refused": 45,
+            "drops_ring_full": 0, "passes_sent": 0, "passes_refused": 0, "passes_ring_full": 0}
+    assert _events_line(base) == ("events: 1 in 1 drops, at most 1000/s per CPU each; 5 drop events "
+                                  "sent, 45 refused (shieldwall events)")
+    assert "1 in 64 passes" in _events_line({**base, "passes": 64})
+    assert "(7 for a full ring: no reader)" in _events_line({**base, "drops_ring_full": 7})
+    assert _events_line({**base, "rate": 0}) == "events: off"

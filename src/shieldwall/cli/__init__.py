@@ -236,6 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             for name, stage_report in r.get("stages", {}).items():
                 for line in _stage(name).status_lines(stage_report):
                     print(f"  {line}")
+            if "events" in r:
+                print(f"  {_events_line(r['events'])}")
         problem = r.get("stages", {}).get("policy", {}).get("problem")
         if args.rules and problem:
             print(f"  rules: {problem}")
@@ -248,6 +250,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {rule['name'] or '(default action)':<32} {rule['packets']:>12} "
                       f"{rule['bytes']:>14} {rule['would_drop']:>10}  {ago}")
     return 0 if all(r["attached"] for r in reports) or not args.iface else 1
+
+
+def _events_line(e: dict) -> str:
+    if not e["rate"]:
+        return "events: off"
+    kinds = f"1 in {e['drops']} drops" + (f", 1 in {e['passes']} passes" if e["passes"] else "")
+    sent = f"{e['drops_sent']} drop events sent, {e['drops_refused']} refused"
+    if e["passes"]:
+        sent += f"; {e['passes_sent']} pass events sent, {e['passes_refused']} refused"
+    full = e["drops_ring_full"] + e["passes_ring_full"]
+    return (f"events: {kinds}, at most {e['rate']}/s per CPU each; {sent}"
+            + (f" ({full} for a full ring: no reader)" if full else "") + " (shieldwall events)")
 
 
 def _nft_view():

@@ -133,7 +133,8 @@ enum bpf_func_id {
     BPF_FUNC_xdp_store_bytes, BPF_FUNC_tcp_raw_gen_syncookie_ipv4,
     BPF_FUNC_tcp_raw_gen_syncookie_ipv6, BPF_FUNC_tcp_raw_check_syncookie_ipv4,
     BPF_FUNC_tcp_raw_check_syncookie_ipv6, BPF_FUNC_redirect, BPF_FUNC_skb_change_tail,
-    BPF_FUNC_skb_pull_data, BPF_FUNC_csum_level, ... };
+    BPF_FUNC_skb_pull_data, BPF_FUNC_csum_level, BPF_FUNC_ringbuf_reserve,
+    BPF_FUNC_ringbuf_submit, BPF_FUNC_ktime_get_ns, BPF_FUNC_get_smp_processor_id, ... };
 int libbpf_probe_bpf_prog_type(enum bpf_prog_type prog_type, const void *opts);
 int libbpf_probe_bpf_map_type(enum bpf_map_type map_type, const void *opts);
 int libbpf_probe_bpf_helper(enum bpf_prog_type prog_type, enum bpf_func_id helper_id,

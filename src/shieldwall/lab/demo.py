@@ -105,6 +105,23 @@ def _syn_flood(topo: topology.LabTopology) -> bool:
         reached["ListenOverflows"] or reached["ListenDrops"])
 
 
+def _sampled(topo: topology.LabTopology) -> bool:
+    """A few of the flood's sampled events, as `shieldwall events` shows them."""
+    from ..cli.events import line
+    from ..ops.events import EventStream
+    with enter_netns(topo.server_ns), EventStream(topo.server_if) as stream:
+        events = [e for e in stream.poll(0.5) if e.reason == "blocklisted"]
+        counted = lifecycle.status(topo.server_if)[0]["events"]
+    _say(f"sampled events (shieldwall events): {counted['drops_sent']:,} sent, "
+         f"{counted['drops_refused']:,} refused by the data plane's budget; the first of the flood:")
+    for ev in events[:3]:
+        _say(f"  {line(ev)}")
+    spoofed = ip_network(SPOOFED_V4)
+    named = bool(events) and all(ip_network(e.src).subnet_of(spoofed) for e in events)
+    _say(f"  [{'ok ' if named else 'FAIL'}] the events name the flood's sources")
+    return named
+
+
 def run_demo() -> int:
     with TemporaryDirectory() as tmp:
         policy = Path(tmp) / "demo.yaml"
@@ -148,6 +165,7 @@ def _run(change: lifecycle.Proposal) -> int:
                                     src_offset=IPV4_SRC_OFFSET)
                 _say(f"  sent {sent.sent:,} frames in {sent.seconds:.2f} s ({sent.mpps:.2f} Mpps)")
                 ok &= _check("client -> server during the attack", tcp_connect(topo, PORT), True)
+                ok &= _sampled(topo)
 
                 ok &= _syn_flood(topo)
 
