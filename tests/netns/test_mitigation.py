@@ -4,7 +4,8 @@ at another address keeps being answered, and once the flood stops the entry runs
 it is gone and the source's packets pass again. Measured with the data plane's own
 counters, not with the daemon's word; every action is also in the daemon's metrics. In
 monitor mode the same flood is reported within 2 s and nothing is dropped, until a
-SIGHUP brings the section in enforce mode."""
+SIGHUP brings the section in enforce mode. A daemon killed while it holds a block is
+followed by one that takes the block over: no frame of the flood passes between them."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from shieldwall.lab.probes import udp_roundtrip
 from shieldwall.lab.servers import start_udp_echo
 from shieldwall.lab.trafgen import TrafficGenerator
 
-from ..helpers import shieldwall
+from ..helpers import shieldwall, silence_outside
 from .test_metrics import _free_port as free_port, _get as fetch
 
 pytestmark = pytest.mark.netns
@@ -237,6 +238,57 @@ def test_monitor_mode_reports_the_flood_and_blocks_nothing_until_a_reload_enforc
         [block] = daemon.wait(lambda: daemon.actions("block"), 2.0, "a block after the reload")
         assert block["prefix"] == f"{SOURCE}/32"
         assert rule_packets(topo, "auto-block") > base
+    finally:
+        err = daemon.stop()
+    assert "Traceback" not in err, err
+    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_a_restarted_daemon_takes_over_its_blocks(lab, tmp_path):
+    """Killed (SIGKILL) while it holds a flood's block, the daemon that starts next
+    finds the expiring entry, renews it while the flood goes on (not one frame of it
+    passes across the restart) and releases it after."""
+    topo = lab
+    ttl = 5.0
+    seconds = 8.0
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace(f"ttl: {int(TTL)}s", f"ttl: {int(ttl)}s"))
+    silence_outside(topo)  # every frame at the server is the flood's
+    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
+                  / Raw(bytes(18)))
+    daemon = Daemon(topo, policy)
+    try:
+        daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
+        base = rule_packets(topo, "auto-block")
+        times: dict[str, float] = {}
+
+        def flood() -> None:
+            with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+                gen.fixed(frame)
+                times["start"] = time.time()
+                gen.send_for(seconds, FLOOD_PPS)
+                times["end"] = time.time()
+        flooding = threading.Thread(target=flood)
+        flooding.start()
+        try:
+            daemon.wait(lambda: rule_packets(topo, "auto-block") > base, GOAL + 1.0,
+                        "the block rule drops the flood")
+            before = passed(topo)
+            daemon.proc.kill()
+            daemon.proc.wait(timeout=10)
+            daemon = Daemon(topo, policy)
+            [start] = daemon.wait(lambda: daemon.actions("start"), 30, "the next daemon starts")
+            assert start["held"] == 1, start
+        finally:
+            flooding.join()
+        assert time.time() - times["end"] < 1.0
+        assert daemon.actions("renew"), daemon.actions()
+        assert passed(topo) == before  # not one frame of the flood since its first drop
+        assert not daemon.actions("block")  # renewed, never added again
+        release = daemon.wait(lambda: daemon.actions("release"), ttl + 2.0, "the block is released")
+        assert release[0]["prefix"] == f"{SOURCE}/32"
+        assert live_entries(topo) == []
     finally:
         err = daemon.stop()
     assert "Traceback" not in err, err
