@@ -582,3 +582,23 @@ def test_mitigation_task_on_a_daemon_follows_its_reloads(tmp_path):
     path.write_text(POLICY + "mitigation: {mode: monitor, block_set: auto_block}\n")
     daemon.hub = None
     assert mitigation_task(daemon) is None and json.loads(lines[-1])["mitigation"] == "off"
+
+
+def test_check_says_what_it_does_and_not_that_its_set_is_empty():
+    from shieldwall.policy import analyze
+    from shieldwall.policy.load import parse_policy_text
+    text = POLICY.replace("rules:\n", "rules:\n  - {name: never, match: {src: '@throttled'}, action: drop}\n")
+    plain = analyze(parse_policy_text(text, "p.yaml", "."))
+    assert {(w.path, w.problem) for w in plain.warnings} >= {
+        ("sets.auto_block", "the set is empty: nothing matches it"),
+        ("rules[1]", "never matches: src matches no value")}
+    report = analyze(parse_policy_text(text + "mitigation: {mode: enforce, block_set: auto_block}\n",
+                                       "p.yaml", "."))
+    found = {(w.path, w.problem) for w in report.warnings}
+    assert not any("auto_block" in path or path == "rules[1]" for path, _ in found), found
+    # Other empty sets are still said.
+    assert ("sets.throttled", "the set is empty: nothing matches it") in found
+    assert ("rules[0]", "never matches: src matches no value") in found
+    [line] = report.summary.stages["mitigation"]
+    assert line.startswith("mitigation: enforce (acts): blocks sources of at least 10,000 pps")
+    assert "through set auto_block (read by auto)" in line
