@@ -539,6 +539,7 @@ def test_metrics_count_every_action():
     assert 'shieldwall_mitigation_entries{iface="sw0",mode="enforce",set="auto_block"} 1.0' in text
     assert 'shieldwall_mitigation_events_total{iface="sw0"} 3000.0' in text
     assert 'shieldwall_mitigation_anomalies{iface="sw0",kind="dst"} 0.0' in text
+    assert 'shieldwall_mitigation_events_missed_total{iface="sw0"} 0.0' in text
 
 
 def test_mitigation_task_on_a_daemon_follows_its_reloads(tmp_path):

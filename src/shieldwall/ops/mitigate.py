@@ -339,6 +339,9 @@ class MitigationCollector(Collector):
                                       "running above their baseline now", labels=["iface", "kind"])
         seen = CounterMetricFamily("shieldwall_mitigation_events", "Sampled events detection "
                                    "has read", labels=["iface"])
+        missed = CounterMetricFamily("shieldwall_mitigation_events_missed", "Sampled events "
+                                     "the hub dropped because detection lagged", labels=["iface"])
+        missed.add_metric([iface], self.task.missed)
         if m is not None:
             for action, n in m.counts.items():
                 actions.add_metric([iface, action], n)
@@ -346,7 +349,7 @@ class MitigationCollector(Collector):
             for kind in ("dst", "proto", "traffic"):
                 anomalies.add_metric([iface, kind], sum(1 for k in list(m.anomalies) if k[0] == kind))
             seen.add_metric([iface], m.detector.events_seen)
-        return iter((actions, held, anomalies, seen))
+        return iter((actions, held, anomalies, seen, missed))
 
 
 class MitigationTask:
@@ -370,6 +373,8 @@ class MitigationTask:
         self.lock = lock
         self._apply, self._present, self.own = enforce_apply, present, _cached(own, 60.0)
         self.mitigator: Mitigator | None = None
+        # Events the hub had to drop because this reader lagged (its queue was full).
+        self.missed = self._missed_before = 0
         self.update(settings)
 
     def update(self, settings: Mitigation | None) -> None:
@@ -405,8 +410,10 @@ class MitigationTask:
                 elif m is None and sub is not None:
                     sub.close()
                     sub = None
+                    self._missed_before = self.missed
                 if sub is not None:
                     events = sub.get(max(0.0, deadline - time.monotonic()))
+                    self.missed = self._missed_before + getattr(sub, "missed", 0)
                     if m is not None and events:
                         m.feed(events)
                 else:
