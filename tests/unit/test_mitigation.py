@@ -603,3 +603,19 @@ def test_check_says_what_it_does_and_not_that_its_set_is_empty():
     [line] = report.summary.stages["mitigation"]
     assert line.startswith("mitigation: enforce (acts): blocks sources of at least 10,000 pps")
     assert "through set auto_block (read by auto)" in line
+
+
+def test_a_release_changes_the_set_so_a_compiled_entry_leaves():
+    lab = Lab(ttl=2.0)
+    lab.window(0.5, {HEAVY: 5_000})
+    now = 0.5
+    while not lab.actions("release"):
+        now += 0.5
+        lab.window(now, {})
+    # The release is a change of the set with no decision: what expired leaves.
+    assert lab.applied[-1] == []
+    lab = Lab(ttl=2.0, mode="monitor")
+    lab.window(0.5, {HEAVY: 5_000})
+    for i in range(10):
+        lab.window(1.0 + i / 2, {})
+    assert lab.actions("would-release") and lab.applied == []

@@ -145,9 +145,11 @@ class Mitigator:
         pressing = [a for a in window.anomalies if (a.kind, a.key) != ("traffic", "drop")]
         threshold = min(s.under_anomaly_pps, s.heavy_pps) if pressing else s.heavy_pps
         changes: list[tuple[str, str, float | None]] = []
+        released = False
         for prefix, held in list(self.held.items()):
             if held.expires <= now:
                 self._release(held, now)
+                released = True
             elif window.rate(prefix) >= s.release and held.expires - now < s.ttl * RENEW_AT:
                 held.expires = now + s.ttl
                 held.renewals += 1
@@ -170,7 +172,10 @@ class Mitigator:
             self._say("block", src.prefix, pps=round(src.pps), share=round(src.share, 3),
                       samples=src.samples, ttl=s.ttl,
                       anomalies=[f"{a.kind}={a.key}" for a in pressing] or None)
-        if changes and s.enforce and self.apply is not None:
+        # An entry laid over in place runs out in the data plane by itself; one the set
+        # had to compile (a prefix, a small ruleset's constants) leaves with the next
+        # change of the set, which this is.
+        if (changes or released) and s.enforce and self.apply is not None:
             try:
                 self.apply(changes)
             except Exception as exc:  # noqa: BLE001 - the daemon stays up; the log says why
