@@ -420,7 +420,12 @@ class MitigationTask:
                     events = sub.get(max(0.0, deadline - time.monotonic()))
                     self.missed = self._missed_before + getattr(sub, "missed", 0)
                     if m is not None and events:
-                        m.feed(events)
+                        try:
+                            m.feed(events)
+                        except Exception as exc:  # noqa: BLE001 - as in _close
+                            self.log({"mitigation": "failed", "iface": self.iface,
+                                      "problem": f"reading events: {type(exc).__name__}: {exc}",
+                                      "ts": round(time.time(), 3)})
                 else:
                     stop.wait(max(0.0, deadline - time.monotonic()))
                 if time.monotonic() < deadline:
@@ -429,11 +434,20 @@ class MitigationTask:
                 deadline = max(deadline + WINDOW, time.monotonic() + WINDOW / 2)
                 if m is not None:
                     self._count(m)
-                    m.close(time.time())
+                    self._close(m)
                 self._follow()
         finally:
             if sub is not None:
                 sub.close()
+
+    def _close(self, m: Mitigator) -> None:
+        """A window's decisions; whatever goes wrong there is said, and the next window
+        comes (a mitigation that died silently would leave floods unanswered)."""
+        try:
+            m.close(time.time())
+        except Exception as exc:  # noqa: BLE001
+            self.log({"mitigation": "failed", "iface": self.iface,
+                      "problem": f"{type(exc).__name__}: {exc}", "ts": round(time.time(), 3)})
 
     def _follow(self) -> None:
         if self.follow is None:
