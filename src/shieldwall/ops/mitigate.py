@@ -380,6 +380,7 @@ class MitigationTask:
         self.mitigator: Mitigator | None = None
         # Events the hub had to drop because this reader lagged (its queue was full).
         self.missed = self._missed_before = 0
+        self._problem: str | None = None
         self.update(settings)
 
     def update(self, settings: Mitigation | None) -> None:
@@ -423,9 +424,7 @@ class MitigationTask:
                         try:
                             m.feed(events)
                         except Exception as exc:  # noqa: BLE001 - as in _close
-                            self.log({"mitigation": "failed", "iface": self.iface,
-                                      "problem": f"reading events: {type(exc).__name__}: {exc}",
-                                      "ts": round(time.time(), 3)})
+                            self._failed(f"reading events: {type(exc).__name__}: {exc}")
                 else:
                     stop.wait(max(0.0, deadline - time.monotonic()))
                 if time.monotonic() < deadline:
@@ -446,8 +445,14 @@ class MitigationTask:
         try:
             m.close(time.time())
         except Exception as exc:  # noqa: BLE001
-            self.log({"mitigation": "failed", "iface": self.iface,
-                      "problem": f"{type(exc).__name__}: {exc}", "ts": round(time.time(), 3)})
+            self._failed(f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, problem: str) -> None:
+        """Said once until the problem changes: a lasting one does not flood the log."""
+        if problem != self._problem:
+            self._problem = problem
+            self.log({"mitigation": "failed", "iface": self.iface, "problem": problem,
+                      "ts": round(time.time(), 3)})
 
     def _follow(self) -> None:
         if self.follow is None:
