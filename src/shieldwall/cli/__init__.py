@@ -48,6 +48,28 @@ def _proposal(args: argparse.Namespace, origin: str):
                     drop_live=getattr(args, "drop_live", False))
 
 
+def _api(args: argparse.Namespace):
+    """The daemon serving args.iface, if one answers (ops/client.py); None: directly."""
+    from ..ops.client import find
+    return find(getattr(args, "iface", None), getattr(args, "netns", None))
+
+
+def _policy_body(path: str) -> dict:
+    """A policy for the daemon: root names the file (the daemon reads it, and the files
+    it names, as this command would); anyone else sends its text."""
+    if os.geteuid() == 0:
+        return {"config": str(Path(path).resolve())}
+    from ..policy.files import read_bounded
+    from ..policy.load import MAX_POLICY_BYTES
+    return {"policy": read_bounded(Path(path), MAX_POLICY_BYTES).decode("utf-8")}
+
+
+def _as_result(data: dict) -> Any:
+    from types import SimpleNamespace
+    return SimpleNamespace(**{**data, "notes": tuple(data.get("notes") or ()),
+                              "failed": tuple(data.get("failed") or ())})
+
+
 def _recovered(note: str | None) -> None:
     if note:
         print(f"first: {note}")
@@ -87,13 +109,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
         for line in changes(current, config):
             print(line)
         return 0
-    if args.config:
-        from ..engine.segments import proposal
-        change = proposal(Path(args.config), drop_live=args.drop_live)
+    api = _api(args) if args.config else None
+    if api is not None:
+        result = _as_result(api.call("POST", "/reload", {**_policy_body(args.config),
+                                                         "drop_live": args.drop_live}))
     else:
-        change = _proposal(args, "reload")
-    with _netns(args):
-        result = lifecycle.reload(args.iface, change)
+        if args.config:
+            from ..engine.segments import proposal
+            change = proposal(Path(args.config), drop_live=args.drop_live)
+        else:
+            change = _proposal(args, "reload")
+        with _netns(args):
+            result = lifecycle.reload(args.iface, change)
     _recovered(result.recovered)
     print(f"shieldwall reloaded on {result.iface} ({result.mode} mode, program id "
           f"{result.prog_id}): revision {result.revision} in force")
@@ -166,9 +193,22 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             parse_listen(args.metrics)
         except ValueError as exc:
             raise UsageError(str(exc).replace("--listen", "--metrics")) from None
+    api, group = None, None
+    if args.api_group is not None and args.api is None:
+        raise UsageError("--api-group goes with --api")
+    if args.api is not None:
+        from ..ops.api import parse_group
+        from ..ops.client import socket_path
+        try:
+            group = parse_group(args.api_group) if args.api_group is not None else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        api = Path(args.api) if args.api else socket_path(args.iface, args.netns)
     _config(args)  # a bad policy is refused before anything is touched
     with _netns(args):
-        return daemon.run(args.iface, Path(args.config), mode=args.mode, metrics=args.metrics)
+        return daemon.run(args.iface, Path(args.config).resolve(), mode=args.mode,
+                          metrics=args.metrics, api=api, api_group=group,
+                          api_default=not args.api)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -192,8 +232,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..engine import lifecycle
-    with _netns(args):
-        reports = lifecycle.status(args.iface)
+    api = _api(args)
+    watch = None
+    if api is not None:
+        answer = api.call("GET", "/status")
+        reports, watch = answer["status"], answer.get("daemon", {}).get("watch")
+    else:
+        with _netns(args):
+            reports = lifecycle.status(args.iface)
     if args.json:
         print(json.dumps(reports, indent=2))
         return 0
@@ -228,6 +274,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"finish; revision {i['in_force']} is in force; {i['next']}")
         if r["attached"] and r.get("problem"):
             print(f"  problem: {r['problem']}")
+        if watch and watch.get("refused"):
+            print(f"  daemon: {watch['file']} was refused, revision {watch['revision']} stays "
+                  f"in force: {watch['refused'].splitlines()[0]}")
         if "chain" in r:
             chain = " -> ".join(c["stage"] for c in r["chain"]) or "(empty)"
             print(f"  chain: root -> {chain}; a missing stage means {r['on_missing_stage']}")
@@ -374,30 +423,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
-    from ..engine import canary
-    with _netns(args):
-        if args.canary_cmd == "start":
-            arm, label = canary.arm_of(args.share, args.src)
-            args.allow_empty = False
-            result = canary.start(args.iface, _proposal(args, "canary"), arm, label)
-            _recovered(result.recovered)
-            print(f"canary on {args.iface}: {result.why}")
-            _notes(result)
-        elif args.canary_cmd == "promote":
-            result = canary.promote(args.iface)
-            _recovered(result.recovered)
-            print(f"canary on {args.iface} promoted: revision {result.revision} in force for all traffic")
-        elif args.canary_cmd == "abort":
-            back, recovered = canary.abort(args.iface)
-            _recovered(recovered)
-            print(f"canary on {args.iface} aborted: revision {back} in force for all traffic")
+    cmd, api = args.canary_cmd, _api(args)
+    if api is not None:
+        body = ({**_policy_body(args.config), "share": args.share, "src": args.src}
+                if cmd == "start" else {})
+        answer = api.call("GET", "/canary") if cmd == "status" else api.call("POST", f"/canary/{cmd}", body)
+        result = answer if cmd == "status" else _as_result(answer)
+    else:
+        with _netns(args):
+            result = _canary_direct(args)
+    if cmd == "status":
+        if args.json:
+            print(json.dumps(result, indent=1))
         else:
-            report = canary.status(args.iface)
-            if args.json:
-                print(json.dumps(report, indent=1))
-            else:
-                _print_canary(report)
+            _print_canary(result)
+        return 0
+    _recovered(result.recovered)
+    if cmd == "start":
+        print(f"canary on {args.iface}: {result.why}")
+        _notes(result)
+    elif cmd == "promote":
+        print(f"canary on {args.iface} promoted: revision {result.revision} in force for all traffic")
+    else:
+        print(f"canary on {args.iface} aborted: revision {result.revision} in force for all traffic")
     return 0
+
+
+def _canary_direct(args: argparse.Namespace) -> Any:
+    from types import SimpleNamespace
+
+    from ..engine import canary
+    if args.canary_cmd == "start":
+        arm, label = canary.arm_of(args.share, args.src)
+        args.allow_empty = False
+        return canary.start(args.iface, _proposal(args, "canary"), arm, label)
+    if args.canary_cmd == "promote":
+        return canary.promote(args.iface)
+    if args.canary_cmd == "abort":
+        back, recovered = canary.abort(args.iface)
+        return SimpleNamespace(revision=back, recovered=recovered)
+    return canary.status(args.iface)
 
 
 def _print_canary(report: dict) -> None:
@@ -418,12 +483,18 @@ def _print_canary(report: dict) -> None:
 
 def cmd_set(args: argparse.Namespace) -> int:
     from .liveset import run
+    api = _api(args) if args.set_cmd != "apply" else None
+    if api is not None:
+        return run(args, api)
     with _netns(args):
         return run(args)
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
     from .blocks import run
+    api = _api(args)
+    if api is not None:
+        return run(args, api)
     with _netns(args):
         return run(args)
 
@@ -589,11 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--rules", action="store_true", help="per-rule counters of the policy")
     p = command("daemon", cmd_daemon, "run in the foreground (for systemd): adopt or attach, "
-                "serve metrics, reload on SIGHUP; protection outlives the process",
+                "apply changes of the policy file, sweep expiries, serve metrics and the "
+                "control API; protection outlives the process",
                 iface=True, config=True)
     p.add_argument("--mode", choices=["auto", *MODES], default="auto",
                    help="the mode when nothing runs yet (what runs is adopted as it is)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--api", nargs="?", const="", metavar="PATH",
+                   help="serve the control API on this unix socket (without PATH: "
+                        "/run/shieldwall/api/<scope>/<iface>.sock); the CLI then goes through it")
+    p.add_argument("--api-group", metavar="GROUP",
+                   help="let this group use the control API (socket 0660; root only without it)")
     p.set_defaults(config_required=True)
     p = command("metrics", cmd_metrics, "the counters status reads, as Prometheus metrics: "
                 "printed once, or served with --listen", iface=False)
@@ -677,9 +754,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    from ..ops.client import ApiFailure
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except ApiFailure as exc:
+        print(f"shieldwall: {exc}", file=sys.stderr)
+        return exc.exit
     except VerifierError as exc:
         print(f"shieldwall: {exc.what}: {exc.strerror.splitlines()[0]}", file=sys.stderr)
         print("verifier log (end):\n" + exc.detail, file=sys.stderr)

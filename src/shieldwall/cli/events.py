@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlencode
 
 from ..dataplane import bpffs
 from ..ops.events import Event, EventStream, Filter, write_capture
@@ -45,9 +46,17 @@ def _wanted(args: argparse.Namespace) -> Filter:
     return Filter(reason=args.reason, rule=args.rule, action=getattr(args, "action", None))
 
 
-def _stream(args: argparse.Namespace, seconds: float | None, count: int | None) -> Iterator[Event]:
+def _stream(args: argparse.Namespace, seconds: float | None, count: int | None,
+            recent: bool = False) -> Iterator[Event]:
     """The ring's events that pass the filter, until `seconds` have passed (None: until
-    interrupted) or `count` were given."""
+    interrupted) or `count` were given. When a daemon serves the interface it is the
+    ring's one consumer: they come from it (`recent`: its window of recent events,
+    instead of what waits in the ring)."""
+    from ..ops.client import find
+    api = find(args.iface, getattr(args, "netns", None))
+    if api is not None:
+        yield from _from_daemon(api, args, seconds, count, recent)
+        return
     bpffs.require_root()
     bpffs.ensure_bpffs()
     wanted, given = _wanted(args), 0
@@ -63,6 +72,17 @@ def _stream(args: argparse.Namespace, seconds: float | None, count: int | None) 
                         return
 
 
+def _from_daemon(api, args: argparse.Namespace, seconds: float | None, count: int | None,
+                 recent: bool) -> Iterator[Event]:
+    query = {k: v for k, v in (("reason", args.reason), ("rule", args.rule),
+                                ("action", getattr(args, "action", None)),
+                                ("seconds", seconds), ("count", count)) if v is not None}
+    if recent:
+        query = {**{k: v for k, v in query.items() if k != "seconds"}, "recent": 1}
+    for data in api.stream("/events?" + urlencode(query)):
+        yield Event(**{**data, "data": bytes.fromhex(data["data"])})
+
+
 def run_events(args: argparse.Namespace) -> int:
     """Without --follow: what is waiting in the ring now (at most --count); with it: as
     they come, until interrupted or --seconds."""
@@ -70,7 +90,7 @@ def run_events(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else (None if args.follow else 1000)
     shown = 0
     try:
-        for ev in _stream(args, seconds, count):
+        for ev in _stream(args, seconds, count, recent=not args.follow and args.seconds is None):
             print(json.dumps(ev.as_json()) if args.json else line(ev), flush=args.follow)
             shown += 1
     except KeyboardInterrupt:

@@ -10,10 +10,10 @@ import stat
 import sys
 import time
 from typing import IO, Iterator
+from urllib.parse import urlencode
 
 from ..engine import livesets
 from ..policy.errors import Invalid, quote
-from ..policy.sets import parse_prefix
 
 # A feed is applied in batches: as many lines as are there, up to this many.
 BATCH_LINES = 20_000
@@ -23,21 +23,19 @@ BATCH_WAIT = 0.2
 MAX_REPORTED = 20
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, api=None) -> int:
     if args.set_cmd == "list":
-        return _list(args)
+        return _list(args, api)
     if args.set_cmd == "apply":
         return _apply(args)
     name, texts = args.set, args.prefixes
     ttl = getattr(args, "ttl", None)
-    expires = time.time() + livesets.parse_duration(ttl) if ttl else None
-    decisions = []
-    for text in texts:
-        try:
-            decisions.append(livesets.Decision(args.set_cmd, name, parse_prefix(text), expires))
-        except Invalid as exc:
-            raise Invalid(f"prefix {exc}") from None
-    out = livesets.change(args.iface, decisions)
+    if api is not None:
+        body = {"set": name, "prefixes": texts, **({"ttl": ttl} if ttl else {})}
+        out = livesets.Outcome(**api.call("POST", f"/sets/{args.set_cmd}", body))
+        _report(args, out)
+        return 2 if out.problems else 0
+    out = livesets.change(args.iface, livesets.decisions(args.set_cmd, name, texts, ttl))
     _report(args, out)
     return 2 if out.problems else 0
 
@@ -58,9 +56,10 @@ def _report(args: argparse.Namespace, out: livesets.Outcome, lines: int | None =
           + f"; applied {how} in {out.seconds * 1000:.0f} ms")
 
 
-def _list(args: argparse.Namespace) -> int:
+def _list(args: argparse.Namespace, api=None) -> int:
     name = args.set
-    entries = livesets.listing(args.iface, name)
+    entries = (api.call("GET", "/sets" + (f"?{urlencode({'set': name})}" if name else ""))
+               if api is not None else livesets.listing(args.iface, name))
     if args.json:
         print(json.dumps(entries, indent=1))
         return 0

@@ -79,6 +79,19 @@ def parse_decision(line: str, default_set: str | None, now: float) -> Decision |
     return Decision(words[0], name, net, expires)
 
 
+def decisions(op: str, name: str, texts: list[str], ttl: str | None = None,
+              now: float | None = None) -> list[Decision]:
+    """`set add|del NAME PREFIX... [--ttl D]` as decisions (Invalid names the prefix)."""
+    expires = (time.time() if now is None else now) + parse_duration(ttl) if ttl else None
+    out = []
+    for text in texts:
+        try:
+            out.append(Decision(op, name, parse_prefix(text), expires))
+        except Invalid as exc:
+            raise Invalid(f"prefix {exc}") from None
+    return out
+
+
 @dataclass
 class Entries:
     """The live entries of an interface: set -> prefix -> expiry (wall clock, None:

@@ -439,6 +439,22 @@ class MitigationTask:
             if sub is not None:
                 sub.close()
 
+    def report(self) -> dict | None:
+        """For the daemon's status: the section in force and what it holds."""
+        m = self.mitigator
+        if m is None:
+            return None
+        now = time.time()
+        return {"mode": m.settings.mode, "set": m.settings.set, "events_read": m.detector.events_seen,
+                "events_missed": self.missed,
+                "held": [{"prefix": h.prefix, "ttl_seconds": round(h.expires - now, 1),
+                          "since": round(h.since, 3), "renewals": h.renewals}
+                         for h in list(m.held.values())][:100],
+                "held_count": len(m.held),
+                "anomalies": [{"kind": k[0], "key": k[1], "since": round(t, 3)}
+                              for k, t in list(m.anomalies.items())],
+                "actions": {a: n for a, n in m.counts.items() if n}}
+
     def _close(self, m: Mitigator) -> None:
         """A window's decisions; whatever goes wrong there is said, and the next window
         comes (a mitigation that died silently would leave floods unanswered)."""
@@ -518,11 +534,19 @@ def settings_of(config) -> Mitigation | None:
 def mitigation_task(daemon) -> MitigationTask | None:
     """Automatic mitigation in a daemon (ops/daemon.py), in a thread of its own until
     the daemon stops. It reads the daemon's `iface`, `config` (the policy file),
-    `hub` (the event hub), `changes` (the lock every change is made under), `stopping`,
+    `hub` (the event hub) and `events` (why it has none, if so), `changes` (the lock
+    every change is made under), `stopping`,
     `watch.revision` (to follow reloads), `log`, `on_stop` and, when there is one,
     `registry` (the metrics). None when the daemon has no events (nft mode)."""
-    settings = settings_of(daemon.config)
+    try:
+        settings = settings_of(daemon.config)
+    except Exception as exc:  # noqa: BLE001 - the daemon runs on; a good reload brings it
+        daemon.log(json.dumps({"mitigation": "failed", "iface": daemon.iface,
+                               "problem": f"reading the policy's mitigation section: {exc}"}))
+        settings = None
     hub = getattr(daemon, "hub", None)
+    if getattr(daemon, "events", None):  # why the daemon reads no events
+        hub = None
     if hub is None:
         if settings is not None:
             daemon.log(json.dumps({"mitigation": "off", "iface": daemon.iface,
@@ -554,34 +578,3 @@ def mitigation_task(daemon) -> MitigationTask | None:
         registry.register(MitigationCollector(task))
     return task
 
-
-class DaemonView:
-    """What mitigation_task reads of a daemon, for one that is a function (ops/daemon.run):
-    `reloaded()` after a reload went in, `stop()` when it ends."""
-
-    def __init__(self, iface: str, config, hub, log: Callable[[str], None]) -> None:
-        self.iface, self.config, self.hub, self.log = iface, config, hub, log
-        self.stopping = threading.Event()
-        self.watch = _Watch()
-        self._closers: list[Callable[[], None]] = []
-
-    def on_stop(self, closer: Callable[[], None]) -> None:
-        self._closers.append(closer)
-
-    def reloaded(self) -> None:
-        self.watch.revision += 1
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for closer in self._closers:
-            closer()
-
-
-@dataclass
-class _Watch:
-    revision: int = 0
-    refused: str | None = None
-
-
-def daemon_view(iface: str, config, hub, log: Callable[[str], None]) -> DaemonView:
-    return DaemonView(iface, config, hub, log)
