@@ -540,6 +540,10 @@ def test_metrics_count_every_action():
     assert 'shieldwall_mitigation_events_total{iface="sw0"} 3000.0' in text
     assert 'shieldwall_mitigation_anomalies{iface="sw0",kind="dst"} 0.0' in text
     assert 'shieldwall_mitigation_events_missed_total{iface="sw0"} 0.0' in text
+    # And in the daemon's status.
+    report = task.report()
+    assert (report["mode"], report["set"], report["held_count"]) == ("enforce", "auto_block", 1)
+    assert report["held"][0]["prefix"] == f"{HEAVY}/32" and report["actions"] == {"block": 1}
 
 
 def test_mitigation_task_on_a_daemon_follows_its_reloads(tmp_path):
