@@ -5,7 +5,8 @@ it is gone and the source's packets pass again. Measured with the data plane's o
 counters, not with the daemon's word; every action is also in the daemon's metrics. In
 monitor mode the same flood is reported within 2 s and nothing is dropped, until a
 SIGHUP brings the section in enforce mode. A daemon killed while it holds a block is
-followed by one that takes the block over: no frame of the flood passes between them."""
+followed by one that takes the block over: no frame of the flood passes between them.
+An entry taken off by hand stays off for a TTL."""
 
 from __future__ import annotations
 
@@ -292,6 +293,51 @@ def test_a_restarted_daemon_takes_over_its_blocks(lab, tmp_path):
         release = daemon.wait(lambda: daemon.actions("release"), ttl + 2.0, "the block is released")
         assert release[0]["prefix"] == f"{SOURCE}/32"
         assert live_entries(topo) == []
+    finally:
+        err = daemon.stop()
+    assert "Traceback" not in err, err
+    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_an_entry_taken_off_by_hand_stays_off(lab, tmp_path):
+    """`shieldwall set del` during the flood: the daemon sees it, says so, and does not
+    block that source again for a TTL (the operator's word stands that long)."""
+    topo = lab
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
+                  / Raw(bytes(18)))
+    daemon = Daemon(topo, policy)
+    try:
+        daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
+        done = threading.Event()
+
+        def flood() -> None:
+            with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+                gen.fixed(frame)
+                gen.send_for(5.0, FLOOD_PPS)
+            done.set()
+        flooding = threading.Thread(target=flood)
+        flooding.start()
+        try:
+            daemon.wait(lambda: daemon.actions("block"), GOAL + 1.0, "a block")
+            out = shieldwall("set", "del", "--netns", topo.server_ns, "--iface", topo.server_if,
+                             "auto_block", SOURCE)
+            assert out.returncode == 0, out.stderr
+            [reverted] = daemon.wait(lambda: daemon.actions("reverted"), 2.0, "the revert seen")
+            assert reverted["prefix"] == f"{SOURCE}/32"
+            held = rule_packets(topo, "auto-block")
+            refused = daemon.wait(lambda: daemon.actions("refused"), 2.0, "the flood refused")
+            assert refused[0]["bound"] == "reverted"
+            time.sleep(1.0)
+            assert not done.is_set()  # the flood still runs, and passes
+            assert rule_packets(topo, "auto-block") == held
+        finally:
+            flooding.join()
+        # Blocked again only once the quiet TTL has passed (the flood outlasts it).
+        again = daemon.actions("block")[1:]
+        assert all(b["ts"] >= reverted["ts"] + TTL - 0.1 for b in again), (again, reverted)
     finally:
         err = daemon.stop()
     assert "Traceback" not in err, err
