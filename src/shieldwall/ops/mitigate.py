@@ -1,13 +1,15 @@
 """Automatic mitigation: what the daemon does with what detect.py sees
 (docs/operations.md, "Automatic mitigation"; the policy's `mitigation:` section).
 
-A source that is hot in a window — its estimated rate at least `heavy.pps` (or
-`anomaly.pps` while a destination or protocol is anomalous) and at least `heavy.share`
-of the window's traffic — gets an expiring entry in the policy's block (or limit) set,
+Every WINDOW seconds a window closes. A source that is hot over the last two — its
+estimated rate at least `heavy.pps` (or `anomaly.pps` while traffic that reaches the
+host is anomalous) and at least `heavy.share` of the traffic sampled — gets an
+expiring entry in the policy's block (or limit) set,
 through the same path as `shieldwall set add --ttl` (engine.livesets.change). While it
 stays at or above the lower `release.pps` its entry is renewed before it runs out, not
 added again; once it has stayed below for the rest of the entry's TTL, the entry
-expires in the data plane and the block is released. In `monitor` mode the same
+expires (in the data plane, or with the release's change of the set where the set
+compiled it) and the block is released. In `monitor` mode the same
 decisions are made and reported (would-block, would-renew, would-release) and nothing
 is changed.
 
@@ -37,7 +39,8 @@ from ..policy.mitigation import Mitigation
 from ..policy.model import PrefixTable
 from .detect import MIN_SAMPLES, Detector, Window
 
-# Seconds per detection window: a flood is judged at most this long after it starts.
+# Seconds per detection window: a flood is judged at the close of the first window
+# whose samples and counters show it.
 WINDOW = 0.5
 # A held entry is renewed once less than this share of its TTL is left.
 RENEW_AT = 0.5
