@@ -6,7 +6,8 @@ counters, not with the daemon's word; every action is also in the daemon's metri
 monitor mode the same flood is reported within 2 s and nothing is dropped, until a
 SIGHUP brings the section in enforce mode. A daemon killed while it holds a block is
 followed by one that takes the block over: no frame of the flood passes between them.
-An entry taken off by hand stays off for a TTL."""
+An entry taken off by hand stays off for a TTL. With `limit_set`, the source is held
+to its limit instead."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from shieldwall.lab.probes import udp_roundtrip
 from shieldwall.lab.servers import start_udp_echo
 from shieldwall.lab.trafgen import TrafficGenerator
 
-from ..helpers import shieldwall, silence_outside
+from ..helpers import counter, shieldwall, silence_outside
 from .test_metrics import _free_port as free_port, _get as fetch
 
 pytestmark = pytest.mark.netns
@@ -120,9 +121,9 @@ def passed(topo) -> int:
     return sum(c["packets"] for c in report["counters"] if c["action"] == "pass")
 
 
-def live_entries(topo) -> list[dict]:
+def live_entries(topo, name: str = "auto_block") -> list[dict]:
     out = shieldwall("set", "list", "--netns", topo.server_ns, "--iface", topo.server_if,
-                     "auto_block", "--json")
+                     name, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -338,6 +339,44 @@ def test_an_entry_taken_off_by_hand_stays_off(lab, tmp_path):
         # Blocked again only once the quiet TTL has passed (the flood outlasts it).
         again = daemon.actions("block")[1:]
         assert all(b["ts"] >= reverted["ts"] + TTL - 0.1 for b in again), (again, reverted)
+    finally:
+        err = daemon.stop()
+    assert "Traceback" not in err, err
+    assert shieldwall("down", "--netns", topo.server_ns, "--iface", topo.server_if).returncode == 0
+
+
+def test_a_limit_set_holds_the_flood_to_its_limit(lab, tmp_path):
+    """With `limit_set`, the flood's source joins the set a limit rule reads: its
+    packets over the limit are dropped (rate_limited), the rest pass."""
+    topo = lab
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("  auto_block: {type: prefix}\n",
+                                     "  auto_block: {type: prefix}\n  throttled: {type: prefix}\n")
+                      .replace("rules:\n", "limits:\n  slow: {per: source, pps: 1000}\nrules:\n"
+                               "  - {name: throttle, match: {src: '@throttled'}, action: {limit: slow}}\n")
+                      .replace("block_set: auto_block", "limit_set: throttled"))
+    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
+                  / Raw(bytes(18)))
+    daemon = Daemon(topo, policy)
+    try:
+        daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
+        with enter_netns(topo.server_ns):
+            base = lifecycle.status(topo.server_if)[0]
+        with TrafficGenerator(topo.outside_ns, topo.outside_if) as gen:
+            gen.fixed(frame)
+            start = time.time()
+            gen.send_for(3.0, FLOOD_PPS)
+        [block] = daemon.actions("block")
+        assert block["prefix"] == f"{SOURCE}/32" and block["set"] == "throttled"
+        assert block["ts"] - start <= GOAL
+        with enter_netns(topo.server_ns):
+            report = lifecycle.status(topo.server_if)[0]
+        limited = counter(report, "drop", "rate_limited") - counter(base, "drop", "rate_limited")
+        # Held to about 1,000 pps from its block to the flood's end: most of it dropped.
+        assert limited > 0.5 * FLOOD_PPS * (3.0 - GOAL), limited
+        assert [e["prefix"] for e in live_entries(topo, "throttled")] == [f"{SOURCE}/32"]
+        assert live_entries(topo) == []  # nothing in the block set
     finally:
         err = daemon.stop()
     assert "Traceback" not in err, err
