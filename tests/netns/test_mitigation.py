@@ -109,6 +109,13 @@ class Daemon:
         return err
 
 
+def flood_frame(topo) -> bytes:
+    """The flood's UDP frame, from the one source, to a port nothing listens on."""
+    return bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
+                 / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
+                 / Raw(bytes(18)))
+
+
 def rule_packets(topo, name: str) -> int:
     with enter_netns(topo.server_ns):
         report = lifecycle.status(topo.server_if)[0]
@@ -133,9 +140,7 @@ def test_a_new_flood_is_blocked_within_two_seconds_and_released_after_it(lab, tm
     topo = lab
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY if entries == "in place" else POLICY.replace(FILLERS, ""))
-    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
-                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
-                  / Raw(bytes(18)))
+    frame = flood_frame(topo)
     port = free_port(topo.server_ns)
     with start_udp_echo(topo, UDP_PORT, lifetime=120):
         daemon = Daemon(topo, policy, "--metrics", f"127.0.0.1:{port}")
@@ -213,9 +218,7 @@ def test_monitor_mode_reports_the_flood_and_blocks_nothing_until_a_reload_enforc
     topo = lab
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("mode: enforce", "mode: monitor"))
-    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
-                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
-                  / Raw(bytes(18)))
+    frame = flood_frame(topo)
     daemon = Daemon(topo, policy)
     try:
         daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
@@ -259,9 +262,7 @@ def test_a_restarted_daemon_takes_over_its_blocks(lab, tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace(f"ttl: {int(TTL)}s", f"ttl: {int(ttl)}s"))
     silence_outside(topo)  # every frame at the server is the flood's
-    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
-                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
-                  / Raw(bytes(18)))
+    frame = flood_frame(topo)
     daemon = Daemon(topo, policy)
     try:
         daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
@@ -306,9 +307,7 @@ def test_an_entry_taken_off_by_hand_stays_off(lab, tmp_path):
     topo = lab
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
-                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
-                  / Raw(bytes(18)))
+    frame = flood_frame(topo)
     daemon = Daemon(topo, policy)
     try:
         daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
@@ -355,9 +354,7 @@ def test_a_limit_set_holds_the_flood_to_its_limit(lab, tmp_path):
                       .replace("rules:\n", "limits:\n  slow: {per: source, pps: 1000}\nrules:\n"
                                "  - {name: throttle, match: {src: '@throttled'}, action: {limit: slow}}\n")
                       .replace("block_set: auto_block", "limit_set: throttled"))
-    frame = bytes(Ether(src=topo.outside_mac, dst=topo.server_mac)
-                  / IP(src=SOURCE, dst=topo.server_v4) / UDP(sport=4242, dport=FLOOD_PORT)
-                  / Raw(bytes(18)))
+    frame = flood_frame(topo)
     daemon = Daemon(topo, policy)
     try:
         daemon.wait(lambda: daemon.actions("start"), 30, "the mitigation starts")
