@@ -445,7 +445,7 @@ def test_default_capacity() -> None:
     [
         (HEADER + "rule: []\n", ": unknown key 'rule' (did you mean 'rules'?)"),
         (HEADER + "colour: blue\n",
-         ": unknown key 'colour' (allowed: version, sets, pipeline, events, "
+         ": unknown key 'colour' (allowed: version, sets, pipeline, events, mitigation, "
          + ", ".join(dict.fromkeys(k.split(".")[0] for k in policy_keys())) + ")"),
         (rules("- {name: r, action: drop, match: {dprot: 22}}\n"),
          ": rules[0].match: unknown key 'dprot' (did you mean 'dport'?)"),

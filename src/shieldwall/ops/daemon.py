@@ -166,6 +166,7 @@ class Daemon:
         self.hup = threading.Event()
         self.hub = EventHub()              # the ring's one consumer: readers subscribe here
         self.events: str | None = None     # why there are no events, when there are none
+        self.mitigation: Any = None        # automatic mitigation (ops/mitigate.py), if any
         self.watch = Watch(config)
         self.sweeps: dict[str, Any] = {"at": None, "live_entries": 0, "blocks": 0}
         self.started = time.time()
@@ -201,6 +202,10 @@ class Daemon:
                 self.log(start(self.iface, self.config, self.mode))
                 self._settle()
             self._read_events()
+            # -- automatic mitigation (ops/mitigate.py): a thread of its own on the hub
+            from .mitigate import mitigation_task
+            self.mitigation = mitigation_task(self)
+            # --
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
             signal.signal(signal.SIGHUP, lambda *_: (self.hup.set(), self.wake.set()))
@@ -236,7 +241,11 @@ class Daemon:
             from .metrics import status_reports
             from .serve import parse_listen, registry
             addr, port = parse_listen(self.metrics)
-            server, _ = start_http_server(port, addr=addr, registry=registry(status_reports(self.iface)))
+            served = registry(status_reports(self.iface))
+            if self.mitigation is not None:  # its shieldwall_mitigation_* metrics
+                from .mitigate import MitigationCollector
+                served.register(MitigationCollector(self.mitigation))
+            server, _ = start_http_server(port, addr=addr, registry=served)
             self.on_stop(server.shutdown)
             self.log(f"metrics at http://{self.metrics}/metrics")
         if listener is not None:
@@ -371,6 +380,7 @@ class Daemon:
                 "watch": self.watch.report(), "expiries": dict(self.sweeps),
                 "events": {"reading": self.events is None, "problem": self.events,
                            "published": self.hub.published},
+                "mitigation": self.mitigation.report() if self.mitigation is not None else None,
                 "tasks": {t.name: {"every": t.every, "problem": t.last_error} for t in self.tasks}}
 
     def status(self) -> dict:

@@ -69,7 +69,19 @@ def analyze(policy: Policy) -> Report:
     from ..stages import stages  # the stages are built on this module
     warnings = [w for s in stages().values() for w in s.warnings(policy)]
     warnings += _set_warnings(policy)
-    return Report(tuple(warnings), _summary(policy))
+    return Report(tuple(w for w in warnings if not _filled_at_run_time(policy, w)),
+                  _summary(policy))
+
+
+def _filled_at_run_time(policy: Policy, issue: Issue) -> bool:
+    """An empty set that automatic mitigation fills (and the rules that read it) is as
+    it should be when the policy goes in."""
+    m = policy.sections.get("mitigation")
+    if m is None:
+        return False
+    return ((issue.path, issue.problem) == (f"sets.{m.set}", "the set is empty: nothing matches it")
+            or (issue.problem == "never matches: src matches no value"
+                and issue.path in {f"rules[{rule_id - 1}]" for rule_id in m.rules}))
 
 
 # --- interval sets ------------------------------------------------------------------
@@ -336,5 +348,7 @@ def _summary(policy: Policy) -> Summary:
         rules=len(policy.rules),
         rules_by_action=by_action,
         sets=sets,
-        stages={n: s.summary(policy.sections[n]) for n, s in stages().items()},
+        stages={**{n: s.summary(policy.sections[n]) for n, s in stages().items()},
+                **({"mitigation": policy.mitigation.summary()}
+                   if policy.sections.get("mitigation") else {})},
     )

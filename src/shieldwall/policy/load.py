@@ -5,8 +5,9 @@ references and capacity overruns are all errors. It goes on after a problem so t
 run reports as many as it can, then raises a single PolicyError with all of them; no
 Policy exists for an invalid file, so nothing of it can reach the kernel.
 
-The document's own keys are `version`, `sets`, `pipeline` and `events`; every other key belongs
-to a stage, which validates its section (shieldwall.stages).
+The document's own keys are `version`, `sets`, `pipeline`, `events` and `mitigation`
+(the daemon's, policy/mitigation.py); every other key belongs to a stage, which
+validates its section (shieldwall.stages).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..stages import policy_keys, stages
+from . import mitigation
 from .errors import Invalid, PolicyError, quote
 from .files import NotReadable, read_bounded
 from .model import Capacity, Events, Pipeline, Policy
@@ -25,7 +27,7 @@ from .validator import Validator
 from .values import describe, parse_rate, parse_verdict
 
 SUPPORTED_VERSION = 1
-_OWN_KEYS = ("version", "sets", "pipeline", "events")
+_OWN_KEYS = ("version", "sets", "pipeline", "events", "mitigation")
 
 
 def load_policy(path: str | Path, capacity: Capacity = Capacity()) -> Policy:
@@ -93,6 +95,10 @@ def parse_policy(
         sections[stage.name] = stage.link(sections[stage.name], sections, v)
     pipeline = _pipeline(doc.get("pipeline", {}), v)
     events = _events(doc.get("events", {}), v)
+    # The daemon's, not a stage's: it reads the rules and sets the stages made, and
+    # the sampling of events.
+    sections["mitigation"] = (mitigation.read(doc["mitigation"], events, sections, v)
+                              if "mitigation" in doc else None)
     if pipeline is not None and pipeline.stages is not None:
         _check_chain(pipeline.stages, sections, v)
     if v.issues:

@@ -164,6 +164,14 @@ class PrefixTable:
     def __contains__(self, addr: Address) -> bool:
         return self.longest_match(addr) is not None
 
+    def overlaps(self, net: Network) -> bool:
+        """Whether any network of the table shares an address with net."""
+        if self.longest_match(net.network_address) is not None:
+            return True
+        top = int(net.network_address) >> (net.max_prefixlen - net.prefixlen)
+        return any(any(key >> (plen - net.prefixlen) == top for key in keys)
+                   for plen, _, keys in self._levels[net.version] if plen > net.prefixlen)
+
 
 @dataclass(frozen=True)
 class PrefixSet:
