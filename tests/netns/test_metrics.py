@@ -18,7 +18,7 @@ from shieldwall.kernel.netns import enter_netns
 from shieldwall.lab.probes import tcp_connect
 from shieldwall.lab.servers import start_tcp_server
 
-from ..helpers import server_status, shieldwall
+from ..helpers import attached, server_status, shieldwall
 
 pytestmark = pytest.mark.netns
 
@@ -82,12 +82,7 @@ def _get(netns: str, url: str) -> str:
 @pytest.mark.parametrize("mode", ["native", "nft"])
 def test_metrics_match_status_printed_and_served(lab, tmp_path, mode):
     topo = lab
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    where = ("--netns", topo.server_ns, "--iface", topo.server_if)
-    up = shieldwall("up", "--mode", mode, *where, "--config", str(policy))
-    assert up.returncode == 0, up.stderr
-    try:
+    with attached(topo, POLICY, mode, tmp_path) as where:
         with start_tcp_server(topo, WEB):
             assert tcp_connect(topo, WEB)
             assert not tcp_connect(topo, WEB + 1, timeout=0.3)
@@ -123,8 +118,6 @@ def test_metrics_match_status_printed_and_served(lab, tmp_path, mode):
             out, err = server.communicate(timeout=10)
         assert server.returncode == 0, err
         assert "Traceback" not in err
-    finally:
-        assert shieldwall("down", *where).returncode == 0
 
 
 def test_a_bad_listen_address_is_named(lab):

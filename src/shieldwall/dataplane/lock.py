@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..settings import env_seconds
 from .rootonly import UnsafePath, make_dir, trusted_owner
 
 DEFAULT_LOCK = Path("/run/shieldwall/lock")
@@ -41,17 +42,7 @@ def lock_file() -> Path:
 
 def timeout() -> float:
     """Seconds to wait for the lock: $SHIELDWALL_LOCK_TIMEOUT, else 30."""
-    text = os.environ.get("SHIELDWALL_LOCK_TIMEOUT")
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"SHIELDWALL_LOCK_TIMEOUT={text[:40]!r}: expected a number of "
-                         "seconds (0 or more)")
-    return seconds
+    return env_seconds("SHIELDWALL_LOCK_TIMEOUT", DEFAULT_TIMEOUT, zero=True)
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from ..config import Config, configure, load_config
 from ..engine import lifecycle
 from ..kernel.errors import BpfError
 from ..policy.errors import PolicyError
+from ..settings import env_seconds
 from .events import EventHub, EventReader
 
 # How often the policy file is looked at (a stat; it is read when that changed, and
@@ -44,16 +45,9 @@ SWEEP_SECONDS = 5.0
 
 
 def sweep_seconds() -> float:
-    text = os.environ.get("SHIELDWALL_SWEEP_SECONDS")
-    if not text:
-        return SWEEP_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"SHIELDWALL_SWEEP_SECONDS={text[:40]!r}: expected a number of seconds above 0")
-    return seconds
+    return env_seconds("SHIELDWALL_SWEEP_SECONDS", SWEEP_SECONDS)
+
+
 REFUSALS = (PolicyError, BpfError, OSError, ValueError, RuntimeError)
 
 
