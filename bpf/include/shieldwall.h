@@ -178,17 +178,23 @@ struct sw_consts {
 	__u32 ev_rate;		/* events a second per CPU, each of drops and passes; 0: none */
 	__u32 ev_drop_every;	/* 1 in this many dropped packets may become an event */
 	__u32 ev_pass_every;	/* 1 in this many passed packets may; 0: none */
+	__u32 ev_cost_ns;	/* the budget as GCRA: an event costs 1 s / ev_rate ... */
+	__u32 ev_tol_ns;	/* ... and the burst is what one tick of the clock refills */
+	__u32 ev_tick_events;	/* a tick's share of ev_rate (at least 1) */
 };
 
 /*
  * Sampled packet events (lib/events.h, docs/operations.md "Events"): 1 in ev_*_every
  * verdicts is a candidate, and at most ev_rate candidates a second on each CPU, for
- * drops and passes each, go into the ring: a flood cannot flood the reader. Each
- * carries the decision, the parse and the frame's first bytes.
+ * drops and passes each, go into the ring: a flood cannot flood the reader. The budget
+ * refills with every tick of the clock (SW_EVENT_TICK_NS), so the events of a second
+ * are spread over it; within a tick, candidates are spaced by what the previous tick
+ * saw, so they are spread over its traffic, not all taken by its first burst. Each
+ * event carries the decision, the parse and the frame's first bytes.
  */
 #define SW_EVENT_SNAP 128
 #define SW_EVENT_RING_BYTES 1048576
-#define SW_EVENT_WINDOW_NS 1000000000
+#define SW_EVENT_TICK_NS 100000000
 
 struct sw_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns() */
@@ -198,7 +204,7 @@ struct sw_event {
 	__u32 rule;
 	__u32 cpu;
 	__u32 lost;		/* candidates of this kind this CPU's budget refused since its last event */
-	__u32 every;		/* the 1-in-N this event was sampled with */
+	__u32 every;		/* the 1-in-N of its kind it was a candidate of ... */
 	__u16 sport;
 	__u16 dport;
 	__u16 reason;
@@ -209,15 +215,18 @@ struct sw_event {
 	__u8 family;
 	__u8 l4_proto;
 	__u8 tcp_flags;
-	__u8 pad0[4];
+	__u32 spacing;		/* ... and the 1 in N of the candidates of its tick it was */
 	__u8 data[SW_EVENT_SNAP];
 };
 
 /* One CPU's sampling state for one kind (drops or passes). */
 struct sw_event_budget {
-	__u64 window_ns;	/* the clock at the start of this second's window */
-	__u32 used;		/* events sent in this window */
+	__u64 tat;		/* GCRA's theoretical arrival time of the next event (lib/gcra.h) */
+	__u64 tick;		/* the clock of the tick being counted */
 	__u32 skip;		/* verdicts since the last candidate */
+	__u32 seen;		/* candidates in this tick */
+	__u32 spacing;		/* this tick takes 1 in this many candidates (0: 1) */
+	__u32 gap;		/* candidates left before the next one taken */
 	__u32 lost;		/* candidates refused since the last event */
 	__u32 ring_full;	/* of those and earlier ones: refused because the ring was full */
 	__u64 sent;		/* events in the ring, all time */

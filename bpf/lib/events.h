@@ -5,15 +5,20 @@
  *
  * An attacker chooses the packet rate, so the cost must not follow it: a verdict that
  * is not a candidate costs one per-CPU increment; a candidate reads the timer clock (one
- * load, no helper call) and is refused once this CPU has sent ev_rate events in the
- * current second. Only the sent ones pay for the ring and the copy, so at most ev_rate
- * a second per CPU, whatever the flood.
+ * load, no helper call) and is refused, on a plain read, while this CPU's budget is
+ * spent. Only the sent ones pay for the ring and the copy, so at most ev_rate a second
+ * per CPU, whatever the flood. The budget is a GCRA bucket that each tick of the clock
+ * refills by a tenth of a second's events, and within a tick 1 in `spacing` candidates
+ * is taken, `spacing` being what the previous tick saw over the tick's share: a burst
+ * cannot take a tick's samples and hide what comes after it, and an event stands for
+ * every * spacing * (1 + lost) packets of its kind.
  */
 #ifndef SW_EVENTS_H
 #define SW_EVENTS_H
 
 #include "maps.h"
 #include "clock.h"
+#include "gcra.h"
 
 /* Rare, and the copy is the largest part of it: one subprogram, not a copy per verdict
  * site of every stage. */
@@ -47,7 +52,7 @@ static __noinline int sw_event_send(SW_CTX *ctx, struct sw_pkt *pkt, struct sw_e
 	ev->family = pkt->family;
 	ev->l4_proto = pkt->l4_proto;
 	ev->tcp_flags = pkt->tcp_flags;
-	__builtin_memset(ev->pad0, 0, sizeof(ev->pad0));
+	ev->spacing = b->spacing ? b->spacing : 1;
 	len = sw_ctx_len(ctx);
 	if (len > SW_EVENT_SNAP)
 		len = SW_EVENT_SNAP;
@@ -77,15 +82,26 @@ static __always_inline void sw_event_offer(SW_CTX *ctx, struct sw_pkt *pkt, __u3
 		b->skip = 0;
 	}
 	now = sw_clock_now(&sw_ev_clock);
-	if (now - b->window_ns >= SW_EVENT_WINDOW_NS) {
-		b->window_ns = now;
-		b->used = 0;
+	if (now != b->tick) {
+		/* A new tick: space its candidates so that what the last one saw would just
+		 * fill its share, spread over all of it. */
+		b->spacing = (b->seen + sw_consts.ev_tick_events - 1) / sw_consts.ev_tick_events;
+		if (!b->spacing)
+			b->spacing = 1;
+		b->seen = 0;
+		b->gap = 0;
+		b->tick = now;
 	}
-	if (b->used >= sw_consts.ev_rate) {
+	b->seen++;
+	if (b->gap) {
+		b->gap--;
+		return;
+	}
+	b->gap = b->spacing - 1;
+	if (!sw_gcra_take(&b->tat, now, sw_consts.ev_cost_ns, sw_consts.ev_tol_ns)) {
 		b->lost++;
 		return;
 	}
-	b->used++;
 	sw_event_send(ctx, pkt, b, every);
 }
 

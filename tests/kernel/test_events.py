@@ -1,14 +1,16 @@
 """Sampled events (bpf/lib/events.h) against their model (model/events.py): generated
 policies and frames run through the real pipeline on one CPU, and the ring must hold
 exactly the events the model sends, each carrying the packet's decision, parse and
-first bytes. Every example runs within one budget window (well under a second)."""
+first bytes. The model is given the data plane's own clock, read around each run: a
+run the clock ticked during is not one the model can be asked about, and the example
+is set aside (a tick comes every 100 ms; a run takes microseconds)."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -74,6 +76,21 @@ def _apply(pipeline, events) -> object:
     return policy
 
 
+def _clock(pipeline) -> int:
+    raw = pipeline.maps["sw_ev_clock"].lookup_raw(0)  # struct sw_clock: a bpf_timer, now
+    return int.from_bytes(raw[16:24], "little")
+
+
+def _run_timed(pipeline, frame: bytes, cpu: int):
+    """The verdict, and the clock the run read (the clock starts with a load's first
+    packet, so a run before it ticked reads what it set)."""
+    before = _clock(pipeline)
+    verdict = pipeline.run(frame, cpu)
+    now = _clock(pipeline)
+    assume(before in (0, now))
+    return verdict, now
+
+
 @st.composite
 def frames(draw) -> bytes:
     v6 = draw(st.booleans())
@@ -91,7 +108,7 @@ def frames(draw) -> bytes:
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(rate=st.integers(1, 6), drops=st.integers(1, 3), passes=st.integers(0, 3),
+@given(rate=st.sampled_from([1, 3, 10, 20, 40, 60]), drops=st.integers(1, 3), passes=st.integers(0, 3),
        sequence=st.lists(frames(), min_size=1, max_size=40))
 def test_events_equal_model(pipeline, cpu, ring, hook, rate, drops, passes, sequence):
     _apply(pipeline, {"rate": rate, "drops": drops, "passes": passes})
@@ -101,8 +118,8 @@ def test_events_equal_model(pipeline, cpu, ring, hook, rate, drops, passes, sequ
     for frame in sequence:
         if not harness_runs(hook, frame):
             continue
-        verdict = pipeline.run(frame, cpu)
-        sent = model.offer(verdict.action, 0)
+        verdict, now = _run_timed(pipeline, frame, cpu)
+        sent = model.offer(verdict.action, now)
         if sent is not None:
             want.append((frame, verdict, sent))
     got = ring.take()
@@ -124,23 +141,35 @@ def test_events_equal_model(pipeline, cpu, ring, hook, rate, drops, passes, sequ
             assert ev.family == 0 and ev.src is None
 
 
-def test_budget_is_per_second_and_counts_what_it_refused(pipeline, cpu, ring):
-    """A flood of drops: `rate` events in a window, the rest counted; the next window's
-    first event says how many were refused."""
-    _apply(pipeline, {"rate": 5})
+def test_budget_spreads_a_second_and_counts_what_it_refused(pipeline, cpu, ring):
+    """A flood of drops: a tick's share of the rate (rate/10) goes out at once, the rest
+    is counted; a later tick's first event says how many were refused before it."""
+    _apply(pipeline, {"rate": 50})
     ring.take()
     flood = bytes(Ether(**ETH) / IP(src="203.0.113.9", dst="192.0.2.1") / UDP(sport=9, dport=9))
-    for _ in range(50):
-        assert pipeline.run(flood, cpu).action == "drop"
+    model = EventSampler(50)
+    sent = 0
+    while True:
+        before = _clock(pipeline)
+        verdict, now = pipeline.run(flood, cpu), _clock(pipeline)
+        if before not in (0, now):  # ticked during the run: start again from a fresh budget
+            return test_budget_spreads_a_second_and_counts_what_it_refused(pipeline, cpu, ring)
+        assert verdict.action == "drop"
+        sent += model.offer("drop", now) is not None
+        if sent == 5:
+            break
+    for _ in range(45):
+        pipeline.run(flood, cpu)
     first = ring.take()
     assert [(e.lost, e.rule_name, e.rule) for e in first] == [(0, None, 3)] * 5
-    time.sleep(1.25)  # the next window (the clock ticks every 100 ms)
+    time.sleep(0.25)  # a later tick (the clock ticks every 100 ms)
     pipeline.run(flood, cpu)
     later = ring.take()
-    assert len(later) == 1 and later[0].lost == 45
+    # The new tick spaces its candidates by the last one's: 50 seen, 5 a tick's share.
+    assert [(e.lost, e.every) for e in later] == [(45, 10)]
     counted = read_events(pipeline.maps["sw_config"].lookup(0), pipeline.maps["sw_ev_budget"])
     assert (counted["rate"], counted["drops_sent"], counted["drops_refused"],
-            counted["passes_sent"]) == (5, 6, 45, 0)
+            counted["passes_sent"]) == (50, 6, 45, 0)
 
 
 def test_no_events_section_sends_none(pipeline, cpu, ring):
@@ -163,3 +192,35 @@ def test_a_policy_without_events_section_samples_drops(pipeline, cpu, ring):
         pipeline.run(allowed, cpu)
     got = ring.take()
     assert [e.action for e in got] == ["drop"] * 10
+
+
+def test_a_tick_spaces_its_candidates_by_the_last_one(pipeline, cpu, ring):
+    """Two sources in bursts, over two ticks of the clock: the first tick's share goes
+    to the first burst; the next tick takes 1 in 20 candidates (100 seen over a share
+    of 5) and so samples both, as the model says."""
+    for _ in range(5):  # a tick during a burst spoils the attempt: try again
+        _apply(pipeline, {"rate": 50})
+        ring.take()
+        model = EventSampler(50)
+        want, clocks = [], set()
+        for burst in range(2):
+            if burst:  # wait for the next tick
+                start = _clock(pipeline)
+                while _clock(pipeline) == start:
+                    time.sleep(0.01)
+            for src in ("203.0.113.9", "203.0.113.10"):
+                frame = bytes(Ether(**ETH) / IP(src=src, dst="192.0.2.1") / UDP(sport=9, dport=9))
+                for _ in range(50):
+                    verdict = pipeline.run(frame, cpu)
+                    now = _clock(pipeline)
+                    clocks.add(now)
+                    if (sent := model.offer(verdict.action, now)) is not None:
+                        want.append((src, *sent))
+        if len(clocks) == 2:
+            break
+    else:
+        pytest.fail("the clock ticked during every attempt")
+    got = [(e.src, e.every, e.lost) for e in ring.take()]
+    assert got == want
+    assert {src for src, every, _ in got if every == 1} == {"203.0.113.9"}
+    assert {src for src, every, _ in got if every == 20} == {"203.0.113.9", "203.0.113.10"}

@@ -49,15 +49,41 @@ def test_a_bad_events_section_is_named(events, problem):
 
 
 def test_sampler_model_one_in_n_and_budget():
-    s = EventSampler(rate=2, drops=3)
-    sent = [s.offer("drop", 0) for _ in range(12)]
-    # Candidates are the 3rd, 6th, 9th, 12th; two fit the budget, the next window's first
-    # says two were refused.
+    s = EventSampler(rate=20, drops=3)  # a tick's share: 2 events; one costs 50 ms
+    sent = [s.offer("drop", 10**9) for _ in range(12)]
+    # Candidates are the 3rd, 6th, 9th, 12th; two fit the tick's share, a later tick's
+    # first says two were refused.
     assert sent == [None, None, (3, 0), None, None, (3, 0)] + [None] * 6
-    assert s.offer("pass", 0) is None  # passes off
+    assert s.offer("pass", 10**9) is None  # passes off
     for _ in range(2):
-        s.offer("drop", 2_000_000_000)
-    assert s.offer("drop", 2_000_000_000) == (3, 2)
+        s.offer("drop", 10**9 + 100_000_000)
+    # The next tick takes 1 in 2 candidates (the last one saw 4, twice its share): its
+    # first stands for 3 * 2 packets, and the two refused before it.
+    assert s.offer("drop", 10**9 + 100_000_000) == (6, 2)
+
+
+def test_sampler_spreads_a_second_over_its_ticks():
+    """A flood for a second: rate events, a tenth of them each tick, not all at once."""
+    s = EventSampler(rate=1000)
+    per_tick = [sum(s.offer("drop", tick * 100_000_000) is not None for _ in range(10_000))
+                for tick in range(10, 20)]
+    assert per_tick == [100] * 10
+
+
+def test_sampler_spaces_a_tick_by_the_last_one():
+    """Two sources in bursts: the first tick's share goes to the first burst, the next
+    ticks' samples are spread over both, each standing for 1 in 100."""
+    s = EventSampler(rate=1000)
+    taken = []
+    for tick in range(10, 13):
+        for i in range(10_000):
+            source = "a" if i < 5_000 else "b"
+            if (sent := s.offer("drop", tick * 100_000_000)) is not None:
+                taken.append((tick, source, sent[0]))
+    first = [src for tick, src, _ in taken if tick == 10]
+    assert first == ["a"] * 100
+    later = [(src, every) for tick, src, every in taken if tick > 10]
+    assert later.count(("a", 100)) == later.count(("b", 100)) == 100
 
 
 def test_hub_hands_every_subscriber_the_events_and_bounds_a_slow_one():

@@ -96,8 +96,21 @@ class EventsConfig:
     passes: int = 0
 
     def consts(self) -> dict:
+        cost = budget_cost_ns(self.rate)
         return {"ev_rate": self.rate, "ev_drop_every": max(self.drops, 1),
-                "ev_pass_every": self.passes}
+                "ev_pass_every": self.passes, "ev_cost_ns": cost,
+                "ev_tol_ns": max(abi.SW_EVENT_TICK_NS - cost, 0) if self.rate else 0,
+                "ev_tick_events": tick_events(self.rate)}
+
+
+def tick_events(rate: int) -> int:
+    """A tick's share of the rate: the events one tick of the clock may send."""
+    return max(rate * abi.SW_EVENT_TICK_NS // 10**9, 1)
+
+
+def budget_cost_ns(rate: int) -> int:
+    """What one event costs of a CPU's budget (lib/events.h): a second over the rate."""
+    return 10**9 // rate if rate else 0
 
 
 @dataclass(frozen=True)
@@ -202,9 +215,11 @@ class Pipeline:
             _fill(pipeline.maps, root_build)
             for s in chain:
                 _fill(pipeline.maps, builds[s.name])
+            events = config.events.consts()
             pipeline.maps["sw_config"].update(0, {
                 "chain_len": len(chain), "missed_action": abi.ACTION_CODES[config.missed_action],
-                "end_action": abi.SW_ACT_PASS, **config.events.consts()})
+                "end_action": abi.SW_ACT_PASS,
+                **{k: events[k] for k in ("ev_rate", "ev_drop_every", "ev_pass_every")}})
             # Slots last: a stage is reachable only once its maps are filled.
             for slot, s in enumerate(chain):
                 pipeline.maps["sw_stages"].set_fd(slot, objects[s.name].program(s.program).fd)

@@ -1,30 +1,38 @@
 """The data plane's event sampling (bpf/lib/events.h), as a model: which verdicts become
 events, with the `every` and `lost` they carry. Drops and passes are sampled apart, each
-with its own 1-in-N and its own budget of `rate` events a one-second window."""
+with its own 1-in-N and its own budget: a GCRA bucket of `rate` events a second whose
+burst is what one tick of the clock (a tenth of a second) refills, and within a tick 1
+in `spacing` candidates, spaced by what the previous tick saw."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-WINDOW_NS = 1_000_000_000
+from .. import abi
 
 
 @dataclass
 class _Budget:
-    window_ns: int | None = None
-    used: int = 0
+    tat: int = 0
+    tick: int = 0
     skip: int = 0
+    seen: int = 0
+    spacing: int = 0
+    gap: int = 0
     lost: int = 0
 
 
 class EventSampler:
     """One CPU's sampling. offer() returns (every, lost) when the verdict becomes an
-    event, None when it does not."""
+    event, None when it does not; `now_ns` is the data plane's clock (it moves by ticks)."""
 
     def __init__(self, rate: int, drops: int = 1, passes: int = 0) -> None:
         self.rate = rate
         self.every = {"drop": max(drops, 1), "pass": passes}
         self.budgets = {"drop": _Budget(), "pass": _Budget()}
+        self.cost = 10**9 // rate if rate else 0
+        self.tol = max(abi.SW_EVENT_TICK_NS - self.cost, 0)
+        self.tick_events = max(rate * abi.SW_EVENT_TICK_NS // 10**9, 1)
 
     def offer(self, action: str, now_ns: int) -> tuple[int, int] | None:
         every = self.every.get(action, 0)
@@ -35,11 +43,17 @@ class EventSampler:
         if b.skip < every:
             return None
         b.skip = 0
-        if b.window_ns is None or now_ns - b.window_ns >= WINDOW_NS:
-            b.window_ns, b.used = now_ns, 0
-        if b.used >= self.rate:
+        if now_ns != b.tick:  # a new tick: spaced by what the last one saw
+            b.spacing = max(-(-b.seen // self.tick_events), 1)
+            b.seen, b.gap, b.tick = 0, 0, now_ns
+        b.seen += 1
+        if b.gap:
+            b.gap -= 1
+            return None
+        b.gap = b.spacing - 1
+        if b.tat > now_ns + self.tol:
             b.lost += 1
             return None
-        b.used += 1
-        out, b.lost = (every, b.lost), 0
+        b.tat = max(b.tat, now_ns) + self.cost
+        out, b.lost = (every * max(b.spacing, 1), b.lost), 0
         return out

@@ -9,14 +9,15 @@ spoofed, never-repeating addresses included), and so is the cost of an event.
 **Scaling samples back.** An event stands for `every` candidates (1 in N sampled), and
 for the `lost` ones its CPU's budget refused since its previous event; those are the
 same traffic, uniformly, so the event's weight is `every * (1 + lost)`. Summed per key
-the weights estimate packets. The lost candidates of a budget's second are attributed
-to whichever event comes next: unbiased on average, but one event can weigh a lot, so
-a source is only called hot once it has `MIN_SAMPLES` events of its own in the window.
-A budget refuses only within the second of its previous event, so `lost` on an event
-more than STALE seconds after its CPU's previous one of its kind (or the first one
-seen) is old traffic, long gone: such an event weighs `every` alone. (A flood that
-stops mid-second leaves its refusals on the budget until the CPU's next sample, which
-may be a lone packet minutes later.)
+the weights estimate packets. The candidates a budget refused are attributed to
+whichever event comes next: unbiased on average, but one event can weigh a lot, so a
+source is only called hot once it has `MIN_SAMPLES` events of its own in the window.
+Under a flood a budget refills every tick of the data plane's clock (0.1 s), so the
+refusals an event carries are at most a tick old; `lost` on an event more than STALE
+seconds after its CPU's previous one of its kind (or the first one seen) is old
+traffic, long gone: such an event weighs `every` alone. (A flood that stops leaves its
+last refusals on the budget until the CPU's next sample, which may be a lone packet
+minutes later.)
 
 **Heavy hitters.** A Space-Saving summary (Metwally et al.) of `SOURCES` counters per
 window: a source whose weight is over total/SOURCES is certainly in it, and each
@@ -24,11 +25,10 @@ counter's `count - error` is a lower bound on the source's true weight. Decision
 block use that lower bound, so churn of spoofed sources cannot push a small source
 over a threshold.
 
-A budget's second starts with its events sent at once, and the candidates it refuses
-next are only counted by the event that opens the next second: in the first window of
-a flood the samples show who floods, not how much. So, where the data plane's counters
-were read during the window, the rate of a source that passes is its share of the
-window's passed weight times the counters' exact rate of passed packets.
+Samples show who floods more surely than how much (the weights of a window's last
+tick are only counted by the next window's first events). So, where the data plane's
+counters were read during the window, the rate of a source that passes is its share of
+the window's passed weight times the counters' exact rate of passed packets.
 
 **Anomalies.** Per destination (a Space-Saving summary too) and per protocol, the
 window's rate against an EWMA baseline learned while there is no anomaly; nothing is
@@ -52,8 +52,8 @@ DESTINATIONS = 256
 BASELINES = 1024
 # Events of its own a source needs in a window before it can be called hot.
 MIN_SAMPLES = 8
-# Seconds after which an event's `lost` is old traffic (a budget's second, and slack
-# for the reader).
+# Seconds after which an event's `lost` is old traffic (a budget's tick, and slack for
+# the reader).
 STALE = 2.0
 # CPUs (and kinds) whose last event time is kept.
 CPUS = 4096
@@ -264,8 +264,8 @@ class Detector:
         over it and the window before, anomalies over it alone; the baselines learn
         from it; a new window starts."""
         seconds = max(now - self.window_start, 1e-3)
-        # Sources are judged over two windows, a budget's second: its burst of samples
-        # may fall in one window and the counters' full rate in the next.
+        # Sources are judged over two windows: the refusals a window's last samples
+        # stand for are carried by the next window's first events.
         prev = self.previous
         span = max(now - (prev.start if prev else self.window_start), 1e-3)
         total = self.sources.total + (prev.sources.total if prev else 0.0)
@@ -295,8 +295,8 @@ class Detector:
 
     def _pass_rate(self, now: float, seconds: float) -> float | None:
         """The counters' rate of passed packets, when read during this window or the
-        one before: exact where the samples' budget ran out early in its second (its
-        first events carry no `lost` yet)."""
+        one before: exact where the samples' weights are not yet complete (the
+        refusals since a CPU's last event are carried by its next one)."""
         if self._totals is None or self._totals[0] < now - 2 * seconds:
             return None
         return self.traffic.get(("traffic", "pass"))

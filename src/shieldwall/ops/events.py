@@ -46,7 +46,8 @@ class Event:
     tcp_flags: int
     frame_len: int
     data: bytes          # the frame's first bytes (at most SW_EVENT_SNAP)
-    every: int           # sampled as 1 in this many of its kind
+    every: int           # sampled as 1 in this many of its kind (the policy's 1 in N,
+                         # times the spacing of its tick's candidates)
     lost: int            # candidates its CPU refused before it (budget, or a full ring)
     vlan: int = 0
     rule_name: str | None = None
@@ -72,7 +73,7 @@ def decode(raw: bytes, boot_offset: float, names: dict[int, str] | None = None) 
         family=family, src=_address(bytes(ev.src), family), dst=_address(bytes(ev.dst), family),
         proto=ev.l4_proto, sport=ev.sport, dport=ev.dport, tcp_flags=ev.tcp_flags,
         frame_len=ev.frame_len, data=bytes(ev.data)[:min(ev.cap_len, abi.SW_EVENT_SNAP)],
-        every=ev.every, lost=ev.lost, vlan=ev.vlan_id,
+        every=ev.every * max(ev.spacing, 1), lost=ev.lost, vlan=ev.vlan_id,
         rule_name=(names or {}).get(rule) if rule else None)
 
 
