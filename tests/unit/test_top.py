@@ -132,4 +132,4 @@ def test_pick_needs_an_interface_when_several_run():
 
 def test_an_event_comes_back_from_its_json():
     e = ev("2001:db8::7", 1000.25, "blocked", every=3, lost=2)
-    assert top.event_of(e.as_json()) == e
+    assert Event.from_json(e.as_json()) == e

@@ -80,7 +80,7 @@ def _from_daemon(api, args: argparse.Namespace, seconds: float | None, count: in
     if recent:
         query = {**{k: v for k, v in query.items() if k != "seconds"}, "recent": 1}
     for data in api.stream("/events?" + urlencode(query)):
-        yield Event(**{**data, "data": bytes.fromhex(data["data"])})
+        yield Event.from_json(data)
 
 
 def run_events(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
 
 from .. import abi
+from ..model.events import Budget
 from ..kernel.libbpf import BpfObject, Map, Program
 from ..kernel.testrun import prog_test_run
 from ..paths import object_path
@@ -96,21 +97,10 @@ class EventsConfig:
     passes: int = 0
 
     def consts(self) -> dict:
-        cost = budget_cost_ns(self.rate)
+        budget = Budget.of(self.rate)
         return {"ev_rate": self.rate, "ev_drop_every": max(self.drops, 1),
-                "ev_pass_every": self.passes, "ev_cost_ns": cost,
-                "ev_tol_ns": max(abi.SW_EVENT_TICK_NS - cost, 0) if self.rate else 0,
-                "ev_tick_events": tick_events(self.rate)}
-
-
-def tick_events(rate: int) -> int:
-    """A tick's share of the rate: the events one tick of the clock may send."""
-    return max(rate * abi.SW_EVENT_TICK_NS // 10**9, 1)
-
-
-def budget_cost_ns(rate: int) -> int:
-    """What one event costs of a CPU's budget (lib/events.h): a second over the rate."""
-    return 10**9 // rate if rate else 0
+                "ev_pass_every": self.passes, "ev_cost_ns": budget.cost_ns,
+                "ev_tol_ns": budget.tol_ns, "ev_tick_events": budget.tick_events}
 
 
 @dataclass(frozen=True)

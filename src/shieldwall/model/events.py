@@ -11,6 +11,24 @@ from dataclasses import dataclass
 from .. import abi
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A rate's budget as the data plane is given it (struct sw_consts): what an event
+    costs of the GCRA bucket, the burst (what one tick refills), and a tick's share."""
+
+    cost_ns: int
+    tol_ns: int
+    tick_events: int
+
+    @classmethod
+    def of(cls, rate: int) -> "Budget":
+        if not rate:
+            return cls(0, 0, 1)
+        cost = 10**9 // rate
+        return cls(cost, max(abi.SW_EVENT_TICK_NS - cost, 0),
+                   max(rate * abi.SW_EVENT_TICK_NS // 10**9, 1))
+
+
 @dataclass
 class _Budget:
     tat: int = 0
@@ -30,9 +48,7 @@ class EventSampler:
         self.rate = rate
         self.every = {"drop": max(drops, 1), "pass": passes}
         self.budgets = {"drop": _Budget(), "pass": _Budget()}
-        self.cost = 10**9 // rate if rate else 0
-        self.tol = max(abi.SW_EVENT_TICK_NS - self.cost, 0)
-        self.tick_events = max(rate * abi.SW_EVENT_TICK_NS // 10**9, 1)
+        self.budget = Budget.of(rate)
 
     def offer(self, action: str, now_ns: int) -> tuple[int, int] | None:
         every = self.every.get(action, 0)
@@ -44,16 +60,16 @@ class EventSampler:
             return None
         b.skip = 0
         if now_ns != b.tick:  # a new tick: spaced by what the last one saw
-            b.spacing = max(-(-b.seen // self.tick_events), 1)
+            b.spacing = max(-(-b.seen // self.budget.tick_events), 1)
             b.seen, b.gap, b.tick = 0, 0, now_ns
         b.seen += 1
         if b.gap:
             b.gap -= 1
             return None
         b.gap = b.spacing - 1
-        if b.tat > now_ns + self.tol:
+        if b.tat > now_ns + self.budget.tol_ns:
             b.lost += 1
             return None
-        b.tat = max(b.tat, now_ns) + self.cost
+        b.tat = max(b.tat, now_ns) + self.budget.cost_ns
         out, b.lost = (every * max(b.spacing, 1), b.lost), 0
         return out

@@ -227,13 +227,12 @@ class Detector:
             self.events_seen += 1
             if event.src is None:
                 continue
-            every = max(1, event.every)
             lane = (event.cpu, event.action)
             previous = self.last.get(lane)
             if len(self.last) < CPUS or lane in self.last:
                 self.last[lane] = event.ts
             fresh = previous is not None and event.ts - previous <= STALE
-            weight = float(every * (1 + max(0, event.lost))) if fresh else float(every)
+            weight = float(event.weight if fresh else max(1, event.every))
             prefix = self.key(event.src)
             if prefix is None:
                 continue

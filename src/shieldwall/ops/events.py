@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -52,10 +52,24 @@ class Event:
     vlan: int = 0
     rule_name: str | None = None
 
+    @property
+    def weight(self) -> int:
+        """The packets it stands for: its 1 in N, and the candidates refused before it
+        (the same traffic, uniformly)."""
+        return max(1, self.every) * (1 + max(0, self.lost))
+
     def as_json(self) -> dict:
         out = asdict(self)
         out["data"] = self.data.hex()
         return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Event":
+        """The event of as_json()'s form (the control API's `/events` lines); keys it
+        does not know are left out, so a newer daemon's fields do not break a reader."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in known},
+                      "data": bytes.fromhex(d.get("data") or "")})
 
 
 def decode(raw: bytes, boot_offset: float, names: dict[int, str] | None = None) -> Event:

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from .events import Event
 from .reasons import stage_of
 
 # A flood shows first as these reasons rising (docs/reasons.md).
@@ -149,7 +150,7 @@ def top_sources(events: Iterable[Any], now: float, window: float = 10.0,
     for e in events:
         if e.action != "drop" or e.src is None or now - e.ts > window:
             continue
-        weight = max(1, e.every) * (1 + max(0, e.lost))
+        weight = e.weight
         packets[e.src] = packets.get(e.src, 0) + weight
         count[e.src] = count.get(e.src, 0) + 1
         by = reasons.setdefault(e.src, {})
@@ -388,10 +389,7 @@ class EventFeed:
         self._thread.start()
 
     def _from_daemon(self, iface: str, netns: str | None) -> Any:
-        try:
-            from .client import _Connection, find
-        except ImportError:  # a build without the control API
-            return None
+        from .client import _Connection, find
         client = find(iface, netns)
         if client is None:
             return None
@@ -413,16 +411,12 @@ class EventFeed:
             line = answer.readline()
             if not line:
                 raise OSError("the daemon ended the stream")
-            return [event_of(json.loads(line))] if line.strip() else []
+            return [Event.from_json(json.loads(line))] if line.strip() else []
         return poll
 
     def _from_ring(self, iface: str) -> Any:
-        try:
-            from . import events  # the data plane's sampled events (ops/events.py)
-        except ImportError:
-            self.note = "no drop events: this build samples none"
-            return None
-        stream = events.EventStream(iface)
+        from .events import EventStream
+        stream = EventStream(iface)
         # The ring is freed only after its reader has stopped (a poll returns in 0.2 s).
         self.via, self._release = "the ring", stream.close
         return lambda: [e for e in stream.poll(0.2) if e.action == "drop"]
@@ -455,16 +449,6 @@ class EventFeed:
                 self._release()
             except OSError:
                 pass
-
-
-def event_of(d: dict) -> Any:
-    """An Event from its JSON form (Event.as_json: the data as hex)."""
-    from dataclasses import fields
-
-    from .events import Event
-    known = {f.name for f in fields(Event)}
-    return Event(**{**{k: v for k, v in d.items() if k in known},
-                    "data": bytes.fromhex(d.get("data") or "")})
 
 
 def pick(reports: list[dict], iface: str | None) -> dict:
